@@ -1,0 +1,1 @@
+"""gapkit: the curse-of-capacity-gap toolkit."""
