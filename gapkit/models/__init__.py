@@ -1,0 +1,17 @@
+"""Student encoders (dense and MiniMoE), presets, teachers and checkpoint import/export."""
+
+from .spec import PRESETS, StudentSpec, parse_shape, spec_from_name
+from .student import ExpertLinear, Router, Student, StudentOutput, dispatch_loop, dispatch_sorted
+
+__all__ = [
+    "PRESETS",
+    "StudentSpec",
+    "parse_shape",
+    "spec_from_name",
+    "ExpertLinear",
+    "Router",
+    "Student",
+    "StudentOutput",
+    "dispatch_loop",
+    "dispatch_sorted",
+]

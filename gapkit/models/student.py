@@ -1,0 +1,487 @@
+"""The student encoder: a BERT-style model, dense or MiniMoE, in one file.
+
+Read top to bottom: embeddings -> layers (attention block, FFN block) -> pooler -> optional task
+head. A block with more than one expert goes router -> dispatch -> experts -> combine:
+
+* the router (``Router``) returns, per token, gate probabilities, the chosen expert and its weight;
+* ``dispatch_sorted`` groups the tokens of each expert (one sort), runs each expert on its group and
+  scatters the results back; ``dispatch_loop`` is the plain loop-over-experts reference kept beside it;
+* an expert (one slice of an ``ExpertLinear`` stack) never sees routing;
+* the chosen expert's output is scaled by its gate probability before the dropout-residual-LayerNorm,
+  ``LayerNorm(p * Dropout(expert(x)) + x)``, as the MiniMoE authors do.
+
+Parameter names follow Hugging Face ``BertModel`` (``encoder.layer.N.attention.self.query`` ...), so a
+dense student's state dict *is* a BertModel state dict, and a MiniMoE student's is the authors'
+released layout without its ``bert.`` prefix (stacked ``[E, out, in]`` expert weights, ``attn_gate``,
+``ffn_gate``).
+
+Dimension names: B batch, T sequence, H hidden, A = heads * head_size, F FFN neurons of one expert,
+E experts, N = B*T tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..routing import BlockRouting, RoutingRecord, switch_load_balance
+from .spec import StudentSpec
+
+ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # BERT's exact erf GELU
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+
+@dataclass
+class StudentOutput:
+    """What a student's forward pass returns; every auxiliary value is here, none on the modules.
+
+    Attributes:
+        last_hidden_state: (B, T, H).
+        pooler_output: (B, H), tanh(dense(h[CLS])) as in BERT.
+        hidden_states: L + 1 tensors (B, T, H), embeddings first, when asked for.
+        routing: per layer and block, the routing of every token (empty lists for a dense student).
+        load_balance: the aggregated load balance (1.0 for a dense student), as the authors define it.
+        aux_loss: ``spec.load_balance_weight * load_balance``, the term added to the training loss.
+        qkv: (Q, K, V), each (B, T, A), of layer ``qkv_layer`` when asked for (relation distillation).
+        logits: task-head output when the student has a head: (B, C) or (B, T, C).
+    """
+
+    last_hidden_state: torch.Tensor
+    pooler_output: torch.Tensor | None
+    hidden_states: tuple[torch.Tensor, ...] | None
+    routing: RoutingRecord
+    load_balance: torch.Tensor
+    aux_loss: torch.Tensor
+    qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+    logits: torch.Tensor | None = None
+
+
+# ----------------------------------------------------------------------------------------------------
+# Experts, router, dispatch
+# ----------------------------------------------------------------------------------------------------
+class ExpertLinear(nn.Module):
+    """E independent linear maps stored stacked, ``weight`` (E, out, in) and ``bias`` (E, out).
+
+    With one expert the weight is a plain (out, in) matrix, as in BERT and in the authors' checkpoints.
+    """
+
+    def __init__(self, in_features: int, out_features: int, num_experts: int = 1):
+        super().__init__()
+        self.in_features, self.out_features, self.num_experts = in_features, out_features, num_experts
+        lead = (num_experts,) if num_experts > 1 else ()
+        self.weight = nn.Parameter(torch.empty(*lead, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(*lead, out_features))
+
+    def forward(self, x: torch.Tensor, expert: int = 0) -> torch.Tensor:
+        if self.num_experts == 1:
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight[expert], self.bias[expert])
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, num_experts={self.num_experts}"
+
+
+@dataclass
+class RouterOutput:
+    probs: torch.Tensor  # (N, E) gate distribution
+    expert: torch.Tensor  # (N,) chosen expert
+    weight: torch.Tensor  # (N,) factor the expert output is scaled by (its gate probability)
+
+
+class Router(nn.Module):
+    """Top-1 token router of one MoE block.
+
+    ``learned``: logits = Linear(H -> E) of the block input; in training, uniform noise in
+    [-eps, eps] is added to the logits (the authors add 1 + U(-eps, eps), the constant cancelling in
+    the softmax); softmax; argmax. The chosen probability scales the expert output.
+    ``random`` / ``hash`` (ablations): expert uniform at random / token id mod E, weight 1, and a
+    one-hot distribution so that load statistics still describe the split.
+
+    The gate's parameters sit directly on the router (``weight``, ``bias``) so that their names match
+    the authors' checkpoints (``encoder.layer.N.ffn_gate.weight``).
+    """
+
+    def __init__(self, hidden: int, num_experts: int, mode: str = "learned", noise: float = 0.0):
+        super().__init__()
+        self.num_experts, self.mode, self.noise = num_experts, mode, noise
+        if mode == "learned":
+            self.weight = nn.Parameter(torch.empty(num_experts, hidden))
+            self.bias = nn.Parameter(torch.empty(num_experts))
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        # nn.Linear's default initialisation: the authors re-create the gates after BERT's init.
+        if self.mode == "learned":
+            nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+            bound = 1 / math.sqrt(self.weight.shape[1])
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: torch.Tensor, token_ids: torch.Tensor | None = None) -> RouterOutput:
+        if self.mode == "learned":
+            logits = F.linear(x, self.weight, self.bias)  # (N, E)
+            if self.training and self.noise > 0:
+                logits = logits + (torch.rand_like(logits) * 2 - 1) * self.noise
+            probs = logits.softmax(-1)
+            expert = probs.argmax(-1)
+            weight = probs.gather(-1, expert[:, None]).squeeze(-1)
+            return RouterOutput(probs, expert, weight)
+        if self.mode == "random":
+            expert = torch.randint(self.num_experts, (x.shape[0],), device=x.device)
+        else:  # hash
+            if token_ids is None:
+                raise ValueError("Hash routing needs input_ids: call the student with input_ids, not inputs_embeds.")
+            expert = token_ids.reshape(-1) % self.num_experts
+        probs = F.one_hot(expert, self.num_experts).to(x.dtype)
+        return RouterOutput(probs, expert, torch.ones_like(expert, dtype=x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, mode={self.mode}, noise={self.noise}"
+
+
+ExpertFn = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def dispatch_sorted(x: torch.Tensor, expert: torch.Tensor, num_experts: int, fn: ExpertFn) -> torch.Tensor:
+    """Run ``fn(e, tokens of expert e)`` for every expert and put the results back in token order.
+
+    One stable sort groups the tokens; the Python loop is over experts only.
+
+    Args:
+        x: (N, D_in) tokens.
+        expert: (N,) expert of each token.
+        fn: maps (expert index, (n_e, D_in)) -> (n_e, D_out).
+    Returns:
+        (N, D_out).
+    """
+    order = expert.argsort(stable=True)  # (N,) token positions grouped by expert
+    counts = torch.bincount(expert, minlength=num_experts).tolist()
+    groups = x.index_select(0, order).split(counts)
+    outputs = [fn(e, group) for e, group in enumerate(groups) if counts[e]]
+    grouped = torch.cat(outputs) if len(outputs) > 1 else outputs[0]  # (N, D_out) in expert order
+    return grouped.new_empty(grouped.shape).index_copy(0, order, grouped)
+
+
+def dispatch_loop(x: torch.Tensor, expert: torch.Tensor, num_experts: int, fn: ExpertFn) -> torch.Tensor:
+    """Reference for :func:`dispatch_sorted`: a boolean mask per expert, no sorting."""
+    out = None
+    for e in range(num_experts):
+        mask = expert == e
+        if not mask.any():
+            continue
+        y = fn(e, x[mask])
+        if out is None:
+            out = x.new_zeros(x.shape[0], y.shape[-1])
+        out = out.masked_scatter(mask[:, None], y)
+    return out
+
+
+DISPATCH = {"sorted": dispatch_sorted, "loop": dispatch_loop}
+
+
+# ----------------------------------------------------------------------------------------------------
+# The model
+# ----------------------------------------------------------------------------------------------------
+class Embeddings(nn.Module):
+    """Word + position + token-type embeddings, LayerNorm, dropout (BERT)."""
+
+    def __init__(self, spec: StudentSpec):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(spec.vocab_size, spec.hidden, padding_idx=spec.pad_token_id)
+        self.position_embeddings = nn.Embedding(spec.max_positions, spec.hidden)
+        self.token_type_embeddings = nn.Embedding(spec.type_vocab_size, spec.hidden)
+        self.LayerNorm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
+        self.dropout = nn.Dropout(spec.dropout)
+
+    def forward(self, input_ids, token_type_ids, position_ids, inputs_embeds=None) -> torch.Tensor:
+        x = self.word_embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        x = x + self.token_type_embeddings(token_type_ids) + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))  # (B, T, H)
+
+
+class _QKV(nn.Module):
+    """Holds the Q/K/V projections under BERT's names (``attention.self.query`` ...)."""
+
+    def __init__(self, spec: StudentSpec):
+        super().__init__()
+        E = spec.attn_experts
+        self.query = ExpertLinear(spec.hidden, spec.attn_size, E)
+        self.key = ExpertLinear(spec.hidden, spec.attn_size, E)
+        self.value = ExpertLinear(spec.hidden, spec.attn_size, E)
+
+
+class _Output(nn.Module):
+    """Output projection + LayerNorm under BERT's names (``*.output.dense``, ``*.output.LayerNorm``)."""
+
+    def __init__(self, in_features: int, spec: StudentSpec, num_experts: int):
+        super().__init__()
+        self.dense = ExpertLinear(in_features, spec.hidden, num_experts)
+        self.LayerNorm = nn.LayerNorm(spec.hidden, eps=spec.layer_norm_eps)
+
+
+class _Attention(nn.Module):
+    def __init__(self, spec: StudentSpec):
+        super().__init__()
+        self.self = _QKV(spec)
+        self.output = _Output(spec.attn_size, spec, spec.attn_experts)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, spec: StudentSpec):
+        super().__init__()
+        self.dense = ExpertLinear(spec.hidden, spec.ffn, spec.ffn_experts)
+
+
+class Layer(nn.Module):
+    """One transformer layer: attention block then FFN block, each dense or MiniMoE."""
+
+    def __init__(self, spec: StudentSpec, dispatch: str = "sorted"):
+        super().__init__()
+        self.spec = spec
+        self.attention = _Attention(spec)
+        self.intermediate = _Intermediate(spec)
+        self.output = _Output(spec.ffn, spec, spec.ffn_experts)
+        if spec.attn_experts > 1:
+            self.attn_gate = Router(spec.hidden, spec.attn_experts, spec.routing, spec.gate_noise)
+        if spec.ffn_experts > 1:
+            self.ffn_gate = Router(spec.hidden, spec.ffn_experts, spec.routing, spec.gate_noise)
+        self.act = ACT_FNS[spec.hidden_act]
+        self.dropout = nn.Dropout(spec.dropout)
+        self.dispatch = DISPATCH[dispatch]
+
+    # -- attention -------------------------------------------------------------------------------
+    def attend(self, q, k, v, mask) -> torch.Tensor:
+        """Scaled dot-product attention over the whole sequence. q, k, v: (B, T, A); mask: additive (B, 1, 1, T)."""
+        B, T, _ = q.shape
+        heads, d = self.spec.heads, self.spec.head_size
+        q, k, v = (t.view(B, T, heads, d).transpose(1, 2) for t in (q, k, v))  # (B, heads, T, d)
+        p = self.spec.attention_dropout if self.training else 0.0
+        ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, heads, T, d)
+        return ctx.transpose(1, 2).reshape(B, T, heads * d)  # (B, T, A)
+
+    def attention_block(self, h, mask, token_ids):
+        """Returns (output (B, T, H), routing or None, (q, k, v))."""
+        qkv, out = self.attention.self, self.attention.output
+        if self.spec.attn_experts == 1:
+            q, k, v = qkv.query(h), qkv.key(h), qkv.value(h)  # (B, T, A)
+            a = self.dropout(out.dense(self.attend(q, k, v, mask)))
+            return out.LayerNorm(a + h), None, (q, k, v)
+
+        B, T, H = h.shape
+        x = h.reshape(B * T, H)  # (N, H)
+        route = self.attn_gate(x, token_ids)
+        # Each token's Q, K and V come from its own expert; attention then runs over the whole sequence.
+        A = self.spec.attn_size
+        qkv_fn = lambda e, xe: torch.cat([qkv.query(xe, e), qkv.key(xe, e), qkv.value(xe, e)], -1)
+        q, k, v = self.dispatch(x, route.expert, self.spec.attn_experts, qkv_fn).view(B, T, 3 * A).split(A, -1)
+        ctx = self.attend(q, k, v, mask).reshape(B * T, A)  # (N, A)
+        a = self.dispatch(ctx, route.expert, self.spec.attn_experts, lambda e, ce: out.dense(ce, e))  # (N, H)
+        a = route.weight[:, None] * self.dropout(a)
+        return out.LayerNorm(a + x).view(B, T, H), self._record(route, B, T), (q, k, v)
+
+    # -- feed-forward ----------------------------------------------------------------------------
+    def expert_ffn(self, e: int, x: torch.Tensor) -> torch.Tensor:
+        """Expert ``e``'s FFN, a plain two-layer MLP; it never sees routing."""
+        return self.output.dense(self.act(self.intermediate.dense(x, e)), e)
+
+    def ffn_block(self, h, token_ids):
+        """Returns (output (B, T, H), routing or None)."""
+        if self.spec.ffn_experts == 1:
+            return self.output.LayerNorm(self.dropout(self.expert_ffn(0, h)) + h), None
+        B, T, H = h.shape
+        x = h.reshape(B * T, H)  # (N, H)
+        route = self.ffn_gate(x, token_ids)
+        y = self.dispatch(x, route.expert, self.spec.ffn_experts, self.expert_ffn)  # (N, H)
+        y = route.weight[:, None] * self.dropout(y)
+        return self.output.LayerNorm(y + x).view(B, T, H), self._record(route, B, T)
+
+    @staticmethod
+    def _record(route: RouterOutput, B: int, T: int) -> BlockRouting:
+        return BlockRouting(
+            expert=route.expert.view(B, T),
+            prob=route.weight.view(B, T),
+            probs=route.probs.view(B, T, -1),
+            load_balance=switch_load_balance(route.probs, route.expert),
+        )
+
+    def forward(self, h, mask, token_ids=None):
+        h, attn_routing, qkv = self.attention_block(h, mask, token_ids)
+        h, ffn_routing = self.ffn_block(h, token_ids)
+        return h, attn_routing, ffn_routing, qkv
+
+
+class _Encoder(nn.Module):
+    def __init__(self, spec: StudentSpec, dispatch: str):
+        super().__init__()
+        self.layer = nn.ModuleList(Layer(spec, dispatch) for _ in range(spec.layers))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, spec: StudentSpec):
+        super().__init__()
+        self.dense = nn.Linear(spec.hidden, spec.hidden)
+
+    def forward(self, h):
+        return torch.tanh(self.dense(h[:, 0]))  # (B, H) from the [CLS] token
+
+
+TASK_KINDS = ("sequence", "token")
+
+
+class Student(nn.Module):
+    """A dense or MiniMoE BERT-style student built from a :class:`StudentSpec`.
+
+    Args:
+        spec: the architecture.
+        num_labels: size of an optional task head (1 for regression); 0 for no head.
+        task: ``sequence`` (head on the pooled [CLS], like BertForSequenceClassification) or
+            ``token`` (head on every token, like BertForTokenClassification).
+        dispatch: ``sorted`` (fast path) or ``loop`` (reference), for MoE blocks.
+        moefy: initialise MoE experts by splitting a wide dense init (the authors' "moefication");
+            False gives each expert an independent BERT init.
+    """
+
+    def __init__(self, spec: StudentSpec, num_labels: int = 0, task: str = "sequence",
+                 dispatch: str = "sorted", moefy: bool = True):
+        super().__init__()
+        if task not in TASK_KINDS:
+            raise ValueError(f"Student task must be one of {', '.join(TASK_KINDS)}, got {task!r}.")
+        if dispatch not in DISPATCH:
+            raise ValueError(f"Student dispatch must be one of {', '.join(DISPATCH)}, got {dispatch!r}.")
+        if num_labels < 0:
+            raise ValueError(f"Student num_labels must be >= 0 (0: no head), got {num_labels}.")
+        self.spec, self.num_labels, self.task = spec, num_labels, task
+        self.embeddings = Embeddings(spec)
+        self.encoder = _Encoder(spec, dispatch)
+        self.pooler = _Pooler(spec)
+        if num_labels:
+            self.head_dropout = nn.Dropout(spec.dropout)
+            self.classifier = nn.Linear(spec.hidden, num_labels)
+        self.reset_parameters(moefy=moefy)
+
+    # -- initialisation --------------------------------------------------------------------------
+    def reset_parameters(self, moefy: bool = True, generator: torch.Generator | None = None):
+        """BERT initialisation (normal(0, initializer_range), zero biases, unit LayerNorms); MoE experts
+        by moefication of a wide dense init (see :func:`gapkit.models.moefy.moefy_init`); gates as nn.Linear."""
+        std = self.spec.initializer_range
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, ExpertLinear)):
+                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std, generator=generator)
+                if module.padding_idx is not None:
+                    with torch.no_grad():
+                        module.weight[module.padding_idx].zero_()
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, Router):
+                module.reset_parameters()
+        if moefy and self.spec.is_moe:
+            from .moefy import moefy_init
+
+            moefy_init(self, generator=generator)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        output_hidden_states: bool = False,
+        output_qkv: bool = False,
+        qkv_layer: int = -1,
+    ) -> StudentOutput:
+        """Encode a batch.
+
+        Args:
+            input_ids: (B, T) token ids (or ``inputs_embeds`` (B, T, H)).
+            attention_mask: (B, T), 1 for real tokens, 0 for padding; all ones when None.
+            token_type_ids, position_ids: (B, T); zeros and 0..T-1 when None.
+            output_hidden_states: also return every layer's output.
+            output_qkv: also return Q, K, V of layer ``qkv_layer`` (default the last).
+        Returns:
+            A :class:`StudentOutput`.
+        """
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the student.")
+        B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
+        if T > self.spec.max_positions:
+            raise ValueError(
+                f"Sequence length {T} exceeds the student's max_positions ({self.spec.max_positions}): "
+                f"truncate the inputs or build the student with a larger max_positions."
+            )
+        device = input_ids.device if input_ids is not None else inputs_embeds.device
+        if token_type_ids is None:
+            token_type_ids = torch.zeros(B, T, dtype=torch.long, device=device)
+        if position_ids is None:
+            position_ids = torch.arange(T, device=device).expand(B, T)
+        if attention_mask is None:
+            attention_mask = torch.ones(B, T, dtype=torch.long, device=device)
+
+        h = self.embeddings(input_ids, token_type_ids, position_ids, inputs_embeds)  # (B, T, H)
+        # Additive key mask, BERT's convention: 0 for real tokens, the dtype's minimum for padding.
+        mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * torch.finfo(h.dtype).min  # (B, 1, 1, T)
+        token_ids = input_ids.reshape(-1) if input_ids is not None else None
+
+        layers = self.encoder.layer
+        qkv_index = qkv_layer % len(layers)
+        hidden_states = [h] if output_hidden_states else None
+        record, qkv = RoutingRecord(), None
+        for i, layer in enumerate(layers):
+            h, attn_routing, ffn_routing, layer_qkv = layer(h, mask, token_ids)
+            record.attn.append(attn_routing)
+            record.ffn.append(ffn_routing)
+            if output_qkv and i == qkv_index:
+                qkv = layer_qkv
+            if output_hidden_states:
+                hidden_states.append(h)
+
+        pooled = self.pooler(h)
+        logits = None
+        if self.num_labels:
+            features = pooled if self.task == "sequence" else h
+            logits = self.classifier(self.head_dropout(features))  # (B, C) or (B, T, C)
+        load_balance = record.load_balance().to(h.device)
+        return StudentOutput(
+            last_hidden_state=h,
+            pooler_output=pooled,
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            routing=record,
+            load_balance=load_balance,
+            aux_loss=self.spec.load_balance_weight * load_balance,
+            qkv=qkv,
+            logits=logits,
+        )
+
+    # -- accounting ------------------------------------------------------------------------------
+    def num_parameters(self, active: bool = False, embeddings: bool = True) -> int:
+        """Parameter count; ``active`` counts one expert per block plus the gates (what one token uses)."""
+        total = 0
+        for name, p in self.named_parameters():
+            if not embeddings and name.startswith("embeddings."):
+                continue
+            n = p.numel()
+            if active and self._is_stacked(name, p):
+                n //= p.shape[0]
+            total += n
+        return total
+
+    def _is_stacked(self, name: str, p: torch.Tensor) -> bool:
+        """Is ``p`` an expert stack (leading dim = experts)?"""
+        module_name, _, leaf = name.rpartition(".")
+        module = self.get_submodule(module_name)
+        if not isinstance(module, ExpertLinear) or module.num_experts == 1:
+            return False
+        return p.dim() == (3 if leaf == "weight" else 2)

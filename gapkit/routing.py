@@ -1,0 +1,160 @@
+"""Routing records and load statistics of MiniMoE students.
+
+A forward pass returns a :class:`RoutingRecord`: for every layer and block (``attn``, ``ffn``) the
+expert chosen for each token, its gate probability, the full gate distribution and the block's load
+balance. Nothing is kept on the modules. This module also turns records into tidy statistics tables.
+
+Dimension names: B batch, T sequence, N = B*T tokens, E experts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+BLOCKS = ("attn", "ffn")
+
+
+def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Switch-Transformer load balance of one MoE block: E * sum_i(mean prob_i * token fraction_i).
+
+    It equals 1.0 at perfect balance and E when one expert takes every token with probability 1.
+    As in the MiniMoE authors' code it runs over every token position, padding included, and the
+    gradient flows through the mean probabilities only.
+
+    Args:
+        probs: (N, E) gate probabilities.
+        expert: (N,) chosen expert per token.
+    Returns:
+        A scalar tensor.
+    """
+    num_experts = probs.shape[-1]
+    mean_prob = probs.mean(0)  # (E,)
+    counts = torch.bincount(expert, minlength=num_experts).to(probs.dtype)  # (E,)
+    fraction = counts / counts.sum()
+    return num_experts * (mean_prob * fraction).sum()
+
+
+@dataclass
+class BlockRouting:
+    """Routing of one MoE block for one forward pass.
+
+    Attributes:
+        expert: (B, T) chosen expert per token.
+        prob: (B, T) probability of the chosen expert (the factor its output is scaled by;
+            1 for the random and hash ablations, which have no gate).
+        probs: (B, T, E) the whole gate distribution (one-hot for random and hash routing).
+        load_balance: scalar Switch load balance of this block (differentiable for learned gates).
+    """
+
+    expert: torch.Tensor
+    prob: torch.Tensor
+    probs: torch.Tensor
+    load_balance: torch.Tensor
+
+    @property
+    def num_experts(self) -> int:
+        return self.probs.shape[-1]
+
+    def detach(self) -> "BlockRouting":
+        return BlockRouting(self.expert, self.prob.detach(), self.probs.detach(), self.load_balance.detach())
+
+
+@dataclass
+class RoutingRecord:
+    """Per-layer routing of a forward pass. ``attn[l]`` / ``ffn[l]`` is None for a dense block."""
+
+    attn: list[BlockRouting | None] = field(default_factory=list)
+    ffn: list[BlockRouting | None] = field(default_factory=list)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.ffn)
+
+    @property
+    def is_moe(self) -> bool:
+        return any(b is not None for b in self.attn + self.ffn)
+
+    def blocks(self):
+        """Yield (layer, block name, BlockRouting) for every MoE block."""
+        for layer in range(self.num_layers):
+            for name, per_layer in (("attn", self.attn), ("ffn", self.ffn)):
+                if per_layer[layer] is not None:
+                    yield layer, name, per_layer[layer]
+
+    def load_balance(self) -> torch.Tensor:
+        """The aggregated load balance, exactly as the MiniMoE authors aggregate it.
+
+        A dense block counts as 1. The FFN blocks are averaged over layers; when the student also has
+        attention experts, the result is (mean attention balance + mean FFN balance) / 2.
+        """
+        def mean_over_layers(per_layer):
+            values = [b.load_balance for b in per_layer if b is not None]
+            if not values:
+                return None
+            # Dense layers contribute exactly 1, as the authors' ones(1) placeholder does.
+            return (torch.stack(values).sum() + (len(per_layer) - len(values))) / len(per_layer)
+
+        ffn = mean_over_layers(self.ffn)
+        attn = mean_over_layers(self.attn)
+        if attn is None and ffn is None:
+            return torch.tensor(1.0)
+        if attn is None:
+            return ffn
+        if ffn is None:
+            ffn = torch.ones_like(attn)
+        return (attn + ffn) / 2
+
+    def detach(self) -> "RoutingRecord":
+        return RoutingRecord(
+            [b.detach() if b is not None else None for b in self.attn],
+            [b.detach() if b is not None else None for b in self.ffn],
+        )
+
+
+def block_statistics(routing: BlockRouting, attention_mask: torch.Tensor | None = None) -> list[dict]:
+    """Per-expert statistics of one block, over real tokens only when a mask is given.
+
+    Returns one dict per expert with ``expert``, ``token_fraction``, ``mean_gate_prob`` (mean
+    probability the gate gives that expert), ``load_balance`` (the block's, over the same tokens)
+    and ``gate_entropy`` (mean entropy of the gate distribution in nats, the same for every row).
+    """
+    probs = routing.probs.detach().reshape(-1, routing.num_experts).float()  # (N, E)
+    expert = routing.expert.reshape(-1)  # (N,)
+    if attention_mask is not None:
+        keep = attention_mask.reshape(-1).bool()
+        probs, expert = probs[keep], expert[keep]
+    if expert.numel() == 0:
+        return []
+    num_experts = probs.shape[-1]
+    counts = torch.bincount(expert, minlength=num_experts).float()
+    fraction = counts / counts.sum()
+    mean_prob = probs.mean(0)
+    balance = float(num_experts * (mean_prob * fraction).sum())
+    entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
+    return [
+        dict(
+            expert=i,
+            token_fraction=float(fraction[i]),
+            mean_gate_prob=float(mean_prob[i]),
+            load_balance=balance,
+            gate_entropy=entropy,
+        )
+        for i in range(num_experts)
+    ]
+
+
+def routing_rows(record: RoutingRecord, attention_mask: torch.Tensor | None = None, **extra) -> list[dict]:
+    """Tidy rows (one per layer, block and expert) of a record's statistics.
+
+    Args:
+        record: a forward pass's routing record.
+        attention_mask: (B, T), to leave padding out of the statistics.
+        **extra: constant columns added to every row (e.g. ``step=100, split="train"``).
+    """
+    rows = []
+    for layer, block, routing in record.blocks():
+        for row in block_statistics(routing, attention_mask):
+            rows.append(dict(extra, layer=layer, block=block, **row))
+    return rows
