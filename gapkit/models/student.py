@@ -249,10 +249,12 @@ class Layer(nn.Module):
         self.attention = _Attention(spec)
         self.intermediate = _Intermediate(spec)
         self.output = _Output(spec.ffn, spec, spec.ffn_experts)
-        if spec.attn_experts > 1:
-            self.attn_gate = Router(spec.hidden, spec.attn_experts, spec.routing, spec.gate_noise)
-        if spec.ffn_experts > 1:
-            self.ffn_gate = Router(spec.hidden, spec.ffn_experts, spec.routing, spec.gate_noise)
+        # A block is MiniMoE when it has a router; the authors' dense blocks (1 expert) have none.
+        def router(num_experts):
+            return Router(spec.hidden, num_experts, spec.routing, spec.gate_noise) if num_experts > 1 else None
+
+        self.attn_gate = router(spec.attn_experts)
+        self.ffn_gate = router(spec.ffn_experts)
         self.act = ACT_FNS[spec.hidden_act]
         self.dropout = nn.Dropout(spec.dropout)
         self.dispatch = DISPATCH[dispatch]
@@ -270,7 +272,7 @@ class Layer(nn.Module):
     def attention_block(self, h, mask, token_ids):
         """Returns (output (B, T, H), routing or None, (q, k, v))."""
         qkv, out = self.attention.self, self.attention.output
-        if self.spec.attn_experts == 1:
+        if self.attn_gate is None:
             q, k, v = qkv.query(h), qkv.key(h), qkv.value(h)  # (B, T, A)
             a = self.dropout(out.dense(self.attend(q, k, v, mask)))
             return out.LayerNorm(a + h), None, (q, k, v)
@@ -281,9 +283,10 @@ class Layer(nn.Module):
         # Each token's Q, K and V come from its own expert; attention then runs over the whole sequence.
         A = self.spec.attn_size
         qkv_fn = lambda e, xe: torch.cat([qkv.query(xe, e), qkv.key(xe, e), qkv.value(xe, e)], -1)
-        q, k, v = self.dispatch(x, route.expert, self.spec.attn_experts, qkv_fn).view(B, T, 3 * A).split(A, -1)
+        E = self.attn_gate.num_experts
+        q, k, v = self.dispatch(x, route.expert, E, qkv_fn).view(B, T, 3 * A).split(A, -1)
         ctx = self.attend(q, k, v, mask).reshape(B * T, A)  # (N, A)
-        a = self.dispatch(ctx, route.expert, self.spec.attn_experts, lambda e, ce: out.dense(ce, e))  # (N, H)
+        a = self.dispatch(ctx, route.expert, E, lambda e, ce: out.dense(ce, e))  # (N, H)
         a = route.weight[:, None] * self.dropout(a)
         return out.LayerNorm(a + x).view(B, T, H), self._record(route, B, T), (q, k, v)
 
@@ -294,12 +297,12 @@ class Layer(nn.Module):
 
     def ffn_block(self, h, token_ids):
         """Returns (output (B, T, H), routing or None)."""
-        if self.spec.ffn_experts == 1:
+        if self.ffn_gate is None:
             return self.output.LayerNorm(self.dropout(self.expert_ffn(0, h)) + h), None
         B, T, H = h.shape
         x = h.reshape(B * T, H)  # (N, H)
         route = self.ffn_gate(x, token_ids)
-        y = self.dispatch(x, route.expert, self.spec.ffn_experts, self.expert_ffn)  # (N, H)
+        y = self.dispatch(x, route.expert, self.ffn_gate.num_experts, self.expert_ffn)  # (N, H)
         y = route.weight[:, None] * self.dropout(y)
         return self.output.LayerNorm(y + x).view(B, T, H), self._record(route, B, T)
 
