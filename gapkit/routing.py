@@ -158,3 +158,44 @@ def routing_rows(record: RoutingRecord, attention_mask: torch.Tensor | None = No
         for row in block_statistics(routing, attention_mask):
             rows.append(dict(extra, layer=layer, block=block, **row))
     return rows
+
+
+class RoutingAccumulator:
+    """Statistics of many forward passes (e.g. a whole dev set), per layer and block.
+
+    ``add`` each batch's record; ``rows`` gives the same columns as :func:`routing_rows`, computed over
+    all the real tokens seen: token fractions and mean gate probabilities pooled over batches, the load
+    balance from the pooled values, and the mean gate entropy.
+    """
+
+    def __init__(self):
+        self._sums: dict[tuple[int, str], dict[str, torch.Tensor | float]] = {}
+
+    def add(self, record: RoutingRecord, attention_mask: torch.Tensor | None = None) -> None:
+        for layer, block, routing in record.blocks():
+            probs = routing.probs.detach().reshape(-1, routing.num_experts).float()  # (N, E)
+            expert = routing.expert.reshape(-1)
+            if attention_mask is not None:
+                keep = attention_mask.reshape(-1).bool()
+                probs, expert = probs[keep], expert[keep]
+            s = self._sums.setdefault((layer, block), dict(
+                counts=torch.zeros(routing.num_experts), prob_sum=torch.zeros(routing.num_experts),
+                entropy_sum=0.0, tokens=0))
+            s["counts"] += torch.bincount(expert, minlength=routing.num_experts).float().cpu()
+            s["prob_sum"] += probs.sum(0).cpu()
+            s["entropy_sum"] += float(-(probs * probs.clamp_min(1e-12).log()).sum())
+            s["tokens"] += expert.numel()
+
+    def rows(self, **extra) -> list[dict]:
+        rows = []
+        for (layer, block), s in sorted(self._sums.items()):
+            if not s["tokens"]:
+                continue
+            fraction = s["counts"] / s["tokens"]
+            mean_prob = s["prob_sum"] / s["tokens"]
+            balance = float(len(fraction) * (fraction * mean_prob).sum())
+            entropy = s["entropy_sum"] / s["tokens"]
+            for i in range(len(fraction)):
+                rows.append(dict(extra, layer=layer, block=block, expert=i, token_fraction=float(fraction[i]),
+                                 mean_gate_prob=float(mean_prob[i]), load_balance=balance, gate_entropy=entropy))
+        return rows

@@ -1,0 +1,33 @@
+"""gapkit data: GLUE, CoNLL-2003, raw text for distillation, the built-in synthetic task, model
+inputs and metrics. Every loader reads local files or the Hugging Face Hub."""
+
+from gapkit.data.conll import CONLL_LABELS, NerExample, load_conll, read_conll_file
+from gapkit.data.features import (
+    IGNORE_INDEX,
+    align_predictions,
+    check_max_len,
+    encode_conll,
+    encode_glue,
+    pad_batch,
+    tokenize_conll,
+    tokenize_glue,
+)
+from gapkit.data.glue import GLUE_TASKS, Example, GlueTask, get_glue_task, load_glue
+from gapkit.data.metrics import (
+    classification_metrics,
+    glue_metrics,
+    glue_score,
+    ner_metrics,
+    primary_metric,
+)
+from gapkit.data.synthetic import SyntheticTask
+from gapkit.data.text import HUB_TEXT, TextCorpus, iter_text, pack_segment_pairs, split_sentences
+
+__all__ = [
+    "CONLL_LABELS", "GLUE_TASKS", "HUB_TEXT", "IGNORE_INDEX",
+    "Example", "GlueTask", "NerExample", "SyntheticTask", "TextCorpus",
+    "align_predictions", "check_max_len", "classification_metrics", "encode_conll", "encode_glue",
+    "get_glue_task", "glue_metrics", "glue_score", "iter_text", "load_conll", "load_glue",
+    "ner_metrics", "pack_segment_pairs", "pad_batch", "primary_metric", "read_conll_file",
+    "split_sentences", "tokenize_conll", "tokenize_glue",
+]

@@ -1,0 +1,180 @@
+"""A task, ready to train on: tokenized train and evaluation features plus how to score them.
+
+``build_task(data_spec, tokenizer)`` is what the training loop calls; it reads and checks everything
+(unknown task, missing split, malformed rows, a too-long max_len) before any training starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from ..errors import DataError
+from .conll import CONLL_LABELS, load_conll
+from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
+from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
+from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
+from .synthetic import SyntheticTask
+from .text import iter_text, pack_segment_pairs
+
+KINDS = ("sequence", "regression", "token", "unlabeled")
+
+
+@dataclass
+class TaskData:
+    """Features of one task.
+
+    Attributes:
+        task: the task name (``sst2``, ``conll``, ``synthetic``, ``text`` ...).
+        kind: ``sequence`` (classification of the [CLS]), ``regression`` (STS-B), ``token`` (NER) or
+            ``unlabeled`` (raw text).
+        num_labels: classes (1 for regression, 0 unlabeled).
+        train: per-example features (python lists), for ``pad_batch``.
+        evals: evaluation split name -> features (``dev``; MNLI ``dev_matched``, ``dev_mismatched``).
+        pad_token_id: the padding id of the tokenizer (or the synthetic vocabulary).
+        vocab_size: size of the vocabulary the ids come from.
+        primary: the metric that selects the best checkpoint (higher is better).
+    """
+
+    task: str
+    kind: str
+    num_labels: int
+    train: list[dict]
+    evals: dict[str, list[dict]]
+    pad_token_id: int
+    vocab_size: int
+    label_names: tuple[str, ...] | None = None
+    primary: str = "score"
+    _score: Callable | None = field(default=None, repr=False)
+
+    @property
+    def head(self) -> str | None:
+        """The student head this task needs: ``sequence``, ``token`` or None."""
+        return {"sequence": "sequence", "regression": "sequence", "token": "token"}.get(self.kind)
+
+    def metrics(self, split: str, logits: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+        """Score an evaluation split. logits: (N, C) or (N, T, C); labels: (N,) or (N, T)."""
+        if self._score is None:
+            raise DataError(f"Task {self.task!r} has no labels to score.")
+        return self._score(split, logits, labels)
+
+
+def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:
+    """Load, check and tokenize the task a :class:`gapkit.distill.DataSpec` names.
+
+    Args:
+        spec: a DataSpec (task, data_dir, text, max_len, subsets ...).
+        tokenizer: a Hugging Face tokenizer (every task but ``synthetic``).
+        seed: seed of the subsets and of text packing.
+    Raises:
+        DataError: unknown task, missing folder/split, malformed rows, no tokenizer where one is needed.
+    """
+    task = spec.task.lower().replace("-", "")
+    if task != "synthetic" and tokenizer is None:
+        raise DataError(f"Task {spec.task!r} needs a tokenizer: set data.tokenizer or use a teacher with one.")
+    if task == "synthetic":
+        return _synthetic(spec, seed)
+    if task in ("conll", "conll2003"):
+        return _conll(spec, tokenizer, seed)
+    if task == "text":
+        return _text(spec, tokenizer, seed)
+    if task in GLUE_TASKS:
+        return _glue(task, spec, tokenizer, seed)
+    raise DataError(
+        f"Unknown task {spec.task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text."
+    )
+
+
+def _vocab_size(tokenizer) -> int:
+    return len(tokenizer)
+
+
+def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
+    glue = get_glue_task(task)
+    train = load_glue(task, "train", spec.data_dir, spec.max_train_examples, seed)
+    eval_splits = [s for s in glue.split_files if s != "train" and not (task == "mnli" and s == "dev")]
+    evals = {s: load_glue(task, s, spec.data_dir, spec.max_eval_examples, seed) for s in eval_splits}
+    kind = "regression" if glue.is_regression else "sequence"
+
+    def score(split, logits, labels):
+        name = task if task != "mnli" else ("mnli_mm" if "mismatched" in split else "mnli_m")
+        preds = logits.float().numpy()
+        return glue_metrics(name, preds, labels.numpy())
+
+    return TaskData(
+        task=task, kind=kind, num_labels=glue.num_labels,
+        train=tokenize_glue(train, tokenizer, spec.max_len),
+        evals={s: tokenize_glue(ex, tokenizer, spec.max_len) for s, ex in evals.items()},
+        pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
+        label_names=tuple(glue.label_names) if glue.label_names else None,
+        primary=primary_metric(task), _score=score,
+    )
+
+
+def _conll(spec, tokenizer, seed: int) -> TaskData:
+    train = load_conll("train", spec.data_dir, spec.max_train_examples, seed)
+    dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, seed)
+
+    def score(split, logits, labels):
+        pred_tags, gold_tags = align_predictions(logits, labels, CONLL_LABELS)
+        return ner_metrics(pred_tags, gold_tags)
+
+    return TaskData(
+        task="conll", kind="token", num_labels=len(CONLL_LABELS),
+        train=tokenize_conll(train, tokenizer, spec.max_len), evals={"dev": tokenize_conll(dev, tokenizer, spec.max_len)},
+        pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
+        label_names=CONLL_LABELS, primary="f1", _score=score,
+    )
+
+
+def _synthetic(spec, seed: int) -> TaskData:
+    kwargs = dict(spec.synthetic)
+    kwargs.setdefault("max_len", min(32, spec.max_len))
+    if kwargs["max_len"] > spec.max_len:
+        raise DataError(f"synthetic.max_len {kwargs['max_len']} exceeds data.max_len {spec.max_len}; lower one of them.")
+    try:
+        task = SyntheticTask(**kwargs)
+    except TypeError as e:
+        raise DataError(f"Bad data.synthetic settings: {e}.") from None
+    train = subsample(task.examples("train"), spec.max_train_examples, seed)
+    dev = subsample(task.examples("dev"), spec.max_eval_examples, seed)
+
+    def score(split, logits, labels):
+        return classification_metrics(logits.float().numpy(), labels.numpy())
+
+    return TaskData(
+        task="synthetic", kind="sequence", num_labels=task.num_labels, train=train, evals={"dev": dev},
+        pad_token_id=task.pad_token_id, vocab_size=task.vocab_size, primary="score", _score=score,
+    )
+
+
+def synthetic_unlabeled(spec, n: int) -> list[dict]:
+    """Unlabeled features of the synthetic task (its own stream), for task-agnostic distillation."""
+    return list(SyntheticTask(**dict(spec.synthetic, max_len=spec.synthetic.get("max_len", min(32, spec.max_len)))).unlabeled(n))
+
+
+def _text(spec, tokenizer, seed: int) -> TaskData:
+    """Raw text packed into segment pairs; every 20th feature is held out for evaluation."""
+    n_train = spec.max_train_examples
+    n_eval = spec.max_eval_examples or max(1, (n_train or 10**9) // 19)
+    features = []
+    for source in spec.text:
+        docs = iter_text(source, spec.line_mode, config=spec.text_config)
+        features.extend(pack_segment_pairs(docs, tokenizer, spec.max_len, seed))
+        if n_train is not None and len(features) >= (n_train + n_eval) * 1.2:
+            break
+    if len(features) < 2:
+        raise DataError(f"The text in data.text ({', '.join(spec.text)}) gave {len(features)} segment(s); "
+                        f"give more text (at least a few sentences).")
+    held_out = features[::20]
+    train = [f for i, f in enumerate(features) if i % 20]
+    train = train[:n_train] if n_train else train
+    return TaskData(
+        task="text", kind="unlabeled", num_labels=0, train=train, evals={"dev": held_out[:n_eval]},
+        pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer), primary="relation",
+    )
+
+
+__all__ = ["TaskData", "build_task", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]
