@@ -61,6 +61,18 @@ class TaskData:
         return self._score(split, logits, labels)
 
 
+OTHER_TASKS = ("conll", "synthetic", "text")
+
+
+def check_task_name(task: str) -> str:
+    """Normalise a task name (``SST-2`` -> ``sst2``); DataError naming the known tasks if unknown."""
+    name = task.lower().replace("-", "")
+    name = "conll" if name == "conll2003" else name
+    if name not in GLUE_TASKS and name not in OTHER_TASKS:
+        raise DataError(f"Unknown task {task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text.")
+    return name
+
+
 def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:
     """Load, check and tokenize the task a :class:`gapkit.distill.DataSpec` names.
 
@@ -71,20 +83,16 @@ def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:
     Raises:
         DataError: unknown task, missing folder/split, malformed rows, no tokenizer where one is needed.
     """
-    task = spec.task.lower().replace("-", "")
+    task = check_task_name(spec.task)
     if task != "synthetic" and tokenizer is None:
         raise DataError(f"Task {spec.task!r} needs a tokenizer: set data.tokenizer or use a teacher with one.")
     if task == "synthetic":
         return _synthetic(spec, seed)
-    if task in ("conll", "conll2003"):
+    if task == "conll":
         return _conll(spec, tokenizer, seed)
     if task == "text":
         return _text(spec, tokenizer, seed)
-    if task in GLUE_TASKS:
-        return _glue(task, spec, tokenizer, seed)
-    raise DataError(
-        f"Unknown task {spec.task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text."
-    )
+    return _glue(task, spec, tokenizer, seed)
 
 
 def _vocab_size(tokenizer) -> int:
@@ -177,4 +185,4 @@ def _text(spec, tokenizer, seed: int) -> TaskData:
     )
 
 
-__all__ = ["TaskData", "build_task", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]
+__all__ = ["TaskData", "build_task", "check_task_name", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]

@@ -1,0 +1,131 @@
+"""Pipelines: several runs in order, each stage able to use an earlier stage's model.
+
+A stage names an earlier one with ``@name`` as its ``teacher`` or ``student``; that resolves to the
+earlier run's ``best/`` folder. This is how the paper's stages chain (task-agnostic distillation then
+task-specific distillation) and how teacher-assistant chains are declared:
+
+    teacher -> assistant (agnostic, then task) -> student (agnostic from the assistant, then task)
+
+Every stage runs in ``<output_dir>/<stage name>``; a stage whose run already finished is not run
+again, so an interrupted pipeline is simply started again (``resume`` continues a stage cut mid-way).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from ..errors import ConfigError
+from .config import DistillSpec, apply_overrides
+from .trainer import RunResult, run
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+@dataclass
+class PipelineSpec:
+    """Ordered stages sharing ``defaults``.
+
+    Args:
+        stages: stage dicts (DistillSpec fields plus a unique ``name``); ``teacher``/``student`` may be
+            ``@<earlier stage name>``.
+        defaults: settings merged under every stage (a stage's own settings win).
+        output_dir: the pipeline folder; stage ``s`` runs in ``output_dir/s``.
+    """
+
+    stages: list[dict]
+    defaults: dict = field(default_factory=dict)
+    output_dir: str = "runs/pipeline"
+    name: str = "pipeline"
+
+    def __post_init__(self):
+        if not self.stages:
+            raise ConfigError("A pipeline needs at least one stage under 'stages'.")
+        seen: list[str] = []
+        for i, stage in enumerate(self.stages):
+            name = stage.get("name")
+            if not name or name in seen or "/" in str(name):
+                raise ConfigError(f"Pipeline stage {i + 1} needs a unique name without '/' (got {name!r}).")
+            for role in ("teacher", "student"):
+                ref = stage.get(role)
+                if isinstance(ref, str) and ref.startswith("@") and ref[1:] not in seen:
+                    raise ConfigError(f"Stage {name!r} uses {role} {ref!r}, which is not an earlier stage "
+                                      f"(earlier: {', '.join(seen) or 'none'}).")
+            seen.append(name)
+        self.resolved()  # every stage must build
+
+    def stage_dir(self, name: str) -> Path:
+        return Path(self.output_dir) / name
+
+    def resolved(self) -> list[DistillSpec]:
+        """The stages as DistillSpecs, ``@name`` references turned into folders."""
+        specs = []
+        for stage in self.stages:
+            data = _merge(self.defaults, stage)
+            for role in ("teacher", "student"):
+                ref = data.get(role)
+                if isinstance(ref, str) and ref.startswith("@"):
+                    data[role] = str(self.stage_dir(ref[1:]) / "best")
+            data["output_dir"] = str(self.stage_dir(stage["name"]))
+            specs.append(DistillSpec.from_dict(data))
+        return specs
+
+    @classmethod
+    def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "PipelineSpec":
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"Pipeline file {path} does not exist: check the path.")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict) or "stages" not in data:
+            raise ConfigError(f"{path} is not a pipeline: it needs a 'stages' list.")
+        apply_overrides(data.setdefault("defaults", {}), overrides or [])
+        unknown = sorted(set(data) - {"stages", "defaults", "output_dir", "name"})
+        if unknown:
+            raise ConfigError(f"Unknown pipeline setting(s) {', '.join(unknown)} in {path}.")
+        return cls(**data)
+
+
+def ta_chain(teacher: str, assistant: str, student: str, task_teacher: str, output_dir: str,
+             defaults: dict | None = None) -> PipelineSpec:
+    """The paper's "MiniLM w/ TA" baseline as a pipeline: two identical rounds, teacher -> assistant -> student.
+
+    Args:
+        teacher: the pre-trained teacher (task-agnostic stage of the assistant).
+        assistant: the assistant's shape (the paper: ``12L-384H``).
+        student: the student's shape.
+        task_teacher: the teacher fine-tuned on the task (task stage of the assistant).
+        output_dir: pipeline folder; ``defaults``: settings shared by all stages (data, train ...).
+    """
+    stages = [
+        dict(name="assistant_agnostic", stage="agnostic", teacher=teacher, student=assistant),
+        dict(name="assistant_task", stage="task", teacher=task_teacher, student="@assistant_agnostic"),
+        dict(name="student_agnostic", stage="agnostic", teacher="@assistant_agnostic", student=student),
+        dict(name="student_task", stage="task", teacher="@assistant_task", student="@student_agnostic"),
+    ]
+    return PipelineSpec(stages=stages, defaults=defaults or {}, output_dir=output_dir, name="ta_chain")
+
+
+def run_pipeline(spec: PipelineSpec, resume: bool = False, progress: bool = True) -> list[RunResult]:
+    """Run every stage in order; finished stages are read back, not re-run."""
+    results = []
+    for stage in spec.resolved():
+        result_file = Path(stage.output_dir) / "result.json"
+        if result_file.exists():
+            saved = json.loads(result_file.read_text())
+            if saved["status"] == "failed":
+                raise ConfigError(f"Stage {Path(stage.output_dir).name!r} failed earlier (see "
+                                  f"{Path(stage.output_dir) / 'failure.json'}): fix it and use a new output_dir.")
+            results.append(RunResult(**saved))
+            continue
+        results.append(run(stage, resume=resume or (Path(stage.output_dir) / "checkpoint").exists(),
+                           progress=progress))
+    return results

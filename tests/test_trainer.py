@@ -1,0 +1,218 @@
+"""The training loop on gapkit's synthetic task: files, reproducibility, resume, failures, DDP, pipelines."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from gapkit.distill import DistillSpec, PipelineSpec, run, run_pipeline, ta_chain
+from gapkit.distill import trainer as trainer_module
+from gapkit.errors import ConfigError, DataError, TrainingFailed
+
+DATA = dict(task="synthetic", max_len=32, max_train_examples=256, max_eval_examples=64)
+
+
+def finetune_spec(out, **train):
+    return DistillSpec(
+        stage="finetune", student="2L-32H-4A", output_dir=str(out), data=DATA,
+        train=dict(dict(lr=2e-3, max_steps=8, batch_size=16, eval_every=4, log_every=2, device="cpu"), **train),
+        weights=dict(relation=0, hard=1.0),
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A tiny teacher fine-tuned on the synthetic task (a BertForSequenceClassification folder)."""
+    out = tmp_path_factory.mktemp("teacher")
+    spec = DistillSpec(
+        stage="finetune", student="2L-64H-4A", output_dir=str(out / "run"), data=dict(DATA, max_train_examples=512),
+        train=dict(lr=3e-3, max_steps=40, batch_size=32, eval_every=20, device="cpu"), weights=dict(relation=0, hard=1.0),
+    )
+    run(spec, progress=False)
+    return str(out / "run" / "best")
+
+
+def test_finetune_writes_one_run_folder(tmp_path):
+    result = run(finetune_spec(tmp_path / "r"), progress=False)
+    r = tmp_path / "r"
+    assert result.status == "completed" and result.steps == 8
+    assert {"config.json", "metrics.jsonl", "result.json", "best", "checkpoint"} <= {p.name for p in r.iterdir()}
+    rows = [json.loads(line) for line in (r / "metrics.jsonl").read_text().splitlines()]
+    assert {row["split"] for row in rows} == {"train", "dev"}
+    assert [row["step"] for row in rows if row["split"] == "dev" and row["metric"] == "score"] == [4, 8]
+    assert json.loads((r / "result.json").read_text())["best"]["score"] == result.best["score"]
+    assert DistillSpec.from_dict(json.loads((r / "config.json").read_text())).train.max_steps == 8
+    # best/ is a plain Hugging Face classifier
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(r / "best")
+    assert model.config.num_labels == 2
+    with pytest.raises(ConfigError, match="already holds a finished run"):
+        run(finetune_spec(r), progress=False)
+
+
+def test_cpu_runs_are_bitwise_reproducible(tmp_path):
+    run(finetune_spec(tmp_path / "a"), progress=False)
+    run(finetune_spec(tmp_path / "b"), progress=False)
+    a = load_file(tmp_path / "a" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "checkpoint" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    c = load_file(run(finetune_spec(tmp_path / "c", seed=1), progress=False).run_dir + "/checkpoint/model.safetensors")
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_killed_run_resumes_to_the_same_weights_and_metrics(tmp_path):
+    full = run(finetune_spec(tmp_path / "full", checkpoint_every=3), progress=False)
+
+    def kill(step, logs, model):
+        if step == 5:  # after the step-3 checkpoint: steps 4-5 are lost and redone
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(finetune_spec(tmp_path / "cut", checkpoint_every=3), callback=kill, progress=False)
+    assert not (tmp_path / "cut" / "result.json").exists()
+    with pytest.raises(ConfigError, match="--resume"):
+        run(finetune_spec(tmp_path / "cut", checkpoint_every=3), progress=False)
+    resumed = run(finetune_spec(tmp_path / "cut", checkpoint_every=3), resume=True, progress=False)
+    a = load_file(tmp_path / "full" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "checkpoint" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.best == full.best and resumed.final == full.final
+    full_rows = (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()
+    cut_rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda rows: [{k: v for k, v in json.loads(r).items()} for r in rows
+                          if json.loads(r)["metric"] != "tokens_per_s"]
+    assert strip(full_rows) == strip(cut_rows)
+
+
+def test_nan_loss_stops_with_a_failure_record(tmp_path, monkeypatch):
+    real = trainer_module.hard_label_loss
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):
+        calls["n"] += 1
+        loss = real(*args, **kwargs)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(trainer_module, "hard_label_loss", poisoned)
+    with pytest.raises(TrainingFailed, match="step 3") as err:
+        run(finetune_spec(tmp_path / "r"), progress=False)
+    assert "hard" in str(err.value)
+    failure = json.loads((tmp_path / "r" / "failure.json").read_text())
+    assert failure["step"] == 3 and failure["term"] == "hard"
+    assert json.loads((tmp_path / "r" / "result.json").read_text())["status"] == "failed"
+
+
+def test_early_stopping(tmp_path):
+    result = run(finetune_spec(tmp_path / "r", lr=1e-9, warmup=0.0, eval_every=1, early_stopping=2), progress=False)
+    assert result.status == "early_stopped" and result.steps == 3
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    specs = []
+    for accum in (1, 4):
+        s = finetune_spec(tmp_path / f"acc{accum}", grad_accum=accum, max_steps=3, eval_every=3)
+        s.student = "2L-32H-4A"
+        specs.append(s)
+    for s in specs:  # no dropout: the two runs then see the same numbers
+        s.student = s.student_spec()
+        s.student.dropout = s.student.attention_dropout = 0.0
+        run(s, progress=False)
+    a = load_file(tmp_path / "acc1" / "checkpoint" / "model.safetensors")
+    b = load_file(tmp_path / "acc4" / "checkpoint" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_distillation_stages_and_routing_table(tmp_path, teacher):
+    agnostic = DistillSpec(
+        stage="agnostic", student="2L-32H-4A-1,4E", teacher=teacher, output_dir=str(tmp_path / "agn"),
+        data=DATA, relation_heads=4, train=dict(lr=2e-3, max_steps=6, batch_size=16, eval_every=3, routing_every=2, device="cpu"),
+    )
+    res = run(agnostic, progress=False)
+    assert res.final["relation"] > 0 and res.params_total > res.params_active
+    task = DistillSpec(
+        stage="task", student=str(tmp_path / "agn" / "best"), teacher=teacher, output_dir=str(tmp_path / "task"),
+        data=DATA, relation_heads=4, weights=dict(relation=0, soft=1.0, hard=0.5, temperature=2.0),
+        train=dict(lr=2e-3, max_steps=6, batch_size=16, eval_every=3, routing_every=2, device="cpu"),
+    )
+    res = run(task, progress=False)
+    assert 0 <= res.final["score"] <= 100
+    table = pd.read_parquet(tmp_path / "task" / "routing.parquet")
+    assert {"step", "split", "layer", "block", "expert", "token_fraction", "mean_gate_prob", "load_balance",
+            "gate_entropy"} <= set(table.columns)
+    assert set(table.split) == {"train", "dev"} and set(table.block) == {"ffn"} and set(table.expert) == {0, 1, 2, 3}
+    sums = table.groupby(["step", "split", "layer", "block"]).token_fraction.sum()
+    assert ((sums - 1).abs() < 1e-6).all()
+    assert (table.load_balance >= 1 - 1e-6).all()
+    logs = [json.loads(line) for line in (tmp_path / "task" / "metrics.jsonl").read_text().splitlines()]
+    assert {"soft", "hard", "load_balance", "total"} <= {r["metric"] for r in logs if r["split"] == "train"}
+
+
+def test_teacher_assistant_chain_as_one_pipeline(tmp_path, teacher):
+    defaults = dict(data=DATA, relation_heads=4, weights=dict(soft=1.0, hard=0.0),
+                    train=dict(lr=2e-3, max_steps=3, batch_size=16, device="cpu"))
+    pipeline = ta_chain(teacher=teacher, assistant="2L-48H-4A", student="1L-32H-4A", task_teacher=teacher,
+                        output_dir=str(tmp_path / "ta"), defaults=defaults)
+    results = run_pipeline(pipeline, progress=False)
+    assert [Path(r.run_dir).name for r in results] == ["assistant_agnostic", "assistant_task",
+                                                      "student_agnostic", "student_task"]
+    config = json.loads((tmp_path / "ta" / "student_task" / "config.json").read_text())
+    assert config["teacher"].endswith("assistant_task/best") and config["student"].endswith("student_agnostic/best")
+    again = run_pipeline(pipeline, progress=False)  # finished stages are read back, not re-run
+    assert [r.final for r in again] == [r.final for r in results]
+    with pytest.raises(ConfigError, match="not an earlier stage"):
+        PipelineSpec(stages=[dict(name="a", stage="task", teacher="@b", student="2L-32H-4A")])
+
+
+# -- bad input, before any training ------------------------------------------------------------
+def test_bad_input_is_reported_before_training(tmp_path, teacher):
+    def no_training(step, logs, model):
+        raise AssertionError("training started")
+
+    with pytest.raises(DataError, match="Unknown task"):
+        run(DistillSpec(stage="finetune", student="2L-32H-4A", output_dir=str(tmp_path / "a"),
+                        data=dict(task="sst3"), weights=dict(relation=0, hard=1)), callback=no_training)
+    with pytest.raises(ConfigError, match="predicts 2 labels"):
+        run(DistillSpec(stage="task", student="2L-32H-4A", teacher=teacher, output_dir=str(tmp_path / "b"),
+                        data=dict(DATA, synthetic=dict(num_labels=3)), relation_heads=4,
+                        weights=dict(soft=1.0)), callback=no_training)
+    with pytest.raises(DataError, match="position"):
+        run(DistillSpec(stage="task", student="2L-32H-4A", teacher=teacher, output_dir=str(tmp_path / "c"),
+                        data=dict(DATA, max_len=1024), relation_heads=4, weights=dict(soft=1.0)), callback=no_training)
+    with pytest.raises(ConfigError, match="relation_heads=5 does not divide"):
+        run(DistillSpec(stage="agnostic", student="2L-32H-4A", teacher=teacher, output_dir=str(tmp_path / "d"),
+                        data=DATA, relation_heads=5), callback=no_training)
+    with pytest.raises(ConfigError, match="teacher is empty"):
+        DistillSpec(stage="task", student="2L-32H-4A")
+    with pytest.raises(ConfigError, match="TrainSpec.lr"):
+        DistillSpec(stage="finetune", train=dict(lr=-1))
+    assert not (tmp_path / "b" / "checkpoint").exists()
+
+
+# -- data parallel ------------------------------------------------------------------------------
+def test_ddp_two_cpu_ranks_keep_identical_parameters(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(Path(__file__).with_name("ddp_worker.py")), str(tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = (load_file(tmp_path / f"rank{r}.safetensors") for r in (0, 1))
+    assert r0.keys() == r1.keys()
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+    # rank 0's checkpoint holds the same weights
+    ckpt = load_file(tmp_path / "run" / "checkpoint" / "model.safetensors")
+    assert torch.equal(ckpt["model.encoder.layer.0.intermediate.dense.weight"],
+                       r0["encoder.layer.0.intermediate.dense.weight"])
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 5
