@@ -15,3 +15,8 @@ __all__ = [
     "dispatch_loop",
     "dispatch_sorted",
 ]
+
+from .checkpoint import load_student, save_pretrained, student_from_hf  # noqa: E402
+from .teacher import Teacher, TeacherOutput  # noqa: E402
+
+__all__ += ["load_student", "save_pretrained", "student_from_hf", "Teacher", "TeacherOutput"]

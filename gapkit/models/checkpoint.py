@@ -1,0 +1,493 @@
+"""Checkpoint import and export: Hugging Face BERT folders and the MiniMoE authors' released layout.
+
+Two on-disk layouts, both a Hugging Face folder (``config.json`` + ``model.safetensors``):
+
+* **Dense students** are written as plain ``BertModel`` folders (``BertForSequenceClassification`` /
+  ``BertForTokenClassification`` when the student has a head), so ``transformers.AutoModel`` loads
+  them without gapkit. This works because the student's parameter names *are* BertModel's.
+* **MiniMoE students** are written in the layout of the authors' released checkpoints
+  (GeneZC/MiniMoE, ``MoEBertModel``): ``config.json`` is a BertConfig plus ``moe`` ("x,y") and
+  ``attention_head_size``, with ``num_attention_heads = heads * x`` and ``intermediate_size = ffn * y``
+  (the sizes of the wide model *before* moefication, which is how the authors' code reads them back);
+  every encoder weight sits under the prefix ``bert.``; expert weights are stacked ``[E, out, in]``;
+  every layer has an ``attn_gate`` and an ``ffn_gate`` Linear(H -> E), with E = 1 for a dense block
+  (the authors' model always builds both gates and leaves a 1-output gate unused).
+
+``gapkit_spec.json`` (``StudentSpec.to_json()``) is written beside them to carry what the Hugging Face
+config cannot say (routing mode, gate noise, load-balance weight, name); ``load_student`` uses it when
+its shapes agree with ``config.json``.
+
+Public API: :func:`save_pretrained`, :func:`load_student`, :func:`student_from_hf`,
+:func:`resolve_folder`; errors are :class:`gapkit.errors.ModelError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelError
+from .hf_config import spec_from_hf_config
+from .spec import StudentSpec
+from .student import Router, Student
+
+__all__ = ["load_student", "resolve_folder", "save_pretrained", "student_from_hf"]
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+SPEC_FILE = "gapkit_spec.json"
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+BIN_FILE = "pytorch_model.bin"
+
+# The Hugging Face prefix of the encoder inside task models (BertForSequenceClassification ...) and of
+# the authors' MoEBertMiniLM wrapper (``self.bert = MoEBertModel(config)``).
+BASE_PREFIX = "bert."
+# Keys outside the encoder that we know and deliberately drop: MLM/NSP heads of pre-training checkpoints
+# (``cls.``) and the authors' relation projection ``self.query/key/value`` (MoEBertMiniLM.self), which
+# exists only to distil the last layer's relations and plays no part in the encoder's forward pass.
+IGNORED_PREFIXES = {"cls.": "pre-training (MLM/NSP) head", "self.": "relation projection used only for distillation"}
+HEAD_PREFIX = "classifier."
+TASK_ARCHITECTURES = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+# Spec fields a checkpoint's weights fix; the rest (dropout, routing, gate noise ...) may be overridden.
+SHAPE_FIELDS = ("layers", "hidden", "heads", "head_size", "ffn", "vocab_size", "max_positions",
+                "type_vocab_size", "attn_experts", "ffn_experts")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Config conversion (StudentSpec <-> Hugging Face BertConfig dict, dense or the authors' MiniMoE)
+# ----------------------------------------------------------------------------------------------------
+def _hf_config(student: Student) -> dict:
+    """The config.json dict of ``student``: a plain BertConfig, or the authors' MiniMoE BertConfig."""
+    from transformers import BertConfig
+
+    spec = student.spec
+    moe_layout = _writes_moe_layout(spec)
+    x, y = spec.attn_experts, spec.ffn_experts
+    kwargs = dict(
+        vocab_size=spec.vocab_size,
+        hidden_size=spec.hidden,
+        num_hidden_layers=spec.layers,
+        # The authors' config stores the wide (pre-moefication) sizes: heads * x and ffn * y.
+        num_attention_heads=spec.heads * x,
+        intermediate_size=spec.ffn * y,
+        hidden_act=spec.hidden_act,
+        hidden_dropout_prob=spec.dropout,
+        attention_probs_dropout_prob=spec.attention_dropout,
+        max_position_embeddings=spec.max_positions,
+        type_vocab_size=spec.type_vocab_size,
+        initializer_range=spec.initializer_range,
+        layer_norm_eps=spec.layer_norm_eps,
+        pad_token_id=spec.pad_token_id,
+    )
+    base = "MoEBert" if moe_layout else "Bert"
+    architecture = base + (TASK_ARCHITECTURES[student.task] if student.num_labels else "Model")
+    if student.num_labels:
+        kwargs["num_labels"] = student.num_labels
+    if moe_layout:
+        kwargs.update(moe=f"{x},{y}", attention_head_size=spec.head_size)
+    config = BertConfig(architectures=[architecture], **kwargs)
+    return config.to_dict()
+
+
+def _writes_moe_layout(spec: StudentSpec) -> bool:
+    # A dense student whose heads * head_size differs from hidden cannot be a BertModel (BERT derives
+    # head_size = hidden / heads); the authors' layout states attention_head_size, so it can.
+    return spec.is_moe or spec.heads * spec.head_size != spec.hidden
+
+
+def _spec_from_config(config: Mapping, where: str) -> StudentSpec:
+    """A StudentSpec from a config.json dict: dense BERT, or the authors' MiniMoE (``moe``, ``attention_head_size``).
+
+    ``spec_from_hf_config`` reads the shape of any encoder family; a checkpoint's *weights* only fit a
+    student when the network is BERT itself, which is checked here first.
+
+    Raises:
+        ModelError: not a BERT config, or one a student cannot represent.
+    """
+    model_type = config.get("model_type")
+    # The authors' configs are BertConfigs (model_type "bert"); accept a hand-written one without it.
+    if model_type != "bert" and not (model_type is None and "moe" in config):
+        raise ModelError(
+            f"{where} holds a model of type {model_type!r} (config.json model_type), but a gapkit student "
+            f"loads only BERT checkpoints (model_type 'bert': dense, or the MiniMoE authors' layout)."
+        )
+    position = config.get("position_embedding_type", "absolute")
+    if position != "absolute":
+        raise ModelError(
+            f"{where} uses position_embedding_type {position!r}; gapkit students have absolute positions only."
+        )
+    return spec_from_hf_config(config, where=where)
+
+
+def _merge_saved_spec(spec: StudentSpec, folder: Path) -> StudentSpec:
+    """Take gapkit-only settings (routing, gate noise, ...) from gapkit_spec.json when its shapes agree."""
+    path = folder / SPEC_FILE
+    if not path.is_file():
+        return spec
+    try:
+        saved = StudentSpec.from_json(path.read_text())
+    except (ValueError, TypeError) as err:
+        logger.warning("Ignoring %s: it is not a valid StudentSpec (%s).", path, err)
+        return spec
+    # config.json describes the network the weights belong to: it wins on everything it states.
+    if any(getattr(saved, f) != getattr(spec, f) for f in SHAPE_FIELDS + ("hidden_act", "layer_norm_eps")):
+        logger.warning("Ignoring %s: it disagrees with config.json, which describes the weights.", path)
+        return spec
+    return saved
+
+
+# ----------------------------------------------------------------------------------------------------
+# Folders and weight files
+# ----------------------------------------------------------------------------------------------------
+def resolve_folder(name_or_path: str | os.PathLike) -> Path:
+    """A local folder, or a Hub repository fetched with ``huggingface_hub.snapshot_download``.
+
+    Args:
+        name_or_path: a folder, or a Hub id such as ``GeneZC/bert-base-minimoe-1,4E``.
+    Returns:
+        The folder's path.
+    Raises:
+        ModelError: neither a local folder nor fetchable from the Hub (e.g. offline).
+    """
+    path = Path(name_or_path)
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelError(f"{str(name_or_path)!r} is a file; expected a checkpoint folder or a Hub model name.")
+    from huggingface_hub import snapshot_download
+
+    try:
+        # Only what a checkpoint needs: configs and weights, not TF/Flax/ONNX copies.
+        return Path(snapshot_download(str(name_or_path), allow_patterns=["*.json", "*.safetensors", "*.bin", "*.txt"]))
+    except Exception as err:  # HFValidationError, offline LocalEntryNotFoundError, RepositoryNotFoundError ...
+        raise ModelError(
+            f"{str(name_or_path)!r} is not a local folder and could not be fetched from the Hugging Face Hub "
+            f"({type(err).__name__}: offline, misspelt, or no such repository)."
+        ) from err
+
+
+def _read_config(folder: Path) -> dict:
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        found = ", ".join(sorted(p.name for p in folder.iterdir())[:8]) or "nothing"
+        raise ModelError(
+            f"{folder} has no config.json (found: {found}); expected a Hugging Face BERT or MiniMoE checkpoint folder."
+        )
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ModelError(f"{path} is not valid JSON ({err}).") from None
+
+
+def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
+    """All tensors of a folder: model.safetensors (or its sharded index), else pytorch_model.bin."""
+    from safetensors.torch import load_file as _load_file
+
+    def load_file(path: Path) -> dict[str, torch.Tensor]:
+        try:
+            return _load_file(path)
+        except Exception as err:  # SafetensorError (truncated or not safetensors), missing shard
+            raise ModelError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
+
+    if (folder / SAFETENSORS_FILE).is_file():
+        return load_file(folder / SAFETENSORS_FILE)
+    if (folder / SAFETENSORS_INDEX).is_file():
+        shards = sorted(set(json.loads((folder / SAFETENSORS_INDEX).read_text())["weight_map"].values()))
+        state: dict[str, torch.Tensor] = {}
+        for shard in shards:
+            state.update(load_file(folder / shard))
+        return state
+    if (folder / BIN_FILE).is_file():
+        try:
+            # weights_only: a .bin is a pickle, and unpickling arbitrary objects can run arbitrary code.
+            state = torch.load(folder / BIN_FILE, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise ModelError(
+                f"{folder / BIN_FILE} could not be read as a plain dict of tensors with weights_only=True "
+                f"({type(err).__name__}); re-save it as model.safetensors."
+            ) from None
+        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise ModelError(f"{folder / BIN_FILE} does not hold a dict of tensors (a state dict).")
+        return state
+    raise ModelError(
+        f"{folder} has a config.json but no weights; expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE}."
+    )
+
+
+def _split_state(state: Mapping[str, torch.Tensor], where: str) -> tuple[dict, dict]:
+    """Split a raw checkpoint into (encoder weights without prefix, task-head weights without prefix).
+
+    Drops, with a logged note, everything else: pre-training heads, the authors' relation projection,
+    the ``position_ids`` buffer older transformers saved.
+    """
+    prefixed = any(k.startswith(BASE_PREFIX) for k in state)
+    encoder, head, dropped = {}, {}, {}
+    for key, value in state.items():
+        # TF-era checkpoints name LayerNorm parameters gamma/beta (transformers renames them the same way).
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+        if prefixed and key.startswith(BASE_PREFIX):
+            encoder[key[len(BASE_PREFIX):]] = value
+        elif key.startswith(HEAD_PREFIX):
+            head[key[len(HEAD_PREFIX):]] = value
+        elif not prefixed and key.split(".")[0] in ("embeddings", "encoder", "pooler"):
+            encoder[key] = value
+        else:
+            dropped[key] = value
+    encoder.pop("embeddings.position_ids", None)  # a buffer, not a weight
+    notes = {}
+    for key in dropped:
+        reason = next((why for p, why in IGNORED_PREFIXES.items() if key.startswith(p)), "not part of the encoder")
+        notes.setdefault(reason, []).append(key)
+    for reason, keys in notes.items():
+        logger.info("%s: ignoring %d weight(s) outside the encoder (%s), e.g. %s.", where, len(keys), reason, keys[0])
+    return encoder, head
+
+
+def _check_and_select(student: Student, encoder: dict, where: str) -> dict:
+    """The checkpoint's encoder weights, checked key by key against ``student``'s parameters.
+
+    Gates the student does not have (the authors' unused 1-output gates, or gates of random/hash
+    routing) are dropped; a missing pooler keeps its initialisation (transformers' token-classification
+    models are saved without one). Anything else missing or wrongly shaped is an error.
+    """
+    expected = {k: v for k, v in student.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+    selected = {}
+    for key, param in expected.items():
+        if key not in encoder:
+            if key.startswith("pooler."):
+                continue
+            raise ModelError(
+                f"{where} lacks the encoder weight {key!r} (expected shape {list(param.shape)}, found none)."
+            )
+        found = encoder[key]
+        if tuple(found.shape) != tuple(param.shape):
+            raise ModelError(
+                f"{where}: encoder weight {key!r} has shape {list(found.shape)}, expected {list(param.shape)} "
+                f"from the config."
+            )
+        selected[key] = found
+    if not any(k.startswith("pooler.") for k in selected):
+        logger.info("%s has no pooler weights; the student's pooler keeps its random initialisation.", where)
+    unused_gate = re.compile(r"^encoder\.layer\.\d+\.(attn_gate|ffn_gate)\.(weight|bias)$")
+    extra = [k for k in encoder if k not in expected and not unused_gate.match(k)]
+    if extra:
+        logger.warning("%s: ignoring %d unexpected encoder weight(s), e.g. %s.", where, len(extra), extra[0])
+    return selected
+
+
+def _task_from_config(config: Mapping) -> str | None:
+    for arch in config.get("architectures") or []:
+        for task, suffix in TASK_ARCHITECTURES.items():
+            if arch.endswith(suffix):
+                return task
+    return None
+
+
+def _build_student(spec: StudentSpec, encoder: dict, head: dict, where: str, num_labels: int | None,
+                   task: str | None, dispatch: str) -> Student:
+    """Build a student of ``spec`` and load checked weights into it (eval mode)."""
+    head_labels = head["weight"].shape[0] if "weight" in head else 0
+    if num_labels is None:
+        num_labels = head_labels
+    elif head_labels and num_labels and num_labels != head_labels:
+        raise ModelError(
+            f"{where} has a classifier with {head_labels} labels but num_labels={num_labels} was asked for; "
+            f"pass num_labels={head_labels}, or 0 to drop the head."
+        )
+    student = Student(spec, num_labels=num_labels, task=task or "sequence", dispatch=dispatch, moefy=False)
+    state = _check_and_select(student, encoder, where)
+    if num_labels and head_labels:
+        for name, param in student.classifier.state_dict().items():
+            if name not in head or head[name].shape != param.shape:
+                raise ModelError(
+                    f"{where}: classifier.{name} has shape {list(head[name].shape) if name in head else None}, "
+                    f"expected {list(param.shape)}."
+                )
+            state[HEAD_PREFIX + name] = head[name]
+    elif num_labels:
+        logger.info("%s has no classifier; the %d-label head is newly initialised.", where, num_labels)
+    elif head_labels:
+        logger.info("%s: ignoring its %d-label classifier (num_labels=0).", where, head_labels)
+    _, unexpected = student.load_state_dict(state, strict=False)  # missing: a fresh head or pooler, by design
+    assert not unexpected, unexpected  # _check_and_select only picks the student's own keys
+    return student.eval()
+
+
+# ----------------------------------------------------------------------------------------------------
+# Public API
+# ----------------------------------------------------------------------------------------------------
+def save_pretrained(student: Student, folder: str | os.PathLike) -> Path:
+    """Write ``student`` as a Hugging Face folder.
+
+    A dense student becomes a plain BERT folder (``BertModel``, or ``BertForSequenceClassification`` /
+    ``BertForTokenClassification`` with a head) that ``transformers`` loads without gapkit. A MiniMoE
+    student is written in the authors' released layout (see the module docstring). Both also get
+    ``gapkit_spec.json``. Files are written under temporary names and moved into place, so an
+    interrupted save never leaves a half-written checkpoint under the final name.
+
+    Args:
+        student: a :class:`Student`.
+        folder: target folder; created if needed, files of the same names replaced.
+    Returns:
+        The folder.
+    """
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    spec = student.spec
+    moe_layout = _writes_moe_layout(spec)
+    if moe_layout and not spec.is_moe:
+        logger.warning(
+            "%s: heads * head_size (%d) differs from hidden (%d), which transformers' BertModel cannot express; "
+            "writing the MiniMoE layout, which only gapkit.load_student reads.",
+            folder, spec.heads * spec.head_size, spec.hidden,
+        )
+    encoder = {k: v for k, v in student.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+    if moe_layout:
+        # The authors' MoEBertLayer always has both gates; a block without a learned gate (dense, or
+        # random/hash routing) gets a zero Linear(H -> E) that is never used.
+        for i, layer in enumerate(student.encoder.layer):
+            for gate_name, experts in (("attn_gate", spec.attn_experts), ("ffn_gate", spec.ffn_experts)):
+                gate = getattr(layer, gate_name, None)
+                if not (isinstance(gate, Router) and gate.mode == "learned"):
+                    encoder[f"encoder.layer.{i}.{gate_name}.weight"] = torch.zeros(experts, spec.hidden)
+                    encoder[f"encoder.layer.{i}.{gate_name}.bias"] = torch.zeros(experts)
+    # transformers puts the encoder under "bert." inside task models; the authors always do.
+    prefix = BASE_PREFIX if (moe_layout or student.num_labels) else ""
+    tensors = {prefix + k: v for k, v in encoder.items()}
+    if student.num_labels:
+        tensors.update({HEAD_PREFIX + k: v for k, v in student.classifier.state_dict().items()})
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+    _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    config_text = json.dumps(_hf_config(student), indent=2, sort_keys=True) + "\n"
+    _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(config_text))
+    _atomic_write(folder / SPEC_FILE, lambda p: p.write_text(spec.to_json() + "\n"))
+    return folder
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def load_student(path: str | os.PathLike, num_labels: int | None = None, task: str | None = None,
+                 dispatch: str = "sorted") -> Student:
+    """Load a student from a BERT checkpoint: dense Hugging Face BERT, or the MiniMoE authors' layout.
+
+    The folder may hold ``model.safetensors`` (or a sharded index) or ``pytorch_model.bin`` (read with
+    ``weights_only=True`` only); the encoder's keys may be plain (``BertModel``) or under ``bert.``
+    (task models, the authors' checkpoints). Pre-training heads and the authors' relation projection
+    are ignored with a logged note; ``classifier.*`` loads into the task head.
+
+    Args:
+        path: a folder, or a Hub name (fetched with ``huggingface_hub.snapshot_download``).
+        num_labels: task-head size; None takes it from the checkpoint's classifier (0 when it has
+            none), 0 drops a head, and a size for a checkpoint without a classifier adds a fresh head.
+        task: ``sequence`` or ``token``; None reads it from config.json ``architectures`` (default sequence).
+        dispatch: the student's MoE dispatch, ``sorted`` or ``loop``.
+    Returns:
+        A :class:`Student` in eval mode.
+    Raises:
+        ModelError: not a folder or Hub model, no config.json or weights, not a BERT model, or a
+            missing / wrongly shaped encoder weight.
+    """
+    folder = resolve_folder(path)
+    where = str(path)
+    config = _read_config(folder)
+    spec = _merge_saved_spec(_spec_from_config(config, where), folder)
+    encoder, head = _split_state(_read_weights(folder), where)
+    return _build_student(spec, encoder, head, where, num_labels, task or _task_from_config(config), dispatch)
+
+
+def student_from_hf(model_or_path, spec_overrides: Mapping | None = None,
+                    layers: int | Sequence[int] | None = None) -> Student:
+    """Initialise a student from a Hugging Face BERT checkpoint, optionally from a subset of its layers.
+
+    Copies the embeddings, the chosen layers (renumbered 0..k-1) and the pooler; drops any task head.
+    Typical use: a 6-layer teacher's layers ``[1, 3, 5]`` as a 3-layer student's initialisation.
+
+    Args:
+        model_or_path: a ``transformers`` BERT model (``BertModel`` or a ``BertFor*`` task model), a
+            folder, or a Hub name.
+        spec_overrides: StudentSpec fields that do not change weight shapes (``dropout``, ``name``,
+            ``routing`` ...).
+        layers: None for all layers; a list of layer indices; or an int k for k evenly spaced layers
+            ending with the last (k=3 of 12 gives [3, 7, 11]).
+    Returns:
+        A :class:`Student` in eval mode.
+    """
+    if isinstance(model_or_path, nn.Module):
+        if not hasattr(model_or_path, "config"):
+            raise ModelError(
+                f"student_from_hf needs a transformers model (with .config), got a {type(model_or_path).__name__}."
+            )
+        where = f"the given {type(model_or_path).__name__}"
+        config = model_or_path.config.to_dict()
+        raw = model_or_path.state_dict()
+        saved_spec_folder = None
+    else:
+        folder = resolve_folder(model_or_path)
+        where = str(model_or_path)
+        config = _read_config(folder)
+        raw = _read_weights(folder)
+        saved_spec_folder = folder
+    spec = _spec_from_config(config, where)
+    if saved_spec_folder is not None:
+        spec = _merge_saved_spec(spec, saved_spec_folder)
+    encoder, _ = _split_state(raw, where)
+
+    chosen = _choose_layers(layers, spec.layers)
+    if chosen != list(range(spec.layers)):
+        renamed = {}
+        for key, value in encoder.items():
+            m = re.match(r"^encoder\.layer\.(\d+)\.(.*)$", key)
+            if m is None:
+                renamed[key] = value
+            elif int(m[1]) in chosen:
+                renamed[f"encoder.layer.{chosen.index(int(m[1]))}.{m[2]}"] = value
+        encoder = renamed
+    overrides = dict(spec_overrides or {})
+    fixed = sorted(set(overrides) & set(SHAPE_FIELDS))
+    if fixed:
+        raise ModelError(
+            f"student_from_hf: {', '.join(fixed)} are fixed by the checkpoint's weights and cannot be overridden"
+            + (" (choose layers with the layers= argument)." if "layers" in fixed else ".")
+        )
+    if "dropout" in overrides and "gate_noise" not in overrides and spec.gate_noise == spec.dropout:
+        overrides["gate_noise"] = None  # still tied to dropout, as the authors do: re-derive it
+    try:
+        spec = dataclasses.replace(spec, layers=len(chosen), name=None, **overrides)
+    except (TypeError, ValueError) as err:
+        raise ModelError(f"student_from_hf: bad spec_overrides ({err}).") from None
+    return _build_student(spec, encoder, {}, where, 0, None, "sorted")
+
+
+def _choose_layers(layers: int | Sequence[int] | None, total: int) -> list[int]:
+    if layers is None:
+        return list(range(total))
+    if isinstance(layers, int) and not isinstance(layers, bool):
+        if not 1 <= layers <= total:
+            raise ModelError(f"Cannot choose {layers} layers from a checkpoint with {total}; use 1..{total}.")
+        # Evenly spaced, ending with the last layer (the one relation distillation targets).
+        return [round((i + 1) * total / layers) - 1 for i in range(layers)]
+    chosen = list(layers)
+    if not chosen or len(set(chosen)) != len(chosen) or not all(
+        isinstance(i, int) and 0 <= i < total for i in chosen
+    ):
+        raise ModelError(
+            f"layers must be distinct indices in 0..{total - 1} (the checkpoint has {total} layers), got {layers!r}."
+        )
+    return chosen
