@@ -1,0 +1,130 @@
+"""The ``gapkit`` command. Each verb is a thin shell over public functions.
+
+    gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
+
+To add a verb: write ``_add_<verb>_arguments(parser)`` and ``_run_<verb>(args) -> int`` (exit status)
+and add one entry to :data:`COMMANDS`. Errors gapkit raises on purpose (:class:`GapkitError`) become one
+line on stderr, ``gapkit: error: ...``, and exit status 2 for bad input (1 for other failures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Callable, NamedTuple
+
+from .errors import GapkitError
+
+__all__ = ["COMMANDS", "main"]
+
+
+# ----------------------------------------------------------------------------------------------------
+# gapkit flops
+# ----------------------------------------------------------------------------------------------------
+# The paper's students and teachers (reference/minimoe_facts.md), and the default MiniMoE.
+DEFAULT_FLOPS_MODELS = ("2L-192H", "2L-384H", "3L-384H", "4L-384H", "6L-384H", "12L-384H", "bert-base",
+                        "bert-large", "3L-384H-1,4E")
+CONVENTION_HELP = {
+    "macs": "multiply-accumulates of every matmul, attention scores included (fvcore's unit)",
+    "flops": "2 x macs (torch.utils.flop_counter's unit)",
+    "paper": "MACs of the encoder's linear layers only, one expert, no gate (the MiniMoE paper's axis)",
+}
+
+
+def _add_flops_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("models", nargs="*", metavar="MODEL",
+                        help="preset (bert-base, 3L-384H ...), shape spec (3L-384H-1,4E), local model folder "
+                             "or Hugging Face Hub name; default: the paper's students and teachers")
+    parser.add_argument("--seq-len", type=int, default=128, help="tokens per sequence (default 128, the paper's)")
+    parser.add_argument("--convention", choices=tuple(CONVENTION_HELP), default="macs",
+                        help="; ".join(f"{k}: {v}" for k, v in CONVENTION_HELP.items()) + " (default macs)")
+    parser.add_argument("--json", action="store_true", help="print the rows as a JSON list")
+
+
+def _run_flops(args: argparse.Namespace) -> int:
+    from .errors import ModelError
+    from .flops import describe, resolve_model
+
+    if args.seq_len < 1:
+        raise ModelError(f"--seq-len must be a positive integer, got {args.seq_len}.")
+    # Resolve every model first, so that a bad name fails before anything is counted.
+    resolved = [resolve_model(ref) for ref in (args.models or DEFAULT_FLOPS_MODELS)]
+    for r in resolved:
+        if args.seq_len > r.spec.max_positions:
+            raise ModelError(f"--seq-len {args.seq_len} exceeds the {r.spec.max_positions} positions of model {r.ref!r}.")
+    rows = [describe(r, seq_len=args.seq_len, convention=args.convention) for r in resolved]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        print(format_flops_table(rows, args.convention, args.seq_len))
+    return 0
+
+
+def _number(value: float, digits: int = 1) -> str:
+    """``digits`` decimals, or 3 significant digits for values too small to show that way (tiny models)."""
+    return f"{value:.{digits}f}" if value >= 10 ** -digits or value == 0 else f"{value:.3g}"
+
+
+def format_flops_table(rows: list[dict], convention: str, seq_len: int) -> str:
+    """An aligned text table of :func:`gapkit.flops.describe` rows, its convention in the header."""
+    header = ("model", "layers", "hidden", "experts", "params total (M)", "params active (M)",
+              f"GFLOPs ({convention})")
+    body = [
+        (r["model"], str(r["layers"]), str(r["hidden"]), r["experts"], _number(r["params_total"] / 1e6),
+         _number(r["params_active"] / 1e6), _number(r["gflops"], 2))
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def fmt(line):  # text columns left-aligned, numbers right-aligned
+        return "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
+
+    lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
+    lines.append(f"{convention}: {CONVENTION_HELP[convention]}; sequence length {seq_len}, batch 1.")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Dispatch
+# ----------------------------------------------------------------------------------------------------
+class Command(NamedTuple):
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+COMMANDS: dict[str, Command] = {
+    "flops": Command("FLOPs and parameters of models, under a named convention",
+                     _add_flops_arguments, _run_flops),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gapkit", description="Curse-of-capacity-gap toolkit.")
+    verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, command in COMMANDS.items():
+        command.add_arguments(verbs.add_parser(name, help=command.help, description=command.help))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``gapkit`` command line.
+
+    Args:
+        argv: arguments without the program name; ``sys.argv[1:]`` when None.
+    Returns:
+        The exit status: 0 on success, 2 for bad input (usage, unknown model ...), 1 for other
+        gapkit failures.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # argparse already printed usage and its error
+        return int(exit_.code or 0)
+    try:
+        return COMMANDS[args.command].run(args)
+    except GapkitError as err:
+        message = " ".join(str(err).split())  # always one line
+        print(f"gapkit: error: {message}", file=sys.stderr)
+        return 2 if isinstance(err, ValueError) else 1
