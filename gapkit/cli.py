@@ -1,6 +1,8 @@
 """The ``gapkit`` command. Each verb is a thin shell over public functions.
 
     gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
+    gapkit distill CONFIG [--set KEY=VALUE ...] [--resume]
+    gapkit pipeline CONFIG [--set KEY=VALUE ...] [--resume]
 
 To add a verb: write ``_add_<verb>_arguments(parser)`` and ``_run_<verb>(args) -> int`` (exit status)
 and add one entry to :data:`COMMANDS`. Errors gapkit raises on purpose (:class:`GapkitError`) become one
@@ -86,6 +88,40 @@ def format_flops_table(rows: list[dict], convention: str, seq_len: int) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit distill / gapkit pipeline
+# ----------------------------------------------------------------------------------------------------
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a YAML/JSON run config (see configs/)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting, e.g. --set train.lr=1e-4 --set output_dir=runs/x (repeatable)")
+    parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _print_result(result) -> None:
+    best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if k != "step" and isinstance(v, (int, float)))
+    print(f"{result.status}: {result.steps} steps in {result.wall_time_s:.0f} s; best ({best}) "
+          f"at step {result.best.get('step')}; run folder {result.run_dir}")
+
+
+def _run_distill(args: argparse.Namespace) -> int:
+    from .distill import DistillSpec, run
+
+    spec = DistillSpec.from_file(args.config, args.overrides)
+    _print_result(run(spec, resume=args.resume, progress=not args.quiet))
+    return 0
+
+
+def _run_pipeline(args: argparse.Namespace) -> int:
+    from .distill import PipelineSpec, run_pipeline
+
+    spec = PipelineSpec.from_file(args.config, args.overrides)
+    for result in run_pipeline(spec, resume=args.resume, progress=not args.quiet):
+        _print_result(result)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 class Command(NamedTuple):
@@ -97,6 +133,10 @@ class Command(NamedTuple):
 COMMANDS: dict[str, Command] = {
     "flops": Command("FLOPs and parameters of models, under a named convention",
                      _add_flops_arguments, _run_flops),
+    "distill": Command("fine-tune or distil one run (task-agnostic or task-specific) from a config file",
+                       _add_run_arguments, _run_distill),
+    "pipeline": Command("run several stages in order (e.g. a teacher-assistant chain) from a config file",
+                        _add_run_arguments, _run_pipeline),
 }
 
 

@@ -151,7 +151,7 @@ def test_distillation_stages_and_routing_table(tmp_path, teacher):
     assert set(table.split) == {"train", "dev"} and set(table.block) == {"ffn"} and set(table.expert) == {0, 1, 2, 3}
     sums = table.groupby(["step", "split", "layer", "block"]).token_fraction.sum()
     assert ((sums - 1).abs() < 1e-6).all()
-    assert (table.load_balance >= 1 - 1e-6).all()
+    assert table.load_balance.between(0.5, 4.0).all()  # E * sum(p_i f_i): about 1 when balanced, at most E
     logs = [json.loads(line) for line in (tmp_path / "task" / "metrics.jsonl").read_text().splitlines()]
     assert {"soft", "hard", "load_balance", "total"} <= {r["metric"] for r in logs if r["split"] == "train"}
 
@@ -216,3 +216,17 @@ def test_ddp_two_cpu_ranks_keep_identical_parameters(tmp_path):
     assert torch.equal(ckpt["model.encoder.layer.0.intermediate.dense.weight"],
                        r0["encoder.layer.0.intermediate.dense.weight"])
     assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 5
+
+
+def test_cached_teacher_logits_equal_a_live_teacher_pass(teacher):
+    from gapkit.data import SyntheticTask
+    from gapkit.data.features import pad_batch
+    from gapkit.models import Teacher
+
+    t = Teacher.from_pretrained(teacher, num_labels=2, task="sequence")
+    features = SyntheticTask(n_train=40, max_len=32).examples("train")
+    cached = trainer_module.cache_teacher_logits(t, features, 0, 16, torch.device("cpu"), trainer_module.contextlib.nullcontext())
+    for i in (0, 17, 39):
+        one = pad_batch([features[i]])
+        live = t(one["input_ids"], one["attention_mask"], one["token_type_ids"]).logits[0]
+        torch.testing.assert_close(cached[i], live, atol=1e-5, rtol=1e-5)

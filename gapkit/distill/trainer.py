@@ -321,8 +321,9 @@ class Batches:
     """Global batches of ``batch_size`` examples; each rank takes its share, split into micro-batches."""
 
     def __init__(self, features: list[dict], batch_size: int, grad_accum: int, seed: int, pad_token_id: int,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, teacher_logits: list[torch.Tensor] | None = None):
         self.features, self.batch_size, self.grad_accum = features, batch_size, grad_accum
+        self.teacher_logits = teacher_logits
         self.seed, self.pad, self.rank, self.world = seed, pad_token_id, rank, world
         per_rank = batch_size // world
         if per_rank < grad_accum or batch_size % world:
@@ -338,7 +339,34 @@ class Batches:
         ids = order[index * self.batch_size:(index + 1) * self.batch_size]
         mine = ids[self.rank::self.world]
         chunks = np.array_split(np.asarray(mine), self.grad_accum)
-        return [pad_batch([self.features[i] for i in chunk], self.pad) for chunk in chunks if len(chunk)]
+        return [self.collate(chunk) for chunk in chunks if len(chunk)]
+
+    def collate(self, indices) -> dict:
+        batch = pad_batch([self.features[i] for i in indices], self.pad)
+        if self.teacher_logits is not None:
+            logits = [self.teacher_logits[i] for i in indices]
+            if logits[0].dim() == 2:  # token task: (T_i, C) -> (B, T, C), padded to the batch's T
+                T = batch["input_ids"].shape[1]
+                logits = [F.pad(x, (0, 0, 0, T - x.shape[0])) for x in logits]
+            batch["teacher_logits"] = torch.stack(logits)
+        return batch
+
+
+@torch.no_grad()
+def cache_teacher_logits(teacher, features: list[dict], pad: int, batch_size: int, device, amp) -> list[torch.Tensor]:
+    """Teacher logits of every training example, computed once (the teacher is frozen and in eval mode,
+    so they never change): task KD then costs one teacher pass instead of one per epoch.
+    Returns one (C,) or, for token tasks, (T_i, C) float tensor per example."""
+    cached = []
+    for start in range(0, len(features), batch_size):
+        chunk = features[start:start + batch_size]
+        batch = _to(pad_batch(chunk, pad), device)
+        with amp:
+            logits = teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
+        logits = logits.float().cpu()
+        for i, f in enumerate(chunk):
+            cached.append(logits[i, :len(f["input_ids"])].clone() if logits.dim() == 3 else logits[i].clone())
+    return cached
 
 
 def _eval_batches(features: list[dict], batch_size: int, pad: int):
@@ -522,17 +550,25 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
         task.train = synthetic_unlabeled(spec.data, spec.data.max_train_examples or len(task.train))
         task.kind, task.num_labels, task.primary = "unlabeled", 0, "relation"
     teacher = _load_teacher(spec, task)
+    seed_everything(train.seed)  # the same initial weights whatever loading consumed
     model = _build_model(spec, task, tokenizer)
     _check_compatible(spec, task, model, teacher)
     if spec.stage == "task" and teacher is not None and teacher.num_labels == 0 and spec.weights.soft > 0:
         raise ConfigError(f"Teacher {spec.teacher!r} has no task head; fine-tune it first.")
 
-    seed_everything(train.seed)  # the same initial weights whatever loading consumed
     trainee = Trainee(model, spec, task, teacher).to(device)
     if teacher is not None:
         teacher.to(device)
     optimizer = _optimizer(trainee, train)
-    batches = Batches(task.train, train.batch_size, train.grad_accum, train.seed, task.pad_token_id, rank, world)
+    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.bf16
+           else contextlib.nullcontext())
+    # Task KD from logits alone: one teacher pass over the training set instead of one per step.
+    logits_only = (teacher is not None and spec.stage == "task" and spec.weights.relation == 0
+                   and spec.weights.hidden == 0)
+    teacher_logits = (cache_teacher_logits(teacher, task.train, task.pad_token_id, train.eval_batch_size, device, amp)
+                      if logits_only else None)
+    batches = Batches(task.train, train.batch_size, train.grad_accum, train.seed, task.pad_token_id, rank, world,
+                      teacher_logits)
     total_steps = train.max_steps or max(1, math.ceil(train.epochs * batches.per_epoch))
     scheduler = _scheduler(optimizer, total_steps, train.warmup)
     eval_every = train.eval_every or batches.per_epoch
@@ -558,8 +594,6 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
         ddp = nn.parallel.DistributedDataParallel(
             trainee, device_ids=[device.index] if device.type == "cuda" else None,
             find_unused_parameters=isinstance(student, Student) and student.spec.is_moe)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.bf16
-           else contextlib.nullcontext())
     trainee.train()
 
     def evaluate_all(step: int) -> dict:
@@ -592,8 +626,13 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
                 sync = contextlib.nullcontext() if (not distributed or i == len(micro) - 1) else ddp.no_sync()
                 with sync:
                     with amp:
-                        teacher_out = (teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
-                                       if teacher is not None else None)
+                        if "teacher_logits" in batch:
+                            teacher_out = _Out(logits=batch.pop("teacher_logits"))
+                        elif teacher is not None:
+                            teacher_out = teacher(batch["input_ids"], batch["attention_mask"],
+                                                  batch.get("token_type_ids"))
+                        else:
+                            teacher_out = None
                         terms, out = ddp(batch, teacher_out)
                     check_finite(terms, step + 1)
                     loss, logs = combine(terms, spec.weights)

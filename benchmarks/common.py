@@ -1,0 +1,49 @@
+"""Shared helpers for gapkit benchmarks: machine description and appending result rows."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import os
+import platform
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
+
+
+def machine() -> dict:
+    """Where a number was measured: host CPU / GPU, cores, torch build."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return dict(
+        machine=f"{cpu}; {os.cpu_count()} cores" + (f"; {gpu}" if gpu else ""),
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+def append_rows(name: str, rows: list[dict]) -> Path:
+    """Append ``rows`` to ``results/bench/<name>.csv`` (header written once; existing rows kept)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.csv"
+    fields = list(rows[0])
+    exists = path.exists() and path.stat().st_size > 0
+    if exists:
+        with open(path, newline="") as f:
+            header = next(csv.reader(f), None)
+        if header and header != fields:
+            raise SystemExit(f"{path} has columns {header}, expected {fields}: move it aside to start a new table.")
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        if not exists:
+            writer.writeheader()
+        writer.writerows(rows)
+    return path

@@ -1,0 +1,65 @@
+"""Every shipped config builds; the distill/pipeline verbs of the command line."""
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gapkit.cli import main
+from gapkit.distill import DistillSpec, PipelineSpec
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    data = yaml.safe_load(path.read_text())
+    spec = PipelineSpec.from_file(path) if "stages" in data else DistillSpec.from_file(path)
+    if isinstance(spec, PipelineSpec):
+        assert len(spec.resolved()) == len(data["stages"])
+    else:
+        assert spec.stage in ("finetune", "agnostic", "task")
+
+
+def test_shipped_configs_exist():
+    assert len(CONFIGS) >= 3
+
+
+def test_config_round_trip_and_overrides(tmp_path):
+    spec = DistillSpec.from_file(CONFIGS[0], ["train.lr=0.5", "output_dir=elsewhere"])
+    assert spec.train.lr == 0.5 and spec.output_dir == "elsewhere"
+    path = tmp_path / "c.yaml"
+    path.write_text(spec.to_yaml())
+    assert DistillSpec.from_file(path).to_dict() == spec.to_dict()
+
+
+def test_cli_distill_runs_and_reports(tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        stage="finetune", student="2L-32H-4A", output_dir=str(tmp_path / "run"),
+        data=dict(task="synthetic", max_len=32, max_train_examples=128, max_eval_examples=32),
+        train=dict(lr=1e-3, max_steps=3, batch_size=16, device="cpu"), weights=dict(relation=0, hard=1))))
+    assert main(["distill", str(config), "--quiet"]) == 0
+    assert "completed: 3 steps" in capsys.readouterr().out
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["steps"] == 3
+    # the finished run is never overwritten
+    assert main(["distill", str(config), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("gapkit: error:") and "already holds a finished run" in err and "\n" not in err
+
+
+@pytest.mark.parametrize("args, words", [
+    (["distill", "missing.yaml"], "does not exist"),
+    (["distill", "{cfg}", "--set", "train.lr=-1"], "TrainSpec.lr"),
+    (["distill", "{cfg}", "--set", "colour=red"], "Unknown run setting"),
+    (["distill", "{cfg}", "--set", "data.task=sst3"], "Unknown task"),
+    (["pipeline", "{cfg}"], "not a pipeline"),
+])
+def test_cli_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, args, words):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(dict(stage="finetune", student="2L-32H-4A", output_dir=str(tmp_path / "r"),
+                                       weights=dict(relation=0, hard=1))))
+    assert main([a.format(cfg=cfg) for a in args]) == 2
+    err = capsys.readouterr().err
+    assert words in err and err.count("\n") == 1
