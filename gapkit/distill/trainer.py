@@ -429,30 +429,25 @@ class RunFiles:
             self.routing = df[df["step"] <= step].to_dict("records")
 
 
-def _prepare_run_dir(spec: DistillSpec, resume: bool, rank: int) -> Path:
+def _check_run_dir(spec: DistillSpec, resume: bool) -> Path:
+    """Refuse to overwrite a run (every rank checks, nothing is written here)."""
     run_dir = Path(spec.output_dir)
-    if rank == 0:
-        finished = (run_dir / "result.json").exists()
-        started = has_training_state(run_dir / "checkpoint")
-        if finished and not resume:
-            raise ConfigError(f"Run folder {run_dir} already holds a finished run: choose another output_dir "
-                              f"(results are never overwritten).")
-        if started and not resume:
-            raise ConfigError(f"Run folder {run_dir} holds an unfinished run: pass --resume to continue it, or "
-                              f"choose another output_dir.")
-        if resume and not started and not finished and (run_dir / "config.json").exists():
-            raise ConfigError(f"Run folder {run_dir} has no checkpoint to resume from; start a new run instead.")
-        run_dir.mkdir(parents=True, exist_ok=True)
-        config = run_dir / "config.json"
-        if resume and config.exists():
-            saved = json.loads(config.read_text())
-            saved.pop("output_dir", None)
-            mine = {k: v for k, v in spec.to_dict().items() if k != "output_dir"}
-            if saved != json.loads(json.dumps(mine)):
-                raise ConfigError(f"--resume with a different config than {config}: resume with the saved "
-                                  f"config (gapkit distill {config} --resume).")
-        else:
-            _atomic_text(config, spec.to_json())
+    finished = (run_dir / "result.json").exists()
+    started = has_training_state(run_dir / "checkpoint")
+    if finished and not resume:
+        raise ConfigError(f"Run folder {run_dir} already holds a finished run: choose another output_dir "
+                          f"(results are never overwritten).")
+    if started and not resume:
+        raise ConfigError(f"Run folder {run_dir} holds an unfinished run: pass --resume to continue it, or "
+                          f"choose another output_dir.")
+    config = run_dir / "config.json"
+    if resume and started and config.exists():
+        saved = json.loads(config.read_text())
+        saved.pop("output_dir", None)
+        mine = {k: v for k, v in spec.to_dict().items() if k != "output_dir"}
+        if saved != json.loads(json.dumps(mine)):
+            raise ConfigError(f"--resume with a different config than {config}: resume with the saved "
+                              f"config (gapkit distill {config} --resume).")
     return run_dir
 
 
@@ -471,6 +466,23 @@ def _save_model(model: nn.Module, tokenizer, folder: Path) -> None:
     if folder.exists():
         shutil.rmtree(folder)
     tmp.rename(folder)
+
+
+def _check_finite_all_ranks(terms: dict, step: int, distributed: bool) -> None:
+    """``check_finite`` on every rank together: a NaN on one rank stops them all (instead of leaving the
+    others waiting in the gradient all-reduce)."""
+    try:
+        check_finite(terms, step)
+        error = None
+    except NonFiniteLossError as err:
+        error = err
+    if distributed:
+        flag = torch.tensor([0.0 if error is None else 1.0], device=next(iter(terms.values())).device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        if error is None and flag.item() > 0:
+            error = NonFiniteLossError(step, "(on another rank)", float("nan"))
+    if error is not None:
+        raise error
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -543,7 +555,7 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
     seed_everything(train.seed)
 
     # Everything that can be wrong is found here, before a single step.
-    run_dir = _prepare_run_dir(spec, resume, rank)
+    run_dir = _check_run_dir(spec, resume)
     tokenizer = _load_tokenizer(spec)
     task = build_task(spec.data, tokenizer, seed=train.seed)
     if spec.stage == "agnostic" and spec.data.task == "synthetic":
@@ -555,6 +567,10 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
     _check_compatible(spec, task, model, teacher)
     if spec.stage == "task" and teacher is not None and teacher.num_labels == 0 and spec.weights.soft > 0:
         raise ConfigError(f"Teacher {spec.teacher!r} has no task head; fine-tune it first.")
+
+    if rank == 0:  # the run folder appears only once its config is known to be good
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _atomic_text(run_dir / "config.json", spec.to_json())
 
     trainee = Trainee(model, spec, task, teacher).to(device)
     if teacher is not None:
@@ -634,7 +650,7 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
                         else:
                             teacher_out = None
                         terms, out = ddp(batch, teacher_out)
-                    check_finite(terms, step + 1)
+                    _check_finite_all_ranks(terms, step + 1, distributed)
                     loss, logs = combine(terms, spec.weights)
                     (loss / len(micro)).backward()
                 for k, v in logs.items():
