@@ -29,7 +29,7 @@ def test_conll_finetune_scores_entity_f1(tmp_path):
     assert {"f1", "precision", "recall", "accuracy"} <= set(result.final)
     assert 0 <= result.final["f1"] <= 100 and result.final["accuracy"] > 0
     config = json.loads((tmp_path / "r" / "best" / "config.json").read_text())
-    assert config["architectures"] == ["BertForTokenClassification"] and len(config["id2label"]) == 9
+    assert config["architectures"] == ["BertForTokenClassification"] and config["id2label"]["1"] == "B-PER"
 
 
 def test_agnostic_relations_from_real_minilm_on_local_text(tmp_path):

@@ -451,15 +451,19 @@ def _check_run_dir(spec: DistillSpec, resume: bool) -> Path:
     return run_dir
 
 
-def _save_model(model: nn.Module, tokenizer, folder: Path) -> None:
+def _save_model(model: nn.Module, tokenizer, folder: Path, label_names=None) -> None:
     from ..models.checkpoint import save_pretrained
 
     tmp = folder.with_name(folder.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     if isinstance(model, Student):
-        save_pretrained(model, tmp)
+        save_pretrained(model, tmp, label_names)
     else:
+        config = model.model.config
+        if label_names and len(label_names) == config.num_labels:
+            config.id2label = dict(enumerate(label_names))
+            config.label2id = {name: i for i, name in enumerate(label_names)}
         model.model.save_pretrained(tmp)
     if tokenizer is not None:
         tokenizer.save_pretrained(tmp)
@@ -686,7 +690,7 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
                 if improved:
                     state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
                     if rank == 0:
-                        _save_model(student, tokenizer, run_dir / "best")
+                        _save_model(student, tokenizer, run_dir / "best", task.label_names)
                 else:
                     state["bad_evals"] += 1
                 if rank == 0:

@@ -66,7 +66,7 @@ SHAPE_FIELDS = ("layers", "hidden", "heads", "head_size", "ffn", "vocab_size", "
 # ----------------------------------------------------------------------------------------------------
 # Config conversion (StudentSpec <-> Hugging Face BertConfig dict, dense or the authors' MiniMoE)
 # ----------------------------------------------------------------------------------------------------
-def _hf_config(student: Student) -> dict:
+def _hf_config(student: Student, label_names: Sequence[str] | None = None) -> dict:
     """The config.json dict of ``student``: a plain BertConfig, or the authors' MiniMoE BertConfig."""
     from transformers import BertConfig
 
@@ -93,6 +93,9 @@ def _hf_config(student: Student) -> dict:
     architecture = base + (TASK_ARCHITECTURES[student.task] if student.num_labels else "Model")
     if student.num_labels:
         kwargs["num_labels"] = student.num_labels
+        if label_names and len(label_names) == student.num_labels:
+            kwargs["id2label"] = dict(enumerate(label_names))
+            kwargs["label2id"] = {name: i for i, name in enumerate(label_names)}
     if moe_layout:
         kwargs.update(moe=f"{x},{y}", attention_head_size=spec.head_size)
     config = BertConfig(architectures=[architecture], **kwargs)
@@ -326,7 +329,7 @@ def _build_student(spec: StudentSpec, encoder: dict, head: dict, where: str, num
 # ----------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------
-def save_pretrained(student: Student, folder: str | os.PathLike) -> Path:
+def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Sequence[str] | None = None) -> Path:
     """Write ``student`` as a Hugging Face folder.
 
     A dense student becomes a plain BERT folder (``BertModel``, or ``BertForSequenceClassification`` /
@@ -338,6 +341,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike) -> Path:
     Args:
         student: a :class:`Student`.
         folder: target folder; created if needed, files of the same names replaced.
+        label_names: class names of the head, written as the config's ``id2label``/``label2id``.
     Returns:
         The folder.
     """
@@ -371,7 +375,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike) -> Path:
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
     _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config_text = json.dumps(_hf_config(student), indent=2, sort_keys=True) + "\n"
+    config_text = json.dumps(_hf_config(student, label_names), indent=2, sort_keys=True) + "\n"
     _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(config_text))
     _atomic_write(folder / SPEC_FILE, lambda p: p.write_text(spec.to_json() + "\n"))
     return folder
