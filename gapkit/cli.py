@@ -148,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _quiet_transformers() -> None:
+    """Keep transformers' load reports and weight-loading bars off the command line's output (its
+    warnings about real problems still show)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``gapkit`` command line.
 
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         gapkit failures.
     """
     parser = build_parser()
+    _quiet_transformers()
     try:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # argparse already printed usage and its error
