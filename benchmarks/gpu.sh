@@ -13,4 +13,5 @@ python3 -c "import torch, transformers; print('torch', torch.__version__, 'trans
 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
 python3 benchmarks/moe_overhead.py --device cuda --repeats 30 --warmup 5
 python3 benchmarks/moe_overhead.py --device cuda --bf16 --repeats 30 --warmup 5
+python3 benchmarks/moe_overhead.py --device cuda --bf16 --dispatch sorted --repeats 30 --warmup 5
 if [ -n "${OUT:-}" ]; then cp results/bench/moe_overhead.csv "$OUT/" 2>/dev/null; fi

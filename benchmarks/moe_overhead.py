@@ -35,7 +35,7 @@ def timed(fn, device) -> float:
 
 def compare(name: str, experts: str, args, device) -> list[dict]:
     spec = StudentSpec.from_name(f"{name}-{experts}")
-    models = {"minimoe": Student(spec).to(device), "dense": Student(spec.dense_twin()).to(device)}
+    models = {"minimoe": Student(spec, dispatch=args.dispatch).to(device), "dense": Student(spec.dense_twin()).to(device)}
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, spec.vocab_size, (args.batch, args.seq_len), generator=g).to(device)
     mask = torch.ones_like(ids)
@@ -76,7 +76,8 @@ def compare(name: str, experts: str, args, device) -> list[dict]:
         print(f"{name:9s} {experts} {phase:10s}  dense {med['dense'] * 1e3:8.1f} ms  "
               f"minimoe {med['minimoe'] * 1e3:8.1f} ms  ratio {ratio:.3f}", flush=True)
         rows.append(dict(student=name, experts=experts, phase=phase, batch=args.batch, seq_len=args.seq_len,
-                         device=device.type, dtype="bf16" if args.bf16 else "fp32", repeats=args.repeats,
+                         device=device.type, dtype="bf16" if args.bf16 else "fp32", dispatch=args.dispatch,
+                         repeats=args.repeats,
                          dense_ms=round(med["dense"] * 1e3, 3), minimoe_ms=round(med["minimoe"] * 1e3, 3),
                          ratio=round(ratio, 4)))
     return rows
@@ -92,6 +93,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--dispatch", default="auto", choices=["auto", "sorted", "loop"],
+                   help="MiniMoE token dispatch (auto: grouped GEMMs on Hopper GPUs in bf16, else sorted)")
     p.add_argument("--no-record", action="store_true", help="print only, do not append to results/bench")
     args = p.parse_args(argv)
     device = torch.device(args.device)

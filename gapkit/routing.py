@@ -31,7 +31,9 @@ def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tens
     """
     num_experts = probs.shape[-1]
     mean_prob = probs.mean(0)  # (E,)
-    counts = torch.bincount(expert, minlength=num_experts).to(probs.dtype)  # (E,)
+    # scatter_add, not bincount: on a GPU bincount reads the maximum back to the host.
+    counts = torch.zeros(num_experts, dtype=probs.dtype, device=probs.device).scatter_add_(
+        0, expert, torch.ones_like(expert, dtype=probs.dtype))  # (E,)
     fraction = counts / counts.sum()
     return num_experts * (mean_prob * fraction).sum()
 

@@ -388,7 +388,7 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def load_student(path: str | os.PathLike, num_labels: int | None = None, task: str | None = None,
-                 dispatch: str = "sorted") -> Student:
+                 dispatch: str = "auto") -> Student:
     """Load a student from a BERT checkpoint: dense Hugging Face BERT, or the MiniMoE authors' layout.
 
     The folder may hold ``model.safetensors`` (or a sharded index) or ``pytorch_model.bin`` (read with
