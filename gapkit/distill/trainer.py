@@ -335,7 +335,7 @@ class Batches:
         g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
         return torch.randperm(len(self.features), generator=g).tolist()
 
-    def micro_batches(self, epoch: int, index: int, order: list[int]) -> list[dict]:
+    def micro_batches(self, index: int, order: list[int]) -> list[dict]:
         ids = order[index * self.batch_size:(index + 1) * self.batch_size]
         mine = ids[self.rank::self.world]
         chunks = np.array_split(np.asarray(mine), self.grad_accum)
@@ -569,8 +569,6 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
     seed_everything(train.seed)  # the same initial weights whatever loading consumed
     model = _build_model(spec, task, tokenizer)
     _check_compatible(spec, task, model, teacher)
-    if spec.stage == "task" and teacher is not None and teacher.num_labels == 0 and spec.weights.soft > 0:
-        raise ConfigError(f"Teacher {spec.teacher!r} has no task head; fine-tune it first.")
 
     if rank == 0:  # the run folder appears only once its config is known to be good
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -639,7 +637,7 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
             epoch, index = divmod(step, batches.per_epoch)
             if index == 0 or step == state["step"]:
                 order = batches.order(epoch)
-            micro = batches.micro_batches(epoch, index, order)
+            micro = batches.micro_batches(index, order)
             logs_sum: dict[str, float] = {}
             for i, batch in enumerate(micro):
                 batch = _to(batch, device)

@@ -6,6 +6,8 @@ head. A block with more than one expert goes router -> dispatch -> experts -> co
 * the router (``Router``) returns, per token, gate probabilities, the chosen expert and its weight;
 * ``dispatch_sorted`` groups the tokens of each expert (one sort), runs each expert on its group and
   scatters the results back; ``dispatch_loop`` is the plain loop-over-experts reference kept beside it;
+  on Hopper GPUs in bf16 the FFN experts run as two grouped GEMMs instead (``Layer.grouped_ffn``),
+  which never reads token counts back to the host;
 * an expert (one slice of an ``ExpertLinear`` stack) never sees routing;
 * the chosen expert's output is scaled by its gate probability before the dropout-residual-LayerNorm,
   ``LayerNorm(p * Dropout(expert(x)) + x)``, as the MiniMoE authors do.
