@@ -155,6 +155,12 @@ def _quiet_transformers() -> None:
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    try:  # the Hub client's retry notices too (an unknown name then fails with gapkit's one sentence)
+        from huggingface_hub.utils import logging as hub_logging
+
+        hub_logging.set_verbosity_error()
+    except ImportError:
+        pass
 
 
 def main(argv: list[str] | None = None) -> int:
