@@ -137,15 +137,20 @@ def _conll(spec, tokenizer, seed: int) -> TaskData:
     )
 
 
-def _synthetic(spec, seed: int) -> TaskData:
+def _synthetic_task(spec) -> SyntheticTask:
+    """The SyntheticTask a DataSpec describes (sequence length at most data.max_len, 32 by default)."""
     kwargs = dict(spec.synthetic)
     kwargs.setdefault("max_len", min(32, spec.max_len))
     if kwargs["max_len"] > spec.max_len:
         raise DataError(f"synthetic.max_len {kwargs['max_len']} exceeds data.max_len {spec.max_len}; lower one of them.")
     try:
-        task = SyntheticTask(**kwargs)
+        return SyntheticTask(**kwargs)
     except TypeError as e:
         raise DataError(f"Bad data.synthetic settings: {e}.") from None
+
+
+def _synthetic(spec, seed: int) -> TaskData:
+    task = _synthetic_task(spec)
     train = subsample(task.examples("train"), spec.max_train_examples, seed)
     dev = subsample(task.examples("dev"), spec.max_eval_examples, seed)
 
@@ -160,7 +165,7 @@ def _synthetic(spec, seed: int) -> TaskData:
 
 def synthetic_unlabeled(spec, n: int) -> list[dict]:
     """Unlabeled features of the synthetic task (its own stream), for task-agnostic distillation."""
-    return list(SyntheticTask(**dict(spec.synthetic, max_len=spec.synthetic.get("max_len", min(32, spec.max_len)))).unlabeled(n))
+    return list(_synthetic_task(spec).unlabeled(n))
 
 
 def _text(spec, tokenizer, seed: int) -> TaskData:
