@@ -157,6 +157,10 @@ class DistillSpec:
             projection of the final hidden states) or ``auto`` (projection for MiniMoE, last for dense).
         relation_dropout: dropout on the student's relations in training (the authors apply their
             attention dropout, 0.1).
+        hidden_layers: the layer map of the hidden-state loss (``weights.hidden``): ``last`` (the
+            student's last layer to the teacher's last), ``uniform`` (TinyBERT's map: student layer m to
+            teacher layer m * N / M, embeddings to embeddings) or a list of ``[student, teacher]``
+            pairs of layer indices (0 = the embeddings' output, L = the last layer).
         output_dir: the run folder.
         name: a label for tables; derived when not given.
     """
@@ -171,6 +175,7 @@ class DistillSpec:
     teacher_layer: int = -1
     student_qkv: str = "auto"
     relation_dropout: float = 0.1
+    hidden_layers: str | list = "last"
     output_dir: str = "runs/run"
     name: str | None = None
 
@@ -194,6 +199,15 @@ class DistillSpec:
                f"data.task 'text' has no labels: use it with stage 'agnostic', not {self.stage!r}.")
         _check(self.relation_heads >= 1, f"DistillSpec.relation_heads must be >= 1, got {self.relation_heads}.")
         _check(0 <= self.relation_dropout < 1, f"DistillSpec.relation_dropout must lie in [0, 1), got {self.relation_dropout}.")
+        _check(self.hidden_layers in ("last", "uniform") or (
+            isinstance(self.hidden_layers, list) and len(self.hidden_layers) > 0 and all(
+                isinstance(pair, (list, tuple)) and len(pair) == 2 and all(
+                    isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in pair)
+                for pair in self.hidden_layers)),
+               f"DistillSpec.hidden_layers must be 'last', 'uniform' or a list of [student_layer, teacher_layer] "
+               f"pairs of layer indices >= 0, got {self.hidden_layers!r}.")
+        if isinstance(self.hidden_layers, list):
+            self.hidden_layers = [list(pair) for pair in self.hidden_layers]
         if self.name is None:
             path = Path(str(self.student))
             student = self.student.name if isinstance(self.student, StudentSpec) else (
