@@ -1,17 +1,43 @@
-"""Shared helpers of the data tests: the real data beside the checkout and the real MiniLM tokenizer."""
+"""Shared helpers of the data tests: the real data beside the checkout, the small made-up samples
+shipped with the tests, and the real MiniLM tokenizer."""
 
 import functools
 import os
 from pathlib import Path
 
-# ../shared/data beside the repository root (CI has it there too); tests fail, not skip, without it.
+import pytest
+
+# The full real data (GLUE SST-2/MRPC/STS-B, CoNLL-2003) is development data kept beside the checkout,
+# at ../shared/data; it is not part of the repository. CI always has it there.
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+# Made-up rows in the same on-disk formats, shipped with the tests (tests/samples/make_samples.py).
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
-def shared_data(sub: str) -> Path:
+def on_ci() -> bool:
+    """True under continuous integration (``CI=true``), where missing real data is an error, not a skip."""
+    return os.environ.get("CI", "").strip().lower() in ("true", "1", "yes")
+
+
+def shared_data(sub: str = "") -> Path:
+    """The folder ``sub`` of the real data at ../shared/data; call it inside a test or fixture.
+
+    Without that folder the calling test is skipped with the reason (a fresh clone has no real data),
+    except under CI, where the test fails: CI always has the data, so its absence is a broken setup.
+    """
     path = SHARED_DATA / sub
-    assert path.is_dir(), f"the real test data {path} is missing; it must sit at ../shared/data beside the repo"
+    if not path.is_dir():
+        reason = (f"needs the full real data at {path} (../shared/data beside the checkout, development "
+                  f"machines and CI only)")
+        if on_ci():
+            pytest.fail(f"CI=true but {reason}: it is missing", pytrace=False)
+        pytest.skip(reason)
     return path
+
+
+# Marks a test that reads the real data through a module-level path (``GLUE``, ``CONLL``): the
+# ``shared_data_dir`` fixture of conftest.py skips it, or fails it under CI, when the data is absent.
+needs_shared_data = pytest.mark.usefixtures("shared_data_dir")
 
 
 @functools.lru_cache(maxsize=None)

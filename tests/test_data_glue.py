@@ -4,14 +4,18 @@ stand-in for load_dataset), GLUE features and padding."""
 import pytest
 import torch
 
-from data_helpers import fake_load_dataset, minilm_tokenizer, shared_data
+from data_helpers import SAMPLES, SHARED_DATA, fake_load_dataset, minilm_tokenizer, needs_shared_data
 from gapkit.data import (GLUE_TASKS, Example, check_max_len, encode_glue, load_glue, pad_batch,
                          tokenize_glue)
 from gapkit.errors import DataError, GapkitError
 
-GLUE = shared_data("glue")
+# The real SST-2/MRPC/STS-B files (tests marked needs_shared_data: skipped on a fresh clone) and the
+# made-up rows in the same formats shipped with the tests (for tests of formats, not contents).
+GLUE = SHARED_DATA / "glue"
+SAMPLE_GLUE = SAMPLES / "glue"
 
 
+@needs_shared_data
 @pytest.mark.parametrize("task, split, n", [("sst2", "train", 67349), ("sst2", "dev", 872),
                                              ("mrpc", "train", 2576), ("mrpc", "dev", 1500),
                                              ("stsb", "train", 4249), ("stsb", "dev", 1500)])
@@ -19,6 +23,7 @@ def test_real_row_counts(task, split, n):
     assert len(load_glue(task, split, GLUE)) == n
 
 
+@needs_shared_data
 def test_sst2_contents():
     train = load_glue("sst2", "train", GLUE)
     assert train[0] == Example("hide new secretions from the parental units", None, 0, "sst2-train-2")
@@ -31,6 +36,7 @@ def test_sst2_contents():
     assert dev[-1].text_a.startswith("an effectively creepy") and dev[-1].label == 1
 
 
+@needs_shared_data
 def test_mrpc_label_from_quality_and_quotes_kept():
     train = load_glue("mrpc", "train", GLUE)
     first, second = train[0], train[1]
@@ -44,6 +50,7 @@ def test_mrpc_label_from_quality_and_quotes_kept():
     assert dev[-1].label == 0 and dev[-1].text_a.startswith("The 30-year bond US30YT=RR rose 22/32")
 
 
+@needs_shared_data
 def test_stsb_float_scores():
     train = load_glue("stsb", "train", GLUE)
     assert train[0].text_a == "A plane is taking off." and train[0].text_b == "An air plane is taking off."
@@ -53,6 +60,7 @@ def test_stsb_float_scores():
     assert all(0.0 <= e.label <= 5.0 for e in train + dev)
 
 
+@needs_shared_data
 def test_max_examples_is_a_seeded_ordered_subset():
     full = load_glue("sst2", "dev", GLUE)
     a = load_glue("sst2", "dev", GLUE, max_examples=50, seed=1)
@@ -116,6 +124,7 @@ def _broken_copy(tmp_path, folder, split, line_no, edit):
     return tmp_path / folder / f"{split}.tsv"
 
 
+@needs_shared_data
 @pytest.mark.parametrize("folder, task, line_no, edit, what", [
     ("SST-2", "sst2", 5, lambda l: l.replace("\t", " "), "expected 2 tab-separated columns, found 1"),
     ("SST-2", "sst2", 300, lambda l: l.rsplit("\t", 1)[0] + "\t7", "not in the label set"),
@@ -144,6 +153,7 @@ def test_missing_folder_split_file_and_unknown_names(tmp_path):
     assert issubclass(DataError, GapkitError) and issubclass(DataError, ValueError)
 
 
+@needs_shared_data
 def test_task_names_are_forgiving():
     assert len(load_glue("SST-2", "dev", GLUE)) == 872
     assert len(load_glue("STS-B", "dev", GLUE, max_examples=3)) == 3
@@ -171,7 +181,7 @@ def test_hub_failure_is_one_clear_error(monkeypatch):
 
 def test_encode_glue_with_the_real_tokenizer():
     tok = minilm_tokenizer()
-    pairs = load_glue("mrpc", "dev", GLUE, max_examples=8)
+    pairs = load_glue("mrpc", "dev", SAMPLE_GLUE, max_examples=8)
     enc = encode_glue(pairs, tok, max_len=32)
     assert set(enc) == {"input_ids", "token_type_ids", "attention_mask", "labels"}
     assert enc["input_ids"].shape == (8, 32) and enc["labels"].dtype == torch.long
@@ -179,17 +189,17 @@ def test_encode_glue_with_the_real_tokenizer():
     assert (enc["token_type_ids"].sum(1) > 0).all()  # every pair has a B segment
     assert enc["labels"].tolist() == [e.label for e in pairs]
 
-    stsb = encode_glue(load_glue("stsb", "dev", GLUE, max_examples=4), tok, max_len=128)
+    stsb = encode_glue(load_glue("stsb", "dev", SAMPLE_GLUE, max_examples=4), tok, max_len=128)
     assert stsb["labels"].dtype == torch.float
     assert stsb["input_ids"].shape[1] < 128  # padded to the longest, not to max_len
-    single = encode_glue(load_glue("sst2", "dev", GLUE, max_examples=4), tok)
+    single = encode_glue(load_glue("sst2", "dev", SAMPLE_GLUE, max_examples=4), tok)
     assert single["token_type_ids"].sum() == 0
     n_real = single["attention_mask"].sum(1)
     assert all(single["input_ids"][i, n - 1] == tok.sep_token_id for i, n in enumerate(n_real.tolist()))
 
 
 def test_pad_batch_pads_to_the_batch_longest():
-    feats = tokenize_glue(load_glue("sst2", "dev", GLUE, max_examples=6), minilm_tokenizer())
+    feats = tokenize_glue(load_glue("sst2", "dev", SAMPLE_GLUE, max_examples=6), minilm_tokenizer())
     batch = pad_batch(feats[:2])
     longest = max(len(f["input_ids"]) for f in feats[:2])
     assert batch["input_ids"].shape == (2, longest)

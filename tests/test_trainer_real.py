@@ -1,5 +1,6 @@
-"""The training loop on real data and a real teacher: CoNLL-2003 token classification, task-agnostic
-relations on local raw text from the pretrained MiniLM-L6, TensorBoard logging."""
+"""The training loop with a real tokenizer and a real teacher: token classification on CoNLL-2003-format
+files (the shipped samples), task-agnostic relations on real text from the pretrained MiniLM-L6 (needs
+the real data), TensorBoard logging."""
 
 import json
 import os
@@ -8,7 +9,7 @@ import types
 
 import pandas as pd
 
-from data_helpers import shared_data
+from data_helpers import SAMPLES, shared_data
 from gapkit.distill import DistillSpec, run
 
 
@@ -21,7 +22,7 @@ def minilm_folder() -> str:
 def test_conll_finetune_scores_entity_f1(tmp_path):
     spec = DistillSpec(
         stage="finetune", student="2L-32H-4A", output_dir=str(tmp_path / "r"),
-        data=dict(task="conll", data_dir=str(shared_data("conll2003")), tokenizer=minilm_folder(), max_len=48,
+        data=dict(task="conll", data_dir=str(SAMPLES / "conll2003"), tokenizer=minilm_folder(), max_len=48,
                   max_train_examples=64, max_eval_examples=32),
         train=dict(lr=1e-3, max_steps=4, batch_size=16, device="cpu"), weights=dict(relation=0, hard=1.0),
     )
