@@ -6,7 +6,7 @@ checkpoints (``load_student``, ``save_pretrained``), FLOP accounting under named
 (``DistillSpec``, ``run``, ``PipelineSpec``, ``run_pipeline``).
 """
 
-from .distill import DataSpec, DistillSpec, LossWeights, PipelineSpec, RunResult, TrainSpec, run, run_pipeline, ta_chain
+from .distill import DataSpec, DistillSpec, LossWeights, PipelineSpec, Run, RunResult, TrainSpec, run, run_pipeline, ta_chain
 from .errors import ConfigError, DataError, GapkitError, ModelError, TrainingFailed
 from .flops import CONVENTIONS, analytic_count, analytic_macs, count_flops, count_params, describe
 from .models import (
@@ -29,6 +29,6 @@ __all__ = [
     "load_student", "save_pretrained", "student_from_hf",
     "CONVENTIONS", "analytic_count", "analytic_macs", "count_flops", "count_params", "describe",
     "RoutingRecord", "RoutingAccumulator", "routing_rows",
-    "DataSpec", "TrainSpec", "DistillSpec", "LossWeights", "PipelineSpec", "RunResult", "run", "run_pipeline", "ta_chain",
+    "DataSpec", "TrainSpec", "DistillSpec", "LossWeights", "PipelineSpec", "Run", "RunResult", "run", "run_pipeline", "ta_chain",
     "GapkitError", "ConfigError", "DataError", "ModelError", "TrainingFailed",
 ]

@@ -3,7 +3,9 @@
 from .config import DataSpec, DistillSpec, TrainSpec
 from .losses import LossWeights, NonFiniteLossError, relation_loss
 from .pipeline import PipelineSpec, run_pipeline, ta_chain
-from .trainer import RunResult, evaluate, run
+from .result import RunResult
+from .teacher_side import TeacherSide
+from .trainer import Run, run
 
 __all__ = [
     "DataSpec",
@@ -16,6 +18,7 @@ __all__ = [
     "run_pipeline",
     "ta_chain",
     "RunResult",
-    "evaluate",
+    "Run",
+    "TeacherSide",
     "run",
 ]

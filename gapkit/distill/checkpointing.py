@@ -1,23 +1,25 @@
-"""Resumable training state: model, optimizer, scheduler, RNG and data position.
+"""Resumable training state: model, optimizer, scheduler, the run's generators (every rank's) and the
+loop state (step, best, last evaluation).
 
-Tensors go to safetensors files, everything else to one small JSON; a checkpoint folder is written
-beside its final name and renamed into place, so a run killed mid-write leaves the previous
-checkpoint intact. Nothing is ever unpickled.
+Tensors go to safetensors files, everything else to one small JSON written last; the folder is
+swapped in with :func:`gapkit.io.atomic_dir`, so a run killed mid-write keeps the previous
+checkpoint. Nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
-import shutil
 from pathlib import Path
 
-import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..errors import ConfigError
+from ..io import atomic_dir
+
 STATE_FILE = "state.json"
+FORMAT = 2  # 2: per-rank run generators (gapkit.distill.rng); 1 had the process-global ones
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -43,62 +45,28 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
-def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:
-    tensors = {"torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        for i, s in enumerate(torch.cuda.get_rng_state_all()):
-            tensors[f"cuda.{i}"] = s
-    version, internal, gauss = random.getstate()
-    np_state = np.random.get_state()
-    meta = {
-        "python": [version, list(internal), gauss],
-        "numpy": [np_state[0], np_state[1].tolist(), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-    }
-    return tensors, meta
-
-
-def _set_rng_state(tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    torch.set_rng_state(tensors["torch"])
-    cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith("cuda."))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
-    version, internal, gauss = meta["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = meta["numpy"]
-    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached))
-
-
 def save_training_state(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler, state: dict) -> Path:
-    """Write a resumable checkpoint to ``folder`` atomically (``folder.tmp`` then rename).
+                        scheduler, state: dict, rng: list[dict[str, torch.Tensor]]) -> Path:
+    """Write a resumable checkpoint to ``folder`` atomically (:func:`gapkit.io.atomic_dir`).
 
     Args:
         model: the trained module (student plus distillation heads); its state_dict is saved.
         optimizer, scheduler: their states.
-        state: JSON-able loop state (step, epoch, position in the epoch, best metric ...).
+        state: JSON-able loop state (step, best metric, last evaluation ...).
+        rng: the run's generator states of every data-parallel rank, in rank order
+            (:meth:`gapkit.distill.rng.RunRNG.state`).
     """
-    folder = Path(folder)
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(model_state, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    rng_tensors, rng_meta = _rng_state()
-    save_file(rng_tensors, str(tmp / "rng.safetensors"))
-    meta = dict(state, optimizer=opt_meta, scheduler=scheduler.state_dict(), rng=rng_meta)
-    (tmp / STATE_FILE).write_text(json.dumps(meta))
-    old = folder.with_name(folder.name + ".old")
-    if folder.exists():
-        if old.exists():
-            shutil.rmtree(old)
-        folder.rename(old)
-    tmp.rename(folder)
-    if old.exists():
-        shutil.rmtree(old)
-    return folder
+    with atomic_dir(folder) as tmp:
+        model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(model_state, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer)
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file({f"rank{r}.{k}": v.contiguous() for r, states in enumerate(rng) for k, v in states.items()},
+                  str(tmp / "rng.safetensors"))
+        meta = dict(state, format=FORMAT, world_size=len(rng), optimizer=opt_meta, scheduler=scheduler.state_dict())
+        # state.json last: a folder without it is never taken for a checkpoint.
+        (tmp / STATE_FILE).write_text(json.dumps(meta))
+    return Path(folder)
 
 
 def has_training_state(folder: str | os.PathLike) -> bool:
@@ -106,15 +74,35 @@ def has_training_state(folder: str | os.PathLike) -> bool:
 
 
 def load_training_state(folder: str | os.PathLike, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-                        scheduler) -> dict:
-    """Restore what :func:`save_training_state` wrote (RNG included); returns the loop state."""
+                        scheduler, rank: int = 0, world_size: int = 1) -> tuple[dict, dict[str, torch.Tensor]]:
+    """Restore what :func:`save_training_state` wrote.
+
+    Returns:
+        (the loop state, this rank's generator states).
+    Raises:
+        ConfigError: the checkpoint is corrupt, of another format, or was written by another number of
+            data-parallel ranks.
+    """
     folder = Path(folder)
-    meta = json.loads((folder / STATE_FILE).read_text())
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
-    device = next(model.parameters()).device
-    opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
-                   for k, v in load_file(str(folder / "optimizer.safetensors")).items()}
-    optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta.pop("optimizer")))
-    scheduler.load_state_dict(meta.pop("scheduler"))
-    _set_rng_state(load_file(str(folder / "rng.safetensors")), meta.pop("rng"))
-    return meta
+    try:
+        meta = json.loads((folder / STATE_FILE).read_text())
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')!r}, expected {FORMAT}")
+        if meta["world_size"] != world_size:
+            raise ConfigError(f"The checkpoint in {folder} was written by {meta['world_size']} data-parallel "
+                              f"rank(s) and this run has {world_size}: resume with {meta['world_size']}.")
+        model.load_state_dict(load_file(str(folder / "model.safetensors")))
+        device = next(model.parameters()).device
+        opt_tensors = {k: v.to(device) if not k.endswith(".step") else v
+                       for k, v in load_file(str(folder / "optimizer.safetensors")).items()}
+        optimizer.load_state_dict(_unflatten_optimizer(opt_tensors, meta.pop("optimizer")))
+        scheduler.load_state_dict(meta.pop("scheduler"))
+        prefix = f"rank{rank}."
+        rng = {k[len(prefix):]: v for k, v in load_file(str(folder / "rng.safetensors")).items() if k.startswith(prefix)}
+    except ConfigError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise ConfigError(f"The checkpoint in {folder} cannot be resumed ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0] if str(err) else ''}): move the run folder away and start "
+                          f"the run again.") from None
+    return meta, rng

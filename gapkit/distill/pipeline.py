@@ -13,7 +13,6 @@ again, so an interrupted pipeline is simply started again (``resume`` continues 
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,7 +86,11 @@ class PipelineSpec:
         data = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data, dict) or "stages" not in data:
             raise ConfigError(f"{path} is not a pipeline: it needs a 'stages' list.")
-        apply_overrides(data.setdefault("defaults", {}), overrides or [])
+        # Pipeline-level keys (output_dir, name) are the pipeline's own; every other key goes to the
+        # defaults that all stages share.
+        top = [o for o in overrides or [] if o.partition("=")[0] in ("output_dir", "name")]
+        apply_overrides(data, top)
+        apply_overrides(data.setdefault("defaults", {}), [o for o in overrides or [] if o not in top])
         unknown = sorted(set(data) - {"stages", "defaults", "output_dir", "name"})
         if unknown:
             raise ConfigError(f"Unknown pipeline setting(s) {', '.join(unknown)} in {path}.")
@@ -115,17 +118,16 @@ def ta_chain(teacher: str, assistant: str, student: str, task_teacher: str, outp
 
 
 def run_pipeline(spec: PipelineSpec, resume: bool = False, progress: bool = True) -> list[RunResult]:
-    """Run every stage in order; finished stages are read back, not re-run."""
+    """Run every stage in order.
+
+    A stage whose folder already holds a finished run of the *same* resolved config is read back, not
+    rerun; one cut mid-way is resumed; a finished or unfinished stage of a different config (a changed
+    setting, ``--set``) is refused with the folder named (results are never overwritten: give the
+    pipeline another ``output_dir``).
+    """
     results = []
     for stage in spec.resolved():
-        result_file = Path(stage.output_dir) / "result.json"
-        if result_file.exists():
-            saved = json.loads(result_file.read_text())
-            if saved["status"] == "failed":
-                raise ConfigError(f"Stage {Path(stage.output_dir).name!r} failed earlier (see "
-                                  f"{Path(stage.output_dir) / 'failure.json'}): fix it and use a new output_dir.")
-            results.append(RunResult(**saved))
-            continue
-        results.append(run(stage, resume=resume or (Path(stage.output_dir) / "checkpoint").exists(),
-                           progress=progress))
+        folder = Path(stage.output_dir)
+        started = folder.is_dir() and any(folder.iterdir())
+        results.append(run(stage, resume=resume or started, progress=progress))
     return results

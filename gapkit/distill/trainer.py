@@ -1,30 +1,29 @@
-"""The training loop: one loop for fine-tuning, task-agnostic and task-specific distillation.
+"""The training loop as an object with steps: ``Run(spec)`` builds, ``step`` trains one optimizer step,
+``evaluate`` scores a split, ``checkpoint`` saves a resumable state, ``finish`` writes the result.
 
-``run(spec) -> RunResult`` writes only into ``spec.output_dir``:
+``run(spec) -> RunResult`` is "build, loop, finish", and writes only into ``spec.output_dir`` (the
+files are listed in :mod:`gapkit.distill.runfiles`). A sweep drives several ``Run``s itself: it
+takes the micro-batches of the next step from one run (:meth:`Run.next_batches`; runs with the same
+data seed and batch geometry see the same batches), computes the teacher's outputs once with a
+shared :class:`~gapkit.distill.teacher_side.TeacherSide`, and hands them to every run's
+:meth:`Run.step`.
 
-    config.json          the resolved DistillSpec
-    metrics.jsonl        one JSON row per log/eval event (step, split, metric, value ...)
-    routing.parquet      routing statistics (MiniMoE students): step, split, layer, block, expert, ...
-    checkpoint/          the latest resumable state (model, optimizer, scheduler, RNG, data position)
-    best/                the best model so far as a Hugging Face folder (+ tokenizer)
-    result.json          status, steps, best and final metrics, wall time
-    failure.json         only when a run stops on a NaN/inf loss: step, loss term, value
+Randomness belongs to the run (:class:`~gapkit.distill.rng.RunRNG`): weight init from
+``train.init_seed``, dropout/gate noise/relation dropout from a per-rank stream derived from it,
+data order from ``train.data_seed``. A CPU run is bitwise reproducible at a fixed thread count.
 
-Data parallelism: launched under ``torchrun``, every rank runs this same function; the student is
-wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU), the frozen teacher is not; each rank takes
-its share of every global batch; rank 0 alone writes files.
+Data parallelism: launched under ``torchrun``, every rank builds the same run; the student is
+wrapped in DistributedDataParallel (gloo on CPU, NCCL on GPU), the frozen teacher is not; each rank
+takes its share of every global batch; rank 0 alone writes files, with every rank's generator state
+in the checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
-import random
-import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -34,152 +33,56 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..data.features import IGNORE_INDEX, pad_batch
+from ..data.features import IGNORE_INDEX
 from ..data.tasks import TaskData, build_task, synthetic_unlabeled
-from ..errors import ConfigError, DataError, ModelError, TrainingFailed
-from ..models.spec import StudentSpec
-from ..models.student import Student
+from ..errors import ConfigError, DataError, TrainingFailed
+from ..io import kill_point
+from ..models.teacher import TeacherOutput
 from ..routing import RoutingAccumulator, routing_rows
-from .checkpointing import has_training_state, load_training_state, save_training_state
+from .batches import Batches, eval_batches
+from .checkpointing import load_training_state, save_training_state
 from .config import DistillSpec
-from .losses import (
-    HiddenProjection,
-    NonFiniteLossError,
-    check_finite,
-    combine,
-    hard_label_loss,
-    hidden_mse,
-    regression_kd,
-    relation_loss,
-    soft_label_kd,
-)
+from .losses import NonFiniteLossError, check_finite, combine
+from .result import RunResult, git_revision, run_id
+from .rng import RunRNG, derive_seed
+from .runfiles import RunFolder
+from .teacher_side import TeacherNeeds, TeacherSide, autocast, to_device
+from .trainee import Trainee, build_model
 
+__all__ = ["Run", "run", "RunResult", "init_distributed"]
 
-@dataclass
-class RunResult:
-    """What a finished run reports (also written to ``result.json``)."""
-
-    run_dir: str
-    status: str  # completed | early_stopped | failed
-    steps: int
-    best: dict = field(default_factory=dict)
-    final: dict = field(default_factory=dict)
-    wall_time_s: float = 0.0
-    params_total: int = 0
-    params_active: int = 0
-
-
-# ----------------------------------------------------------------------------------------------------
-# The trained module: student (or any HF model being fine-tuned) plus the distillation heads
-# ----------------------------------------------------------------------------------------------------
-class HFModel(nn.Module):
-    """A Hugging Face model being fine-tuned (a teacher), behind the student's output interface."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, input_ids, attention_mask, token_type_ids=None, **_):
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self._uses_types else {}
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        return _Out(logits=out.logits)
-
-    @property
-    def _uses_types(self) -> bool:
-        return getattr(self.model.config, "type_vocab_size", 0) > 1
-
-
-@dataclass
-class _Out:
-    logits: torch.Tensor
-    last_hidden_state: torch.Tensor | None = None
-    qkv: tuple | None = None
-    load_balance: torch.Tensor | None = None
-    routing: object | None = None
-
-
-class Trainee(nn.Module):
-    """Student + the modules only distillation needs, so that DDP and checkpoints see one module.
-
-    ``relation`` is the authors' extra Q/K/V projection of the student's final hidden states (MiniMoE),
-    ``hidden`` the TinyBERT projection of student to teacher hidden size.
-    """
-
-    def __init__(self, model: nn.Module, spec: DistillSpec, task: TaskData, teacher=None):
-        super().__init__()
-        self.model, self.spec, self.task = model, spec, task
-        self.is_student = isinstance(model, Student)
-        use_projection = spec.student_qkv == "projection" or (
-            spec.student_qkv == "auto" and self.is_student and model.spec.is_moe)
-        self.relation = None
-        if teacher is not None and spec.weights.relation > 0 and use_projection:
-            H = model.spec.hidden
-            self.relation = nn.ModuleDict({k: nn.Linear(H, H) for k in ("query", "key", "value")})
-            for lin in self.relation.values():
-                nn.init.normal_(lin.weight, 0.0, model.spec.initializer_range)
-                nn.init.zeros_(lin.bias)
-        self.hidden = None
-        if teacher is not None and spec.weights.hidden > 0:
-            self.hidden = HiddenProjection(model.spec.hidden, teacher.hidden_size)
-
-    def forward(self, batch: dict, teacher_out=None):
-        """Loss terms of one micro-batch: returns (terms dict of scalar tensors, student output)."""
-        spec, w = self.spec, self.spec.weights
-        need_qkv = teacher_out is not None and w.relation > 0
-        kwargs = dict(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                      token_type_ids=batch.get("token_type_ids"))
-        if self.is_student:
-            out = self.model(**kwargs, output_qkv=need_qkv and self.relation is None)
-        else:
-            out = self.model(**kwargs)
-        terms = {}
-        mask = batch["attention_mask"]
-        if need_qkv:
-            if self.relation is not None:
-                h = out.last_hidden_state
-                student_qkv = tuple(self.relation[k](h) for k in ("query", "key", "value"))
-            else:
-                student_qkv = out.qkv
-            terms["relation"] = relation_loss(
-                teacher_out.qkv, student_qkv, mask, spec.relation_heads,
-                relation_dropout=spec.relation_dropout, training=self.training).total
-        labels = batch.get("labels")
-        logits = out.logits
-        regression = self.task.kind == "regression"
-        if logits is not None and teacher_out is not None and w.soft > 0:
-            if regression:
-                terms["soft"] = regression_kd(logits.squeeze(-1), teacher_out.logits.squeeze(-1))
-            else:
-                valid = (labels != IGNORE_INDEX) if (self.task.kind == "token" and labels is not None) else None
-                terms["soft"] = soft_label_kd(logits, teacher_out.logits, w.temperature, valid=valid)
-        if logits is not None and labels is not None and w.hard > 0:
-            terms["hard"] = hard_label_loss(logits.squeeze(-1) if regression else logits, labels, regression)
-        if self.hidden is not None:
-            terms["hidden"] = hidden_mse(out.last_hidden_state, teacher_out.last_hidden_state, self.hidden, mask)
-        if self.is_student and self.model.spec.is_moe and w.load_balance > 0:
-            terms["load_balance"] = out.load_balance
-        return terms, out
+PAPER_SEQ_LEN = 128  # GFLOPs in result.json are per sequence of the paper's length, in every convention
 
 
 # ----------------------------------------------------------------------------------------------------
 # Building the pieces (everything checked before training starts)
 # ----------------------------------------------------------------------------------------------------
-def _device(spec: DistillSpec) -> torch.device:
+def run_device(spec: DistillSpec) -> torch.device:
     if spec.train.device == "cuda" or (spec.train.device == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ConfigError("train.device is 'cuda' but no CUDA device is visible; use 'cpu' or 'auto'.")
-        local = int(os.environ.get("LOCAL_RANK", 0))
-        return torch.device("cuda", local)
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     return torch.device("cpu")
 
 
-def _load_tokenizer(spec: DistillSpec):
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group under torchrun (gloo on CPU, NCCL on GPU)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1
+    if not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def load_tokenizer(spec: DistillSpec):
     from transformers import AutoTokenizer
 
     if spec.data.task == "synthetic":
         return None
     candidates = [spec.data.tokenizer, spec.teacher]
-    if not isinstance(spec.student, StudentSpec) and spec.student_spec() is None:
+    if spec.student_spec() is None:
         candidates.append(spec.student)
     for source in candidates:
         if not source:
@@ -194,345 +97,472 @@ def _load_tokenizer(spec: DistillSpec):
                     f"set data.tokenizer to a tokenizer folder or Hub name.")
 
 
-def _load_teacher(spec: DistillSpec, task: TaskData):
-    from ..models.teacher import Teacher
-
-    if spec.stage == "finetune":
-        return None
-    needs_head = spec.stage == "task" and spec.weights.soft > 0
-    head = task.head if needs_head else None
-    num_labels = task.num_labels if needs_head else 0
-    if needs_head:
-        from transformers import AutoConfig
-
-        try:
-            config = AutoConfig.from_pretrained(spec.teacher)
-        except (OSError, ValueError) as e:
-            raise ModelError(f"Teacher {spec.teacher!r} is neither a local model folder nor reachable on the Hub "
-                             f"({type(e).__name__}).") from None
-        archs = " ".join(getattr(config, "architectures", None) or [])
-        if "For" not in archs or "ForMaskedLM" in archs or "ForPreTraining" in archs:
-            raise ConfigError(f"Teacher {spec.teacher!r} has no fine-tuned task head, but weights.soft > 0 needs its "
-                              f"logits: fine-tune it first (stage 'finetune') or set weights.soft to 0.")
-        if config.num_labels != task.num_labels:
-            raise ConfigError(f"Teacher {spec.teacher!r} predicts {config.num_labels} labels but task "
-                              f"{task.task!r} has {task.num_labels}: use a teacher fine-tuned on {task.task}.")
-    return Teacher.from_pretrained(spec.teacher, num_labels=num_labels, task=head, qkv_layer=spec.teacher_layer)
+def load_task(spec: DistillSpec, tokenizer) -> TaskData:
+    task = build_task(spec.data, tokenizer, seed=spec.train.data_seed)
+    if spec.stage == "agnostic" and spec.data.task == "synthetic":
+        task.train = synthetic_unlabeled(spec.data, spec.data.max_train_examples or len(task.train))
+        task.kind, task.num_labels, task.primary, task.tests = "unlabeled", 0, "relation", {}
+    if spec.stage == "finetune" and task.kind == "unlabeled":
+        raise ConfigError("Stage 'finetune' needs labels; raw text is for stage 'agnostic'.")
+    for split, features in [("train", task.train), *task.evals.items()]:
+        if len(features) == 0:
+            raise DataError(f"The {split} split of task {spec.data.task!r} is empty: check data.data_dir and "
+                            f"data.max_*_examples.")
+    return task
 
 
-def _build_model(spec: DistillSpec, task: TaskData, tokenizer) -> nn.Module:
-    """The model to train: a fresh student, a saved student, or (fine-tuning) any HF encoder."""
-    from ..models.checkpoint import load_student
-
-    num_labels = task.num_labels if task.head else 0
-    head = task.head or "sequence"
-    fresh = spec.student_spec()
-    if fresh is not None:
-        fields = dict(vocab_size=task.vocab_size, pad_token_id=task.pad_token_id,
-                      load_balance_weight=spec.weights.load_balance)
-        fresh = StudentSpec.from_dict(dict(fresh.to_dict(), **fields, name=None))
-        return Student(fresh, num_labels=num_labels, task=head)
-    path = str(spec.student)
-    try:
-        return load_student(path, num_labels=num_labels or None, task=task.head)
-    except Exception as student_error:  # not a BERT-family / gapkit folder
-        if spec.stage != "finetune":
-            raise ModelError(f"Student {path!r} could not be loaded: {student_error}") from None
-    from transformers import AutoModelForSequenceClassification, AutoModelForTokenClassification
-
-    auto = AutoModelForTokenClassification if task.kind == "token" else AutoModelForSequenceClassification
-    try:
-        model = auto.from_pretrained(path, num_labels=num_labels)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"Model {path!r} is neither a gapkit/BERT folder, a local HF model nor reachable on the "
-                         f"Hub ({type(e).__name__}).") from None
-    return HFModel(model)
-
-
-def _max_positions(model: nn.Module) -> int:
-    if isinstance(model, Student):
-        return model.spec.max_positions
-    return getattr(model.model.config, "max_position_embeddings", 10**9)
-
-
-def _check_compatible(spec: DistillSpec, task: TaskData, model: nn.Module, teacher) -> None:
+def check_compatible(spec: DistillSpec, task: TaskData, model: nn.Module, teacher: TeacherSide | None) -> None:
     """The checks that need the built pieces, still before any training."""
     from ..data.features import check_max_len
 
     where = f"data.max_len of run {spec.name!r}"
-    check_max_len(spec.data.max_len, _max_positions(model), where)
+    check_max_len(spec.data.max_len, model.max_positions, where)
     if teacher is not None:
         # Teachers with learned absolute positions (BERT) cannot go past them; RoBERTa keeps 2 for padding.
         check_max_len(spec.data.max_len, teacher.max_positions, f"{where} (teacher {spec.teacher})")
         if task.vocab_size > teacher.config.vocab_size:
             raise ConfigError(f"The tokenizer has {task.vocab_size} ids but teacher {spec.teacher!r} only "
                               f"{teacher.config.vocab_size}: use the teacher's tokenizer (data.tokenizer).")
-    if isinstance(model, Student) and model.spec.vocab_size < task.vocab_size:
-        raise ConfigError(f"The student's vocabulary ({model.spec.vocab_size}) is smaller than the tokenizer's "
+    model_vocab = getattr(getattr(model, "spec", None), "vocab_size", None)
+    if model_vocab is not None and model_vocab < task.vocab_size:
+        raise ConfigError(f"The student's vocabulary ({model_vocab}) is smaller than the tokenizer's "
                           f"({task.vocab_size}): distil into a student built for this tokenizer.")
     if teacher is not None and spec.weights.relation > 0:
         R = spec.relation_heads
-        student_size = model.spec.hidden if spec.student_qkv == "projection" or (
-            spec.student_qkv == "auto" and model.spec.is_moe) else model.spec.attn_size
+        student_size = model.hidden_size if spec.student_qkv == "projection" or (
+            spec.student_qkv == "auto" and model.is_moe) else model.spec.attn_size
         for who, size in (("teacher", teacher.attention_size), ("student", student_size)):
             if size % R:
                 raise ConfigError(f"relation_heads={R} does not divide the {who}'s attention size {size}: choose "
                                   f"relation_heads dividing both {teacher.attention_size} and {student_size}.")
-    if spec.stage == "finetune" and task.kind == "unlabeled":
-        raise ConfigError("Stage 'finetune' needs labels; raw text is for stage 'agnostic'.")
 
 
-def _optimizer(module: nn.Module, train) -> torch.optim.Optimizer:
-    """AdamW, no weight decay on biases and LayerNorm weights (BERT's recipe)."""
+def make_optimizer(module: nn.Module, train) -> torch.optim.Optimizer:
+    """AdamW as the authors use it (eps 1e-6), no weight decay on biases and LayerNorm weights."""
     decay, no_decay = [], []
     for name, p in module.named_parameters():
         if not p.requires_grad:
             continue
+        # Stacked expert biases are 2-D: the name, not the rank, says what a bias is.
         (no_decay if p.dim() == 1 or name.endswith(".bias") or "LayerNorm" in name else decay).append(p)
-        # Stacked expert biases are 2-D: keep them out of weight decay too.
-        if name.endswith(".bias") and p.dim() > 1 and decay and decay[-1] is p:
-            decay.pop()
-            no_decay.append(p)
     groups = [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=train.lr)
+    return torch.optim.AdamW(groups, lr=train.lr, eps=1e-6)
 
 
-def _scheduler(optimizer, total_steps: int, warmup: float):
+def make_scheduler(optimizer, total_steps: int, warmup: float):
+    """Linear warmup from 0 over ``warmup * total_steps`` steps, then linear decay to 0 (the
+    schedule of the authors' scripts: the first step runs at lr 0 when there is warmup)."""
     warm = int(round(warmup * total_steps))
 
     def factor(step: int) -> float:
         if step < warm:
-            return (step + 1) / warm
+            return step / warm
         return max(0.0, (total_steps - step) / max(1, total_steps - warm))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
+def _gflops(model: nn.Module) -> dict | None:
+    """GFLOPs per sequence of the paper's length in every convention (closed form), or None when the
+    model's shape cannot be read (a non-BERT encoder being fine-tuned)."""
+    from ..flops import CONVENTIONS, analytic_count, model_spec
 
-
-# ----------------------------------------------------------------------------------------------------
-# Data order: a seeded permutation per epoch, so a data position is just (epoch, batch index)
-# ----------------------------------------------------------------------------------------------------
-class Batches:
-    """Global batches of ``batch_size`` examples; each rank takes its share, split into micro-batches."""
-
-    def __init__(self, features: list[dict], batch_size: int, grad_accum: int, seed: int, pad_token_id: int,
-                 rank: int = 0, world: int = 1, teacher_logits: list[torch.Tensor] | None = None):
-        self.features, self.batch_size, self.grad_accum = features, batch_size, grad_accum
-        self.teacher_logits = teacher_logits
-        self.seed, self.pad, self.rank, self.world = seed, pad_token_id, rank, world
-        per_rank = batch_size // world
-        if per_rank < grad_accum or batch_size % world:
-            raise ConfigError(f"train.batch_size {batch_size} must be divisible by the {world} rank(s) and leave "
-                              f"at least grad_accum ({grad_accum}) examples per rank.")
-        self.per_epoch = max(1, len(features) // batch_size)
-
-    def order(self, epoch: int) -> list[int]:
-        g = torch.Generator().manual_seed(self.seed * 1000003 + epoch)
-        return torch.randperm(len(self.features), generator=g).tolist()
-
-    def micro_batches(self, index: int, order: list[int]) -> list[dict]:
-        ids = order[index * self.batch_size:(index + 1) * self.batch_size]
-        mine = ids[self.rank::self.world]
-        chunks = np.array_split(np.asarray(mine), self.grad_accum)
-        return [self.collate(chunk) for chunk in chunks if len(chunk)]
-
-    def collate(self, indices) -> dict:
-        batch = pad_batch([self.features[i] for i in indices], self.pad)
-        if self.teacher_logits is not None:
-            logits = [self.teacher_logits[i] for i in indices]
-            if logits[0].dim() == 2:  # token task: (T_i, C) -> (B, T, C), padded to the batch's T
-                T = batch["input_ids"].shape[1]
-                logits = [F.pad(x, (0, 0, 0, T - x.shape[0])) for x in logits]
-            batch["teacher_logits"] = torch.stack(logits)
-        return batch
-
-
-@torch.no_grad()
-def cache_teacher_logits(teacher, features: list[dict], pad: int, batch_size: int, device, amp) -> list[torch.Tensor]:
-    """Teacher logits of every training example, computed once (the teacher is frozen and in eval mode,
-    so they never change): task KD then costs one teacher pass instead of one per epoch.
-    Returns one (C,) or, for token tasks, (T_i, C) float tensor per example."""
-    cached = []
-    for start in range(0, len(features), batch_size):
-        chunk = features[start:start + batch_size]
-        batch = _to(pad_batch(chunk, pad), device)
-        with amp:
-            logits = teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")).logits
-        logits = logits.float().cpu()
-        for i, f in enumerate(chunk):
-            cached.append(logits[i, :len(f["input_ids"])].clone() if logits.dim() == 3 else logits[i].clone())
-    return cached
-
-
-def _eval_batches(features: list[dict], batch_size: int, pad: int):
-    for i in range(0, len(features), batch_size):
-        yield pad_batch(features[i:i + batch_size], pad)
-
-
-def _to(batch: dict, device) -> dict:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-
-# ----------------------------------------------------------------------------------------------------
-# Files (rank 0 only): metrics, routing, results; written so that earlier results are never lost
-# ----------------------------------------------------------------------------------------------------
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-class RunFiles:
-    def __init__(self, run_dir: Path, enabled: bool):
-        self.dir, self.enabled = run_dir, enabled
-        self.routing: list[dict] = []
-        self.writer = None
-
-    def log(self, rows: list[dict]) -> None:
-        if self.enabled and rows:
-            with open(self.dir / "metrics.jsonl", "a") as f:
-                for row in rows:
-                    f.write(json.dumps(row) + "\n")
-            if self.writer is not None:
-                for row in rows:
-                    self.writer.add_scalar(f"{row['split']}/{row['metric']}", row["value"], row["step"])
-
-    def add_routing(self, rows: list[dict]) -> None:
-        self.routing.extend(rows)
-
-    def flush_routing(self) -> None:
-        if self.enabled and self.routing:
-            import pandas as pd
-
-            tmp = self.dir / "routing.parquet.tmp"
-            pd.DataFrame(self.routing).to_parquet(tmp, index=False)
-            os.replace(tmp, self.dir / "routing.parquet")
-
-    def truncate_after(self, step: int) -> None:
-        """On resume: drop log rows written after the checkpoint (they will be written again)."""
-        if not self.enabled:
-            return
-        path = self.dir / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-            _atomic_text(path, "".join(line + "\n" for line in kept))
-        routing = self.dir / "routing.parquet"
-        if routing.exists():
-            import pandas as pd
-
-            df = pd.read_parquet(routing)
-            self.routing = df[df["step"] <= step].to_dict("records")
-
-
-def _check_run_dir(spec: DistillSpec, resume: bool) -> Path:
-    """Refuse to overwrite a run (every rank checks, nothing is written here)."""
-    run_dir = Path(spec.output_dir)
-    finished = (run_dir / "result.json").exists()
-    started = has_training_state(run_dir / "checkpoint")
-    if finished and not resume:
-        raise ConfigError(f"Run folder {run_dir} already holds a finished run: choose another output_dir "
-                          f"(results are never overwritten).")
-    if started and not resume:
-        raise ConfigError(f"Run folder {run_dir} holds an unfinished run: pass --resume to continue it, or "
-                          f"choose another output_dir.")
-    config = run_dir / "config.json"
-    if resume and started and config.exists():
-        saved = json.loads(config.read_text())
-        saved.pop("output_dir", None)
-        mine = {k: v for k, v in spec.to_dict().items() if k != "output_dir"}
-        if saved != json.loads(json.dumps(mine)):
-            raise ConfigError(f"--resume with a different config than {config}: resume with the saved "
-                              f"config (gapkit distill {config} --resume).")
-    return run_dir
-
-
-def _save_model(model: nn.Module, tokenizer, folder: Path, label_names=None) -> None:
-    from ..models.checkpoint import save_pretrained
-
-    tmp = folder.with_name(folder.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    if isinstance(model, Student):
-        save_pretrained(model, tmp, label_names)
-    else:
-        config = model.model.config
-        if label_names and len(label_names) == config.num_labels:
-            config.id2label = dict(enumerate(label_names))
-            config.label2id = {name: i for i, name in enumerate(label_names)}
-        model.model.save_pretrained(tmp)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(tmp)
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
-
-
-def _check_finite_all_ranks(terms: dict, step: int, distributed: bool) -> None:
-    """``check_finite`` on every rank together: a NaN on one rank stops them all (instead of leaving the
-    others waiting in the gradient all-reduce)."""
     try:
-        check_finite(terms, step)
-        error = None
-    except NonFiniteLossError as err:
-        error = err
-    if distributed:
-        flag = torch.tensor([0.0 if error is None else 1.0], device=next(iter(terms.values())).device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        if error is None and flag.item() > 0:
-            error = NonFiniteLossError(step, "(on another rank)", float("nan"))
-    if error is not None:
-        raise error
+        spec = model.spec if hasattr(model, "spec") else model_spec(model.model)
+    except Exception:  # noqa: BLE001 - the shape of an arbitrary HF encoder may simply be unknown
+        return None
+    return {c: analytic_count(spec, seq_len=PAPER_SEQ_LEN, convention=c) / 1e9 for c in CONVENTIONS}
 
 
 # ----------------------------------------------------------------------------------------------------
-# Evaluation
+# The run
 # ----------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def evaluate(trainee: Trainee, teacher, task: TaskData, split: str, batch_size: int, device, amp) -> tuple[dict, list]:
-    """Metrics of one evaluation split (relation loss for raw text) and its routing statistics."""
-    was_training = trainee.training
-    trainee.eval()
-    logits, labels, loss_sum, rows = [], [], 0.0, 0
-    routing = RoutingAccumulator()
-    for batch in _eval_batches(task.evals[split], batch_size, task.pad_token_id):
-        batch = _to(batch, device)
-        with amp:
-            teacher_out = teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids")) \
-                if teacher is not None and task.kind == "unlabeled" else None
-            terms, out = trainee(batch, teacher_out)
-        if out.routing is not None:
-            routing.add(out.routing, batch["attention_mask"])
+class Run:
+    """One run, built and ready to step.
+
+    Args:
+        spec: the run.
+        resume: continue from ``output_dir/checkpoint`` (the same config).
+        teacher: a teacher side shared with other runs (a sweep's group); by default the run loads its
+            own from ``spec.teacher``.
+        progress: show a progress bar (rank 0).
+    Attributes:
+        finished: True when the folder already holds this run's result (``result`` is then set).
+        step_count: optimizer steps taken; ``total_steps``: where the run ends.
+    Raises:
+        ConfigError / DataError / ModelError: bad input, before any training and before the run folder
+            is written.
+    """
+
+    def __init__(self, spec: DistillSpec, resume: bool = False, teacher: TeacherSide | None = None,
+                 progress: bool = True):
+        self.t_start = time.time()
+        self.spec, self.train_spec = spec, spec.train
+        train = spec.train
+        self.device = run_device(spec)
+        self.rank, self.world = init_distributed(self.device)
+        self.distributed = self.world > 1
+        config = spec.to_dict()
+        self.run_id = run_id(config)
+        self.folder = RunFolder(spec.output_dir, writer=self.rank == 0)
+        mode = self.folder.inspect(_jsonable(config), resume)
+        if self.distributed:  # every rank has looked before rank 0 changes anything
+            dist.barrier()
+        self.finished = mode == "finished"
+        self.result: RunResult | None = None
+        if self.finished:
+            self.result = RunResult.read(self.folder.result_file)
+            return
+
+        # Everything that can be wrong is found here, before a single step.
+        self.rng = RunRNG(train.init_seed, self.device)
+        self.tokenizer = load_tokenizer(spec)
+        self.task = task = load_task(spec, self.tokenizer)
+        self.teacher = teacher if teacher is not None else TeacherSide.load(spec, task, self.device)
+        with self.rng.active():
+            self.model, self.new_weights = build_model(spec, task)
+        check_compatible(spec, task, self.model, self.teacher)
+        self.amp = autocast(self.device, train.bf16)
+        needs = TeacherNeeds.of(spec)
+        teacher_logits = None
+        if self.teacher is not None and needs.logits_only and teacher is None:
+            # Task KD from logits alone: one teacher pass over the training set instead of one per step.
+            teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id)
+        self.batches = Batches(task.train, train.batch_size, train.grad_accum, train.data_seed, task.pad_token_id,
+                               self.rank, self.world, teacher_logits)
+        self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.batches.per_epoch))
+        self.eval_every = train.eval_every or self.batches.per_epoch
+        self.checkpoint_every = train.checkpoint_every or self.eval_every
+
+        # The folder appears only once the run is known to be good.
+        self.folder.start(spec.to_json(), wipe=mode == "restart")
+        with self.rng.active():
+            self.trainee = Trainee(self.model, spec, task, self.teacher).to(self.device)
+        # Training draws (dropout, gate noise) from a stream of this rank's own.
+        self.rng.reseed(derive_seed(train.init_seed, 1 + self.rank))
+        self.optimizer = make_optimizer(self.trainee, train)
+        self.scheduler = make_scheduler(self.optimizer, self.total_steps, train.warmup)
+        self.selection = dict(split="dev" if len(task.evals) == 1 else "+".join(task.evals),
+                              metric=task.primary, higher_is_better=task.kind != "unlabeled")
+        self.state = dict(step=0, best=None, best_step=None, bad_evals=0, best_metrics={}, last_eval=None,
+                          status="running", reason=None)
+        if mode == "resume":
+            self.state, rng_state = load_training_state(self.folder.checkpoint_dir, self.trainee, self.optimizer,
+                                                        self.scheduler, self.rank, self.world)
+            self.rng.load_state(rng_state)
+            self.folder.rewind(self.state["step"])
+        if train.tensorboard and self.rank == 0:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError("train.tensorboard needs the tensorboard package: pip install "
+                                  "'gapkit[tensorboard]'.") from None
+            self.folder.tensorboard = SummaryWriter(str(self.folder.dir / "tensorboard"))
+        self.ddp = self.trainee
+        if self.distributed:
+            self.ddp = nn.parallel.DistributedDataParallel(
+                self.trainee, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.model.is_moe)
+        self.trainee.train()
+        self.bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=spec.name, dynamic_ncols=True,
+                        disable=not (progress and self.rank == 0))
+        self._window_tokens, self._window_t0 = 0, time.time()
+
+    # -- where the run stands ------------------------------------------------------------------------
+    @property
+    def step_count(self) -> int:
+        return self.state["step"]
+
+    @property
+    def done(self) -> bool:
+        return self.finished or self.state["step"] >= self.total_steps or self.state["status"] != "running"
+
+    # -- training ------------------------------------------------------------------------------------
+    def next_batches(self) -> list[dict]:
+        """This rank's micro-batches of the next optimizer step (on the CPU)."""
+        return self.batches.for_step(self.state["step"])
+
+    def teacher_output(self, batch: dict) -> TeacherOutput | None:
+        """What the teacher gives for one micro-batch already on the device (cached logits when there)."""
+        if "teacher_logits" in batch:
+            return TeacherOutput(last_hidden_state=None, qkv=None, logits=batch.pop("teacher_logits"))
+        return self.teacher(batch) if self.teacher is not None else None
+
+    def step(self, micro_batches: list[dict] | None = None, teacher_outputs: list | None = None) -> dict:
+        """One optimizer step.
+
+        Args:
+            micro_batches: this rank's micro-batches (default: :meth:`next_batches`).
+            teacher_outputs: the teacher's outputs for each micro-batch, computed once for several runs
+                (default: this run's teacher computes them).
+        Returns:
+            The step's logs (loss terms, total, grad_norm, ...).
+        Raises:
+            NonFiniteLossError: a NaN/inf loss term (on any rank).
+        """
+        micro = micro_batches if micro_batches is not None else self.next_batches()
+        step = self.state["step"] + 1
+        logs: dict[str, float] = {}
+        with self.rng.active():
+            for i, batch in enumerate(micro):
+                batch = to_device(batch, self.device)
+                t_out = teacher_outputs[i] if teacher_outputs is not None else self.teacher_output(batch)
+                batch.pop("teacher_logits", None)
+                last = i == len(micro) - 1
+                sync = contextlib.nullcontext() if (not self.distributed or last) else self.ddp.no_sync()
+                with sync:
+                    with self.amp:
+                        terms, out = self.ddp(batch, t_out)
+                    self._check_finite(terms, step)
+                    loss, term_logs = combine(terms, self.spec.weights)
+                    (loss / len(micro)).backward()
+                for k, v in term_logs.items():
+                    logs[k] = logs.get(k, 0.0) + v / len(micro)
+                self._window_tokens += int(batch["attention_mask"].sum())
+            if self.train_spec.grad_clip > 0:
+                logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainee.parameters(),
+                                                                         self.train_spec.grad_clip))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.state["step"] = step
+        kill_point("step")
+        self.bar.update(1)
+        train = self.train_spec
+        if step % train.log_every == 0 or step == self.total_steps:
+            elapsed = max(time.time() - self._window_t0, 1e-9)
+            logs["lr"] = self.scheduler.get_last_lr()[0]
+            logs["tokens_per_s"] = self._window_tokens * self.world / elapsed
+            self._window_tokens, self._window_t0 = 0, time.time()
+            self.folder.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs.items()])
+            self.bar.set_postfix(loss=f"{logs['total']:.4f}", tok_s=f"{logs['tokens_per_s']:.0f}")
+        if self.model.is_moe and (step % train.routing_every == 0 or step == 1):
+            self.folder.add_routing(routing_rows(out.routing, batch["attention_mask"], step=step, split="train"))
+        return logs
+
+    def _check_finite(self, terms: dict, step: int) -> None:
+        """``check_finite`` on every rank together: a NaN on one rank stops them all (instead of leaving
+        the others waiting in the gradient all-reduce)."""
+        try:
+            check_finite(terms, step)
+            error = None
+        except NonFiniteLossError as err:
+            error = err
+        if self.distributed:
+            flag = torch.tensor([0.0 if error is None else 1.0], device=next(iter(terms.values())).device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            if error is None and flag.item() > 0:
+                error = NonFiniteLossError(step, "(on another rank)", float("nan"))
+        if error is not None:
+            raise error
+
+    # -- evaluation ----------------------------------------------------------------------------------
+    def eval_pairs(self, split: str):
+        """(batch on the device, teacher output or None) of an evaluation or test split. The teacher
+        runs only where the metric needs it (raw text: the relation loss)."""
+        task = self.task
+        features = task.evals.get(split, task.tests.get(split))
+        for batch in eval_batches(features, self.train_spec.eval_batch_size, task.pad_token_id):
+            batch = to_device(batch, self.device)
+            yield batch, (self.teacher(batch) if self.teacher is not None and task.kind == "unlabeled" else None)
+
+    @torch.no_grad()
+    def evaluate(self, split: str, pairs=None, log: bool = True) -> dict[str, float]:
+        """Metrics of one split (the relation loss for raw text), logged with its routing statistics.
+
+        Args:
+            split: a name in ``task.evals`` or ``task.tests``.
+            pairs: (batch, teacher output) pairs computed once for several runs (default
+                :meth:`eval_pairs`).
+        """
+        task, trainee = self.task, self.trainee
+        was_training = trainee.training
+        trainee.eval()
+        logits, labels, loss_sum, rows = [], [], 0.0, 0
+        routing = RoutingAccumulator()
+        with self.rng.active():  # random routing draws even in evaluation
+            for batch, t_out in (pairs if pairs is not None else self.eval_pairs(split)):
+                with self.amp:
+                    if task.kind == "unlabeled":
+                        terms, out = trainee(batch, t_out)
+                    else:
+                        out = trainee.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+                if out.routing is not None and self.model.is_moe:
+                    routing.add(out.routing, batch["attention_mask"])
+                if task.kind == "unlabeled":
+                    n = batch["input_ids"].shape[0]
+                    loss_sum += float(terms["relation"]) * n
+                    rows += n
+                else:
+                    logits.append(out.logits.float().cpu())
+                    labels.append(batch["labels"].cpu())
+        trainee.train(was_training)
         if task.kind == "unlabeled":
-            n = batch["input_ids"].shape[0]
-            loss_sum += float(terms["relation"]) * n
-            rows += n
+            metrics = {"relation": loss_sum / max(rows, 1)}
         else:
-            logits.append(out.logits.float().cpu())
-            labels.append(batch["labels"].cpu())
-    trainee.train(was_training)
-    if task.kind == "unlabeled":
-        return {"relation": loss_sum / max(rows, 1)}, routing.rows()
-    if task.kind == "token":  # pad every batch to the longest sequence of the split
-        T = max(x.shape[1] for x in logits)
-        logits = [F.pad(x, (0, 0, 0, T - x.shape[1])) for x in logits]
-        labels = [F.pad(y, (0, T - y.shape[1]), value=IGNORE_INDEX) for y in labels]
-    return task.metrics(split, torch.cat(logits), torch.cat(labels)), routing.rows()
+            if task.kind == "token":  # pad every batch to the longest sequence of the split
+                T = max(x.shape[1] for x in logits)
+                logits = [F.pad(x, (0, 0, 0, T - x.shape[1])) for x in logits]
+                labels = [F.pad(y, (0, T - y.shape[1]), value=IGNORE_INDEX) for y in labels]
+            metrics = task.metrics(split, torch.cat(logits), torch.cat(labels))
+        if log:
+            step = self.state["step"]
+            self.folder.log([dict(step=step, split=split, metric=k, value=v) for k, v in metrics.items()])
+            self.folder.add_routing([dict(r, step=step, split=split) for r in routing.rows()])
+        return metrics
+
+    @property
+    def eval_due(self) -> bool:
+        step = self.state["step"]
+        return step > 0 and (step % self.eval_every == 0 or step == self.total_steps)
+
+    def evaluate_all(self, pairs: dict | None = None) -> dict[str, dict[str, float]]:
+        """Score every evaluation split (and, with the same weights, every labeled test split); keep
+        ``best/`` when the selection metric improved; count evaluations for early stopping.
+
+        Args:
+            pairs: split -> (batch, teacher output) pairs shared by several runs (optional).
+        Returns:
+            split -> metrics.
+        """
+        pairs = pairs or {}
+        step, task = self.state["step"], self.task
+        metrics = {split: self.evaluate(split, pairs.get(split)) for split in task.evals}
+        value = float(np.mean([m[task.primary] for m in metrics.values()]))
+        best = self.state["best"]
+        higher = self.selection["higher_is_better"]
+        improved = best is None or (value > best if higher else value < best)
+        if improved and task.tests:
+            # The test split is scored with exactly the weights that dev selects, never used to select.
+            metrics.update({split: self.evaluate(split, pairs.get(split)) for split in task.tests})
+        self.state["last_eval"] = dict(step=step, metrics=metrics)
+        if improved:
+            self.state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
+            self.folder.save_best(lambda folder: self._save_model(folder))
+        else:
+            self.state["bad_evals"] += 1
+        if self.rank == 0:
+            shown = {f"{s}/{k}" if len(metrics) > 1 else k: v for s, m in metrics.items() for k, v in m.items()}
+            self.bar.write(f"[{self.spec.name}] step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
+        patience = self.train_spec.early_stopping
+        if patience and self.state["bad_evals"] >= patience and step < self.total_steps:
+            self.state.update(status="early_stopped",
+                              reason=f"no improvement of {task.primary} in {patience} evaluations")
+        return metrics
+
+    def _save_model(self, folder: Path) -> None:
+        self.model.save_pretrained(folder, self.task.label_names)
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(folder)
+
+    # -- checkpoints ---------------------------------------------------------------------------------
+    @property
+    def checkpoint_due(self) -> bool:
+        step = self.state["step"]
+        return step % self.checkpoint_every == 0 or step == self.total_steps or self.state["status"] != "running"
+
+    def checkpoint(self) -> None:
+        """Save a resumable state. Every rank takes part (each one's generator state is saved); rank 0
+        writes, after flushing the routing rows up to this step (see :mod:`gapkit.distill.runfiles`)."""
+        rng = [self.rng.state()]
+        if self.distributed:
+            gathered: list = [None] * self.world
+            dist.all_gather_object(gathered, {k: v.cpu() for k, v in rng[0].items()})
+            rng = gathered
+        if self.rank == 0:
+            self.folder.flush_routing()
+            save_training_state(self.folder.checkpoint_dir, self.trainee, self.optimizer, self.scheduler,
+                                _loop_state(self.state), rng)
+
+    def after_step(self) -> None:
+        """Evaluate and checkpoint when due (the standard loop's bookkeeping after :meth:`step`)."""
+        if self.eval_due:
+            self.evaluate_all()
+        if self.checkpoint_due:
+            self.checkpoint()
+
+    # -- the end -------------------------------------------------------------------------------------
+    def finish(self) -> RunResult:
+        """Write ``result.json`` (rank 0) and return the result."""
+        if self.finished:
+            return self.result
+        self.bar.close()
+        if self.state["status"] == "running":
+            self.state["status"] = "completed"
+        self.folder.flush_routing()
+        self.result = self._result()
+        kill_point("finish")
+        self.folder.write_result(self.result)
+        self.folder.close()
+        return self.result
+
+    def fail(self, err: NonFiniteLossError) -> TrainingFailed:
+        """Record a NaN/inf stop (``failure.json``, ``result.json``); returns the error to raise."""
+        self.bar.close()
+        self.state.update(status="failed", reason=f"non-finite loss term {err.term!r} ({err.value}) at step "
+                                                  f"{err.step}")
+        failure = dict(status="failed", step=err.step, term=err.term, value=str(err.value), message=str(err))
+        self.folder.write_failure(failure)
+        self.folder.flush_routing()
+        self.result = self._result()
+        self.folder.write_result(self.result)
+        self.folder.close()
+        return TrainingFailed(f"Run {self.spec.name!r} stopped: {err} See {self.folder.dir / 'failure.json'}.")
+
+    def _result(self) -> RunResult:
+        from .. import __version__
+
+        state, spec = self.state, self.spec
+        rows = []
+        for split, values in (state["best_metrics"] or {}).items():
+            rows += [dict(split=split, metric=k, value=v, step=state["best_step"], model="best")
+                     for k, v in values.items()]
+        last = state["last_eval"]
+        if last is not None:
+            rows += [dict(split=split, metric=k, value=v, step=last["step"], model="final")
+                     for split, values in last["metrics"].items() if split in self.task.evals for k, v in values.items()]
+        student_spec = getattr(self.model, "spec", None)
+        return RunResult(
+            run_dir=str(self.folder.dir), name=spec.name, run_id=self.run_id, status=state["status"],
+            reason=state["reason"], stage=spec.stage, task=spec.data.task, steps=state["step"],
+            best_step=state["best_step"],
+            selection=dict(self.selection, scored=sorted(self.task.tests)),
+            metrics=rows,
+            student=dict(ref=str(spec.student) if not hasattr(spec.student, "to_dict") else spec.student.name,
+                         init=spec.student_init() if hasattr(spec, "student_init") else (
+                             "random" if spec.student_spec() is not None else "pretrained"),
+                         spec=student_spec.to_dict() if student_spec is not None else None,
+                         params_total=self.model.num_parameters(), params_active=self.model.num_parameters(active=True),
+                         gflops=_gflops(self.model), seq_len=PAPER_SEQ_LEN, new_weights=list(self.new_weights)),
+            teacher=(dict(ref=self.teacher.ref, params=self.teacher.num_parameters())
+                     if self.teacher is not None else None),
+            seeds=dict(init=self.train_spec.init_seed, data=self.train_spec.data_seed),
+            gapkit_version=__version__, git_revision=git_revision(),
+            wall_time_s=round(time.time() - self.t_start, 2),
+        )
+
+
+def _loop_state(state: dict) -> dict:
+    return {k: state[k] for k in ("step", "best", "best_step", "bad_evals", "best_metrics", "last_eval", "status",
+                                  "reason")}
+
+
+def _jsonable(config: dict) -> dict:
+    import json
+
+    return json.loads(json.dumps(config))
 
 
 # ----------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------
 def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool = True) -> RunResult:
-    """Train one run into ``spec.output_dir``.
+    """Train one run into ``spec.output_dir``: build, loop, finish.
 
     Args:
         spec: the run.
-        resume: continue from ``output_dir/checkpoint`` (the same config).
+        resume: continue from ``output_dir/checkpoint`` (the same config); on a finished run of the same
+            config, read its result back.
         callback: optional ``callback(step, logs, model)`` after every optimizer step (tests, notebooks).
         progress: show a progress bar (rank 0).
     Returns:
@@ -541,187 +571,13 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
         ConfigError / DataError / ModelError: bad input, before any training.
         TrainingFailed: a NaN/inf loss; ``failure.json`` says at which step and in which term.
     """
-    t_start = time.time()
-    done = Path(spec.output_dir) / "result.json"
-    if resume and done.exists():
-        saved = json.loads(done.read_text())
-        if saved["status"] != "failed":
-            return RunResult(**saved)  # nothing left to do
-        raise ConfigError(f"Run {spec.output_dir} failed (see failure.json) and cannot be resumed; start a new run.")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    device = _device(spec)
-    if distributed and not dist.is_initialized():
-        if device.type == "cuda":
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-    train = spec.train
-    seed_everything(train.seed)
-
-    # Everything that can be wrong is found here, before a single step.
-    run_dir = _check_run_dir(spec, resume)
-    tokenizer = _load_tokenizer(spec)
-    task = build_task(spec.data, tokenizer, seed=train.seed)
-    if spec.stage == "agnostic" and spec.data.task == "synthetic":
-        task.train = synthetic_unlabeled(spec.data, spec.data.max_train_examples or len(task.train))
-        task.kind, task.num_labels, task.primary = "unlabeled", 0, "relation"
-    teacher = _load_teacher(spec, task)
-    seed_everything(train.seed)  # the same initial weights whatever loading consumed
-    model = _build_model(spec, task, tokenizer)
-    _check_compatible(spec, task, model, teacher)
-
-    if rank == 0:  # the run folder appears only once its config is known to be good
-        run_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_text(run_dir / "config.json", spec.to_json())
-
-    trainee = Trainee(model, spec, task, teacher).to(device)
-    if teacher is not None:
-        teacher.to(device)
-    optimizer = _optimizer(trainee, train)
-    amp = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and train.bf16
-           else contextlib.nullcontext())
-    # Task KD from logits alone: one teacher pass over the training set instead of one per step.
-    logits_only = (teacher is not None and spec.stage == "task" and spec.weights.relation == 0
-                   and spec.weights.hidden == 0)
-    teacher_logits = (cache_teacher_logits(teacher, task.train, task.pad_token_id, train.eval_batch_size, device, amp)
-                      if logits_only else None)
-    batches = Batches(task.train, train.batch_size, train.grad_accum, train.seed, task.pad_token_id, rank, world,
-                      teacher_logits)
-    total_steps = train.max_steps or max(1, math.ceil(train.epochs * batches.per_epoch))
-    scheduler = _scheduler(optimizer, total_steps, train.warmup)
-    eval_every = train.eval_every or batches.per_epoch
-    checkpoint_every = train.checkpoint_every or eval_every
-    higher_is_better = task.kind != "unlabeled"
-    primary = task.primary
-
-    files = RunFiles(run_dir, rank == 0)
-    state = dict(step=0, best=None, best_step=None, bad_evals=0, best_metrics={})
-    if resume and has_training_state(run_dir / "checkpoint"):
-        state = load_training_state(run_dir / "checkpoint", trainee, optimizer, scheduler)
-        files.truncate_after(state["step"])
-    if train.tensorboard and rank == 0:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise ConfigError("train.tensorboard needs the tensorboard package: pip install 'gapkit[tensorboard]'.") from None
-        files.writer = SummaryWriter(str(run_dir / "tensorboard"))
-
-    student = trainee.model
-    ddp = trainee
-    if distributed:
-        ddp = nn.parallel.DistributedDataParallel(
-            trainee, device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=isinstance(student, Student) and student.spec.is_moe)
-    trainee.train()
-
-    def evaluate_all(step: int) -> dict:
-        metrics = {}
-        for split in task.evals:
-            values, routing = evaluate(trainee, teacher, task, split, train.eval_batch_size, device, amp)
-            metrics.update({(f"{k}" if len(task.evals) == 1 else f"{split}/{k}"): v for k, v in values.items()})
-            files.log([dict(step=step, split=split, metric=k, value=v) for k, v in values.items()])
-            files.add_routing([dict(r, step=step, split=split) for r in routing])
-        return metrics
-
-    def primary_of(metrics: dict) -> float:
-        keys = [k for k in metrics if k.split("/")[-1] == primary]
-        return float(np.mean([metrics[k] for k in keys]))
-
-    status, last_eval_step, final = "completed", -1, {}
-    bar = tqdm(total=total_steps, initial=state["step"], disable=not (progress and rank == 0),
-               desc=spec.name, dynamic_ncols=True)
-    step = state["step"]
-    window_tokens, window_t0 = 0, time.time()
+    r = Run(spec, resume=resume, progress=progress)
     try:
-        while step < total_steps:
-            epoch, index = divmod(step, batches.per_epoch)
-            if index == 0 or step == state["step"]:
-                order = batches.order(epoch)
-            micro = batches.micro_batches(index, order)
-            logs_sum: dict[str, float] = {}
-            for i, batch in enumerate(micro):
-                batch = _to(batch, device)
-                sync = contextlib.nullcontext() if (not distributed or i == len(micro) - 1) else ddp.no_sync()
-                with sync:
-                    with amp:
-                        if "teacher_logits" in batch:
-                            teacher_out = _Out(logits=batch.pop("teacher_logits"))
-                        elif teacher is not None:
-                            teacher_out = teacher(batch["input_ids"], batch["attention_mask"],
-                                                  batch.get("token_type_ids"))
-                        else:
-                            teacher_out = None
-                        terms, out = ddp(batch, teacher_out)
-                    _check_finite_all_ranks(terms, step + 1, distributed)
-                    loss, logs = combine(terms, spec.weights)
-                    (loss / len(micro)).backward()
-                for k, v in logs.items():
-                    logs_sum[k] = logs_sum.get(k, 0.0) + v / len(micro)
-                window_tokens += int(batch["attention_mask"].sum())
-            if train.grad_clip > 0:
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(trainee.parameters(), train.grad_clip))
-                logs_sum["grad_norm"] = grad_norm
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            bar.update(1)
-
-            if step % train.log_every == 0 or step == total_steps:
-                elapsed = max(time.time() - window_t0, 1e-9)
-                logs_sum["lr"] = scheduler.get_last_lr()[0]
-                logs_sum["tokens_per_s"] = window_tokens * world / elapsed
-                window_tokens, window_t0 = 0, time.time()
-                files.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs_sum.items()])
-                bar.set_postfix(loss=f"{logs_sum['total']:.4f}", tok_s=f"{logs_sum['tokens_per_s']:.0f}")
-            if isinstance(student, Student) and student.spec.is_moe and (
-                    step % train.routing_every == 0 or step == 1):
-                files.add_routing(routing_rows(out.routing, batch["attention_mask"], step=step, split="train"))
+        while not r.done:
+            logs = r.step()
             if callback is not None:
-                callback(step, logs_sum, student)
-
-            if step % eval_every == 0 or step == total_steps:
-                metrics = evaluate_all(step)
-                last_eval_step, final = step, metrics
-                value = primary_of(metrics)
-                improved = state["best"] is None or (value > state["best"] if higher_is_better else value < state["best"])
-                if improved:
-                    state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
-                    if rank == 0:
-                        _save_model(student, tokenizer, run_dir / "best", task.label_names)
-                else:
-                    state["bad_evals"] += 1
-                if rank == 0:
-                    bar.write(f"[{spec.name}] step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
-                files.flush_routing()
-                if train.early_stopping and state["bad_evals"] >= train.early_stopping:
-                    status = "early_stopped"
-            if rank == 0 and (step % checkpoint_every == 0 or step == total_steps or status == "early_stopped"):
-                state["step"] = step
-                save_training_state(run_dir / "checkpoint", trainee, optimizer, scheduler, state)
-            if status == "early_stopped":
-                break
+                callback(r.step_count, logs, r.model)
+            r.after_step()
     except NonFiniteLossError as err:
-        bar.close()
-        failure = dict(status="failed", step=err.step, term=err.term, value=str(err.value), message=str(err))
-        if rank == 0:
-            _atomic_text(run_dir / "failure.json", json.dumps(failure, indent=2))
-            result = RunResult(str(run_dir), "failed", err.step - 1, state.get("best_metrics", {}), {},
-                               time.time() - t_start)
-            _atomic_text(run_dir / "result.json", json.dumps(result.__dict__, indent=2))
-            files.flush_routing()
-        raise TrainingFailed(f"Run {spec.name!r} stopped: {err} See {run_dir / 'failure.json'}.") from None
-    bar.close()
-    files.flush_routing()
-    result = RunResult(
-        run_dir=str(run_dir), status=status, steps=step,
-        best=dict(state["best_metrics"], step=state["best_step"]), final=dict(final, step=last_eval_step),
-        wall_time_s=round(time.time() - t_start, 2),
-        params_total=student.num_parameters() if isinstance(student, Student) else sum(p.numel() for p in student.parameters()),
-        params_active=student.num_parameters(active=True) if isinstance(student, Student) else sum(p.numel() for p in student.parameters()),
-    )
-    if rank == 0:
-        _atomic_text(run_dir / "result.json", json.dumps(result.__dict__, indent=2))
-    if files.writer is not None:
-        files.writer.close()
-    return result
+        raise r.fail(err) from None
+    return r.finish()

@@ -1,0 +1,143 @@
+"""What a run reports: one fixed schema for every task and stage (``result.json``).
+
+Metrics are rows (``split``, ``metric``, ``value``, ``step``, ``model``), never keys whose shape
+varies by task, so that a sweep's table is a concatenation of these rows. ``model`` says which
+weights were scored: ``best`` (the checkpoint that ``selection`` chose on its split) or ``final``
+(the weights at the end). A labeled test split is scored with the best-on-dev weights and never
+takes part in the selection.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..io import json_dumps
+
+SCHEMA_VERSION = 2
+STATUSES = ("completed", "early_stopped", "failed")
+
+__all__ = ["RunResult", "run_id", "git_revision", "SCHEMA_VERSION"]
+
+
+def run_id(config: dict) -> str:
+    """A short hash of a resolved run config, ``output_dir`` and ``name`` left out (they place and
+    label a run; they do not change what it computes)."""
+    keyed = {k: v for k, v in config.items() if k not in ("output_dir", "name")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def git_revision() -> str | None:
+    """The git commit of the gapkit source tree (``+dirty`` with uncommitted changes), or None when
+    gapkit is not run from a git checkout."""
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                             text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (rev + ("+dirty" if dirty else "")) or None
+
+
+@dataclass
+class RunResult:
+    """A run's result (``result.json``).
+
+    Attributes:
+        run_dir, name: where the run lives and its label.
+        run_id: hash of the resolved config (see :func:`run_id`).
+        status: ``completed``, ``early_stopped`` or ``failed``; ``reason`` says why for the last two.
+        stage, task: the run's stage and task.
+        steps: optimizer steps taken; ``best_step``: the step of the selected weights.
+        selection: ``{"split", "metric", "higher_is_better"}``: how ``best`` was chosen.
+        metrics: rows ``{"split", "metric", "value", "step", "model"}``.
+        student: ``{"ref", "init", "spec", "params_total", "params_active", "gflops": {convention:
+            value}, "seq_len", "new_weights"}`` (``init``: random / pretrained; ``new_weights``: tensors
+            initialised fresh on top of a checkpoint, e.g. a new task head).
+        teacher: ``{"ref", "params"}`` or None.
+        seeds: ``{"init", "data"}``.
+    """
+
+    run_dir: str
+    name: str
+    run_id: str
+    status: str
+    stage: str
+    task: str
+    steps: int
+    reason: str | None = None
+    best_step: int | None = None
+    selection: dict = field(default_factory=dict)
+    metrics: list[dict] = field(default_factory=list)
+    student: dict = field(default_factory=dict)
+    teacher: dict | None = None
+    seeds: dict = field(default_factory=dict)
+    gapkit_version: str = ""
+    git_revision: str | None = None
+    wall_time_s: float = 0.0
+    schema: int = SCHEMA_VERSION
+
+    # -- reading -------------------------------------------------------------------------------------
+    def metric(self, metric: str, split: str | None = None, model: str = "best") -> float | None:
+        """The value of ``metric`` for ``model`` weights on ``split`` (default: the selection split)."""
+        split = split or self.selection.get("split")
+        for row in self.metrics:
+            if row["metric"] == metric and row["split"] == split and row["model"] == model:
+                return row["value"]
+        return None
+
+    def values(self, model: str = "best", split: str | None = None) -> dict[str, float]:
+        """``{metric: value}`` of one model's rows on one split (default: the selection split)."""
+        split = split or self.selection.get("split")
+        return {r["metric"]: r["value"] for r in self.metrics if r["model"] == model and r["split"] == split}
+
+    @property
+    def params_total(self) -> int:
+        return self.student.get("params_total", 0)
+
+    @property
+    def params_active(self) -> int:
+        return self.student.get("params_active", 0)
+
+    def summary_row(self, convention: str = "paper") -> dict:
+        """One line of a summary table: stage, model, params, GFLOPs (named convention), the selection
+        metric of the best weights, and the run folder."""
+        metric = self.selection.get("metric")
+        return dict(stage=self.stage, name=self.name, model=self.student.get("ref"),
+                    params_total=self.params_total, params_active=self.params_active,
+                    gflops=(self.student.get("gflops") or {}).get(convention), convention=convention,
+                    metric=metric, value=self.metric(metric) if metric else None, run_dir=self.run_dir)
+
+    # -- files ---------------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json_dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "RunResult":
+        known = {f.name for f in dataclasses.fields(cls)}
+        if data.get("schema") != SCHEMA_VERSION or not {"run_id", "metrics", "status"} <= set(data):
+            raise ValueError(f"result schema {data.get('schema')!r} is not gapkit's current one ({SCHEMA_VERSION})")
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def read(cls, path: str | Path) -> "RunResult":
+        """Read a ``result.json``; a file that is not one of gapkit's results raises ``ConfigError``."""
+        from ..errors import ConfigError
+
+        path = Path(path)
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except (OSError, ValueError, TypeError) as err:
+            raise ConfigError(f"{path} is not a readable gapkit result ({err}): move the folder away and "
+                              f"rerun.") from None

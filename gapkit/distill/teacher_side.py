@@ -1,0 +1,161 @@
+"""The teacher side of distillation: batches in, teacher outputs out.
+
+A :class:`TeacherSide` owns the frozen teacher of one run, or of several runs that share a teacher,
+data and batch geometry (a sweep's group): one teacher pass per batch then feeds every run, training
+and evaluation alike. What it computes is the union of what its runs need: the Q/K/V of the chosen
+layer (relation loss), every hidden state (hidden-state loss), the logits (soft labels).
+
+With logits alone (task KD without relations or hidden states) the teacher's outputs never change
+(it is frozen and in eval mode), so :meth:`TeacherSide.cache_logits` computes them once for the whole
+training set instead of once per step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..data.features import pad_batch
+from ..data.tasks import TaskData
+from ..errors import ConfigError, ModelError
+from ..models.teacher import Teacher, TeacherOutput
+from .config import DistillSpec
+
+__all__ = ["TeacherSide", "TeacherNeeds", "to_device", "autocast"]
+
+
+def to_device(batch: dict, device) -> dict:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def autocast(device: torch.device, bf16: bool):
+    """bf16 autocast on CUDA when asked; CPU runs stay fp32 (and bitwise reproducible)."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass(frozen=True)
+class TeacherNeeds:
+    """What the runs of a teacher use: Q/K/V, all hidden states, logits."""
+
+    qkv: bool = False
+    hidden: bool = False
+    logits: bool = False
+
+    @classmethod
+    def of(cls, spec: DistillSpec) -> "TeacherNeeds":
+        w = spec.weights
+        return cls(qkv=w.relation > 0, hidden=w.hidden > 0, logits=spec.stage == "task" and w.soft > 0)
+
+    def __or__(self, other: "TeacherNeeds") -> "TeacherNeeds":
+        return TeacherNeeds(self.qkv or other.qkv, self.hidden or other.hidden, self.logits or other.logits)
+
+    @property
+    def logits_only(self) -> bool:
+        return self.logits and not (self.qkv or self.hidden)
+
+
+class TeacherSide:
+    """A frozen teacher on a device, computing what its runs need.
+
+    Args:
+        teacher: the loaded :class:`~gapkit.models.teacher.Teacher`.
+        ref: its name or folder, as the run config gives it.
+        needs: what to compute.
+        device, bf16: where, and whether under bf16 autocast (CUDA only).
+    """
+
+    def __init__(self, teacher: Teacher, ref: str, needs: TeacherNeeds, device: torch.device, bf16: bool = True):
+        self.teacher = teacher.to(device)
+        self.ref, self.needs, self.device, self.bf16 = ref, needs, device, bf16
+
+    @classmethod
+    def load(cls, spec: DistillSpec, task: TaskData, device: torch.device,
+             needs: TeacherNeeds | None = None) -> "TeacherSide | None":
+        """The teacher of ``spec`` (None for fine-tuning), checked against the task before any compute.
+
+        Raises:
+            ModelError: the teacher cannot be found or loaded.
+            ConfigError: soft labels are asked of a teacher without a task head for this task.
+        """
+        if spec.stage == "finetune":
+            return None
+        needs = needs or TeacherNeeds.of(spec)
+        head = task.head if needs.logits else None
+        num_labels = task.num_labels if needs.logits else 0
+        if needs.logits:
+            _check_task_head(spec.teacher, task)
+        teacher = Teacher.from_pretrained(spec.teacher, num_labels=num_labels, task=head, qkv_layer=spec.teacher_layer)
+        return cls(teacher, str(spec.teacher), needs, device, spec.train.bf16)
+
+    # -- facts ---------------------------------------------------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        return self.teacher.hidden_size
+
+    @property
+    def num_layers(self) -> int:
+        return self.teacher.num_layers
+
+    @property
+    def attention_size(self) -> int:
+        return self.teacher.attention_size
+
+    @property
+    def max_positions(self) -> int:
+        return self.teacher.max_positions
+
+    @property
+    def config(self):
+        return self.teacher.config
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.teacher.parameters())
+
+    # -- compute -------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(self, batch: dict) -> TeacherOutput:
+        """Teacher outputs of one batch (already on the device); Q/K/V and hidden states only when
+        some run needs them."""
+        with autocast(self.device, self.bf16):
+            out = self.teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                               output_hidden_states=self.needs.hidden)
+        return TeacherOutput(last_hidden_state=out.last_hidden_state, qkv=out.qkv if self.needs.qkv else None,
+                             hidden_states=out.hidden_states, logits=out.logits if self.needs.logits else None)
+
+    @torch.no_grad()
+    def cache_logits(self, features, batch_size: int, pad_token_id: int) -> list[torch.Tensor]:
+        """Teacher logits of every example of ``features``, computed once.
+
+        Returns:
+            One (C,) or, for token tasks, (T_i, C) float tensor per example.
+        """
+        cached = []
+        for start in range(0, len(features), batch_size):
+            chunk = [features[i] for i in range(start, min(start + batch_size, len(features)))]
+            batch = to_device(pad_batch(chunk, pad_token_id), self.device)
+            logits = self(batch).logits.float().cpu()
+            for i, f in enumerate(chunk):
+                cached.append(logits[i, :len(f["input_ids"])].clone() if logits.dim() == 3 else logits[i].clone())
+        return cached
+
+
+def _check_task_head(teacher: str, task: TaskData) -> None:
+    """Soft labels need a teacher fine-tuned on this task: a task head with the task's label count."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(teacher)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"Teacher {teacher!r} is neither a local model folder nor reachable on the Hub "
+                         f"({type(e).__name__}).") from None
+    archs = " ".join(getattr(config, "architectures", None) or [])
+    if "For" not in archs or "ForMaskedLM" in archs or "ForPreTraining" in archs:
+        raise ConfigError(f"Teacher {teacher!r} has no fine-tuned task head, but weights.soft > 0 needs its "
+                          f"logits: fine-tune it first (stage 'finetune') or set weights.soft to 0.")
+    if config.num_labels != task.num_labels:
+        raise ConfigError(f"Teacher {teacher!r} predicts {config.num_labels} labels but task {task.task!r} has "
+                          f"{task.num_labels}: use a teacher fine-tuned on {task.task}.")

@@ -1,0 +1,133 @@
+"""Files that survive a kill at any instant: one helper per mechanism, used for every file gapkit writes.
+
+* :func:`atomic_write` writes a file beside its final name and renames it into place (``os.replace``
+  is atomic on POSIX), so a reader sees the old file or the new one, never half of one.
+* :func:`atomic_dir` does the same for a folder (a checkpoint, a saved model). A folder cannot be
+  swapped in one system call, so the swap is two renames, ``path -> path.old`` then
+  ``path.tmp -> path``; :func:`recover_dir` repairs a folder killed between the two (it puts
+  ``path.old`` back) and is called before any folder written this way is read.
+* :func:`json_dumps` refuses the bare ``NaN``/``Infinity`` that Python's json writes by default and
+  other JSON readers reject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+__all__ = ["atomic_write", "atomic_dir", "recover_dir", "json_dumps", "finite_or_none", "kill_point"]
+
+_passes: dict[str, int] = {}
+
+
+def kill_point(name: str) -> None:
+    """Fault injection for gapkit's kill tests: with ``GAPKIT_KILL_AT=NAME:N`` in the environment the
+    process SIGKILLs itself the N-th time it passes point NAME (no cleanup, like a real kill). Points:
+    ``<file>.tmp`` (a file written beside its name, not yet renamed), ``<folder>.written`` and
+    ``<folder>.between`` (an atomic folder complete, and half-swapped), ``metrics.appended``, ``step``,
+    ``finish``. Without the variable this is one dictionary lookup."""
+    target = os.environ.get("GAPKIT_KILL_AT")
+    if not target:
+        return
+    point, _, count = target.rpartition(":")
+    if point != name:
+        return
+    _passes[name] = _passes.get(name, 0) + 1
+    if _passes[name] == int(count):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(path.name + ".tmp")
+
+
+def _old(path: Path) -> Path:
+    return path.with_name(path.name + ".old")
+
+
+def atomic_write(path: str | os.PathLike, data: str | bytes | Callable[[Path], None]) -> Path:
+    """Write ``path`` atomically.
+
+    Args:
+        path: the final file.
+        data: text, bytes, or a function that writes the file at the temporary path it is given
+            (e.g. ``lambda p: df.to_parquet(p)``).
+    Returns:
+        ``path``.
+    """
+    path = Path(path)
+    tmp = _tmp(path)
+    if callable(data):
+        data(tmp)
+    elif isinstance(data, bytes):
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data)
+    kill_point(f"{path.name}.tmp")
+    os.replace(tmp, path)
+    return path
+
+
+def recover_dir(path: str | os.PathLike) -> Path:
+    """Repair a folder whose :func:`atomic_dir` swap was killed half-way.
+
+    Killed between the two renames, only ``path.old`` (the previous complete folder) is left: it is
+    put back. A ``path.tmp`` is always an unfinished write and is removed; a ``path.old`` beside a
+    complete ``path`` is a leftover of the last step of a swap and is removed too.
+    """
+    path = Path(path)
+    old, tmp = _old(path), _tmp(path)
+    if not path.exists() and old.exists():
+        old.rename(path)
+    for leftover in (old, tmp):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    return path
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Write a folder atomically: yields an empty temporary folder; on a clean exit it replaces ``path``.
+
+    On an exception the temporary folder is removed and ``path`` is left as it was.
+    """
+    path = Path(path)
+    recover_dir(path)
+    tmp, old = _tmp(path), _old(path)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    kill_point(f"{path.name}.written")
+    if path.exists():
+        path.rename(old)
+        kill_point(f"{path.name}.between")
+    tmp.rename(path)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (at any depth of dicts/lists) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def json_dumps(value: Any, **kwargs) -> str:
+    """``json.dumps`` that never writes a bare NaN/Infinity (they become null; strict JSON readers
+    reject them, and a NaN that looks like a number is the wrong kind of quiet)."""
+    return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
