@@ -73,7 +73,8 @@ class TrainSpec:
 
     Args:
         lr, weight_decay: AdamW (no decay on biases and LayerNorm weights).
-        epochs: passes over the training data; ``max_steps`` (optimizer steps) overrides when set.
+        epochs: passes over the training data (``max_steps`` overrides it when set).
+        max_steps: optimizer steps of the run (None: as many as ``epochs`` take).
         warmup: fraction of the steps with linear warmup, then linear decay to 0.
         batch_size: examples per optimizer step across all ranks (split over data-parallel ranks and
             ``grad_accum`` micro-batches).
@@ -82,7 +83,8 @@ class TrainSpec:
         eval_every: optimizer steps between evaluations (None: at the end of each epoch).
         early_stopping: evaluations without improvement before stopping (None: off).
         checkpoint_every: optimizer steps between resumable checkpoints (None: at evaluations).
-        log_every: steps between metric log rows; ``routing_every``: steps between routing records.
+        log_every: steps between metric log rows.
+        routing_every: steps between routing records (MiniMoE students).
         seed: sets both ``init_seed`` and ``data_seed`` when they are not given. A CPU run is bitwise
             reproducible at a fixed thread count (results differ across thread counts, by up to ~5e-3).
         init_seed: the run's weight initialisation and its own random stream (dropout, gate noise,
@@ -91,6 +93,7 @@ class TrainSpec:
         bf16: bf16 autocast on GPU (CPU runs stay fp32).
         tensorboard: also write TensorBoard logs (needs the ``tensorboard`` extra).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        eval_batch_size: examples per batch when evaluating (and when caching teacher logits).
     """
 
     lr: float = 3e-5

@@ -39,6 +39,7 @@ class PipelineSpec:
             ``@<earlier stage name>``.
         defaults: settings merged under every stage (a stage's own settings win).
         output_dir: the pipeline folder; stage ``s`` runs in ``output_dir/s``.
+        name: a label for the pipeline.
     """
 
     stages: list[dict]
