@@ -6,19 +6,40 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
+from ..configtools import check_fields, unknown_keys_message
 from ..data.tasks import check_task_name
 from ..errors import ConfigError
-from ..models.spec import StudentSpec, spec_from_name
+from ..models.spec import PRESETS, StudentSpec, spec_from_name
 from .losses import LossWeights
 
 STAGES = ("finetune", "agnostic", "task")
 STUDENT_QKV = ("auto", "last", "projection")
+LINE_MODES = ("sentence", "document")
+# The loss terms each stage can train (the others need a teacher or labels the stage does not have);
+# load balance is an auxiliary term and trains nothing by itself.
+STAGE_TERMS = {"finetune": ("hard",), "agnostic": ("relation", "hidden"),
+               "task": ("relation", "soft", "hard", "hidden")}
+# Preset names that are also pretrained checkpoints on the Hugging Face Hub: gapkit flops reads them as
+# shapes, but as a run's student they mean the pretrained weights (never a random model behind the name).
+HUB_MODEL_IDS = frozenset({"bert-base-uncased", "bert-large-uncased", "bert-base-cased", "bert-large-cased"})
+# Something that starts like a shape string ({L}L-{H}H...): a typo in it is reported as a bad shape, not
+# as a missing folder or Hub model.
+_SHAPE_LIKE = re.compile(r"^\d+L-\d+H(?![A-Za-z])", re.IGNORECASE)
+_EXPERTS_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<x>\d+),(?P<y>\d+)E$")
+# The full grammar of a shape string (gapkit.models.spec.parse_shape reads it).
+_SHAPE_FORM = re.compile(r"^\d+L-\d+H(?:-\d+A)?(?:-\d+,\d+E)?$")
+
+# Training in fp32 with AdamW holds weights, gradients and two moment estimates: 16 bytes a parameter
+# (activations come on top).
+TRAIN_BYTES_PER_PARAM = 16
 
 
 def _check(cond: bool, message: str) -> None:
@@ -56,10 +77,12 @@ class DataSpec:
     synthetic: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        if isinstance(self.text, str):
-            self.text = [self.text]
+        check_fields(self, "DataSpec")
         self.task = check_task_name(self.task)
         _check(self.max_len >= 8, f"DataSpec.max_len must be at least 8, got {self.max_len}.")
+        _check(self.line_mode in LINE_MODES,
+               f"DataSpec.line_mode must be one of {', '.join(LINE_MODES)}, got {self.line_mode!r}.")
+        _check(all(t.strip() for t in self.text), f"DataSpec.text holds an empty name: {self.text!r}.")
         _check(self.task != "text" or bool(self.text),
                "DataSpec.text is empty: task 'text' needs local text files or a Hub dataset name in data.text.")
         for f in ("max_train_examples", "max_eval_examples"):
@@ -118,7 +141,8 @@ class TrainSpec:
     eval_batch_size: int = 64
 
     def __post_init__(self):
-        _check(self.lr > 0 and math.isfinite(self.lr), f"TrainSpec.lr must be a positive number, got {self.lr!r}.")
+        check_fields(self, "TrainSpec")  # types first: also refuses NaN and infinities
+        _check(self.lr > 0, f"TrainSpec.lr must be a positive number, got {self.lr!r}.")
         _check(self.weight_decay >= 0, f"TrainSpec.weight_decay must be >= 0, got {self.weight_decay!r}.")
         _check(self.epochs > 0, f"TrainSpec.epochs must be > 0, got {self.epochs!r}.")
         _check(self.max_steps is None or self.max_steps >= 1,
@@ -132,7 +156,12 @@ class TrainSpec:
         for f in ("eval_every", "early_stopping", "checkpoint_every"):
             v = getattr(self, f)
             _check(v is None or v >= 1, f"TrainSpec.{f} must be a positive integer or null, got {v!r}.")
-        _check(self.log_every >= 1 and self.routing_every >= 1, "TrainSpec.log_every and routing_every must be >= 1.")
+        for f in ("log_every", "routing_every", "eval_batch_size"):
+            v = getattr(self, f)
+            _check(v >= 1, f"TrainSpec.{f} must be a positive integer, got {v!r}.")
+        for f in ("seed", "init_seed", "data_seed"):
+            v = getattr(self, f)
+            _check(v is None or v >= 0, f"TrainSpec.{f} must be an integer >= 0, got {v!r}.")
         _check(self.device in ("auto", "cpu", "cuda"), f"TrainSpec.device must be auto, cpu or cuda, got {self.device!r}.")
         # One ``seed`` sets both streams; resolved here so config.json records what the run used.
         if self.init_seed is None:
@@ -183,15 +212,25 @@ class DistillSpec:
     name: str | None = None
 
     def __post_init__(self):
-        if isinstance(self.data, dict):
-            self.data = DataSpec(**self.data)
-        if isinstance(self.train, dict):
-            self.train = TrainSpec(**self.train)
-        if isinstance(self.weights, dict):
-            self.weights = LossWeights(**self.weights)
-        if isinstance(self.student, dict):
-            self.student = StudentSpec.from_dict(self.student)
+        if isinstance(self.student, Mapping):
+            try:
+                self.student = StudentSpec.from_dict(dict(self.student))
+            except ValueError as err:  # StudentSpec's own sentence, as a config error
+                raise ConfigError(f"student: {err}") from None
+        _check(isinstance(self.student, (StudentSpec, str)),
+               f"DistillSpec.student must be a shape (3L-384H), a preset, a model folder or Hub name, or a mapping "
+               f"of StudentSpec fields, got {self.student!r}.")
+        check_fields(self, "DistillSpec")  # builds data/train/weights from mappings, checks every type
         _check(self.stage in STAGES, f"DistillSpec.stage must be one of {', '.join(STAGES)}, got {self.stage!r}.")
+        if isinstance(self.student, str):
+            _check(bool(self.student.strip()), "DistillSpec.student is empty: name a shape (3L-384H), a preset, "
+                                               "a model folder or a Hub name.")
+            self._fresh_spec()  # a mistyped shape fails here, with the shape's own sentence
+        terms = STAGE_TERMS[self.stage]
+        _check(any(getattr(self.weights, t) > 0 for t in terms),
+               f"Nothing to train: stage {self.stage!r} learns from weights."
+               f"{' / weights.'.join(terms)}, and all are 0; set one > 0 (e.g. weights.{terms[0]}: 1.0).")
+        self._check_output_dir()
         _check(self.student_qkv in STUDENT_QKV,
                f"DistillSpec.student_qkv must be one of {', '.join(STUDENT_QKV)}, got {self.student_qkv!r}.")
         _check(self.stage == "finetune" or bool(self.teacher),
@@ -217,14 +256,74 @@ class DistillSpec:
                 path.parent.name if path.name in ("best", "checkpoint") else path.name)
             self.name = f"{self.stage}-{self.data.task}-{student}"
 
-    def student_spec(self) -> StudentSpec | None:
-        """The student's spec when it is built fresh (a spec or a preset/shape name), else None."""
+    # -- the student: built fresh, or loaded with its weights ------------------------------------
+    def student_init(self) -> str:
+        """``"random"`` when the student is built fresh, ``"pretrained"`` when weights are loaded.
+
+        A name is built fresh (random initialisation) only when it is a shape string (``3L-384H``,
+        ``2L-192H-1,4E``, ``5L-256H-4A``) or a gapkit preset that is not also a Hub model id: ``bert-base``
+        is a randomly initialised BERT-base shape, while ``bert-base-uncased``, anything with a ``/`` and
+        any other name are pretrained weights, loaded from that folder or Hub model.
+
+        Raises:
+            ConfigError: a shape or preset name that is also an existing local folder (it could mean
+                either); a mistyped shape.
+        """
         if isinstance(self.student, StudentSpec):
-            return self.student
-        try:
-            return spec_from_name(self.student)
-        except ValueError:
+            return "random"
+        if self._fresh_spec() is None:
+            return "pretrained"
+        _check(not Path(self.student).expanduser().is_dir(),
+               f"Student {self.student!r} is both a gapkit shape and a local folder, so it could mean random or "
+               f"pretrained weights: write ./{self.student} to load the folder, or rename it to build the shape.")
+        return "random"
+
+    def student_spec(self) -> StudentSpec | None:
+        """The student's spec when it is built fresh (see :meth:`student_init`), else None.
+
+        Called by the training loop right before it builds the student, so it also refuses a shape that
+        this machine cannot hold for training (from the parameter count, before anything is allocated).
+
+        Raises:
+            ConfigError: see :meth:`student_init`; a student too large for this machine's memory.
+        """
+        if self.student_init() == "pretrained":
             return None
+        spec = self.student if isinstance(self.student, StudentSpec) else self._fresh_spec()
+        check_trainable_size(spec, self.train.device)
+        return spec
+
+    def _fresh_spec(self) -> StudentSpec | None:
+        """The spec a student *name* describes (shape or non-Hub preset), or None for a model name."""
+        name = self.student.strip()
+        experts = _EXPERTS_SUFFIX.match(name)
+        base = experts["base"] if experts else name
+        if base in HUB_MODEL_IDS:
+            if experts:  # experts cannot be loaded from a dense checkpoint by name
+                shape = f"{base.rsplit('-', 1)[0]}-{experts['x']},{experts['y']}E"
+                raise ConfigError(f"Student {name!r} adds experts to the pretrained model {base!r}, which has none: "
+                                  f"write {shape!r} for a randomly initialised MiniMoE of that shape.")
+            return None
+        shape_like = _SHAPE_LIKE.match(name) is not None
+        if not (shape_like or base in PRESETS):
+            return None
+        if shape_like and _SHAPE_FORM.match(name) is None and not (experts and base in PRESETS):
+            raise ConfigError(f"Student {name!r} looks like a shape but is not one: shapes read "
+                              f"{{L}}L-{{H}}H[-{{A}}A][-{{x}},{{y}}E], e.g. 3L-384H, 5L-256H-4A, 3L-384H-1,4E.")
+        try:
+            return spec_from_name(name)
+        except ValueError as err:  # the shape's own sentence (heads not dividing hidden, 0 experts ...)
+            raise ConfigError(f"Student {name!r} is not a valid shape: {err}") from None
+
+    def _check_output_dir(self) -> None:
+        """An output_dir that is a file, or lies under one, can never be a run folder: say so now."""
+        path = Path(self.output_dir).expanduser()
+        _check(bool(self.output_dir.strip()), "DistillSpec.output_dir is empty: name the run folder.")
+        for p in (path, *path.parents):
+            if p.exists():
+                _check(p.is_dir(), f"output_dir {self.output_dir} cannot be a run folder: {p} is a file; "
+                                   f"choose another output_dir.")
+                break
 
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
@@ -235,24 +334,16 @@ class DistillSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "DistillSpec":
+        _check(isinstance(data, Mapping), f"Run settings must be a mapping, not {type(data).__name__}.")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))
         _check(not unknown, f"Unknown run setting(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}.")
-        try:
-            return cls(**data)
-        except TypeError as e:  # an unknown field inside data/train/weights
-            raise ConfigError(f"Bad run settings: {e}.") from None
+        return cls(**data)
 
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "DistillSpec":
         """Load a YAML or JSON run config, with ``key.sub=value`` overrides (values parsed as YAML)."""
-        path = Path(path)
-        _check(path.is_file(), f"Config file {path} does not exist: check the path.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"Config file {path} is not valid YAML/JSON: {str(e).splitlines()[0]}.") from None
-        _check(isinstance(data, dict), f"Config file {path} must hold a mapping of settings, not {type(data).__name__}.")
+        data = read_config_file(path, "Config file")
         apply_overrides(data, overrides or [])
         return cls.from_dict(data)
 
@@ -263,15 +354,88 @@ class DistillSpec:
         return json.dumps(self.to_dict(), indent=2)
 
 
+def check_trainable_size(spec: StudentSpec, device: str = "auto") -> None:
+    """Refuse a student whose training state cannot fit in this machine's memory, before allocating it.
+
+    The parameter count is exact (the student is built on the meta device, which allocates nothing);
+    training takes :data:`TRAIN_BYTES_PER_PARAM` bytes a parameter plus activations, so this only catches
+    shapes that cannot possibly fit (``200L-16384H``), not every out-of-memory.
+
+    Args:
+        spec: the student's shape.
+        device: ``train.device`` (``auto``: the GPU when one is visible).
+    Raises:
+        ConfigError: naming the parameter count, the memory training would take and the memory there is.
+    """
+    import torch
+
+    from ..models.student import Student
+
+    with torch.device("meta"):
+        params = Student(spec, moefy=False).num_parameters()
+    need = params * TRAIN_BYTES_PER_PARAM
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        where, have = "the GPU", torch.cuda.get_device_properties(0).total_memory if torch.cuda.is_available() else 0
+    else:
+        where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    _check(not have or need <= have,
+           f"Student {spec.name!r} has {params / 1e9:.3g} billion parameters: training it takes about "
+           f"{_size(need)} ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients and AdamW "
+           f"state), more than the {_size(have)} of memory of {where}; choose a smaller shape.")
+
+
+def _size(n_bytes: float) -> str:
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{n_bytes:.0f} bytes"
+
+
+def read_config_file(path: str | Path, what: str = "Config file") -> dict:
+    """The mapping a YAML/JSON config file holds; ConfigError (one sentence) for a missing, unreadable,
+    non-UTF-8 or non-YAML file, or one that holds something other than a mapping."""
+    path = Path(path)
+    _check(not path.is_dir(), f"{what} {path} is a folder; give the YAML/JSON file inside it.")
+    _check(path.is_file(), f"{what} {path} does not exist: check the path.")
+    try:
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (byte {err.start}): save it as UTF-8.") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{what} {path} is not valid YAML/JSON: {_yaml_problem(err)}.") from None
+    except OSError as err:
+        raise ConfigError(f"{what} {path} cannot be read ({err.strerror or type(err).__name__}).") from None
+    _check(isinstance(data, dict), f"{what} {path} must hold a mapping of settings, not {type(data).__name__}.")
+    return data
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """PyYAML's message in one line: the problem and where (``line 3, column 7``)."""
+    problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+    mark = getattr(err, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else problem
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested config dict in place."""
+    """Apply ``a.b=value`` overrides (value parsed as YAML) to a nested config dict in place.
+
+    A value that YAML reads as a string is left to the setting's type: ``train.lr=1e-3`` (a string in
+    YAML 1.1) becomes the float 0.001 because ``lr`` is a float.
+    """
     for item in overrides:
         key, sep, raw = item.partition("=")
-        _check(bool(sep) and bool(key), f"Override {item!r} is not of the form key=value (e.g. train.lr=1e-4).")
+        parts = key.split(".")
+        _check(bool(sep) and all(p.strip() for p in parts),
+               f"Override {item!r} is not of the form key=value (e.g. train.lr=1e-4).")
         node = data
-        *parents, leaf = key.split(".")
-        for p in parents:
+        *parents, leaf = parts
+        for i, p in enumerate(parents):
             node = node.setdefault(p, {})
-            _check(isinstance(node, dict), f"Override {item!r}: {p!r} is not a group of settings.")
-        node[leaf] = yaml.safe_load(raw)
+            _check(isinstance(node, dict), f"Override {item!r}: {'.'.join(parts[:i + 1])} is not a group of "
+                                           f"settings, so it has no {parts[i + 1]!r}.")
+        try:
+            node[leaf] = yaml.safe_load(raw)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"Override {item!r}: the value is not valid YAML ({_yaml_problem(err)}); "
+                              f"put it in quotes if it is text.") from None
     return data

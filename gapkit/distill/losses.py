@@ -30,6 +30,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..configtools import check_fields
+from ..errors import ConfigError
+
 __all__ = [
     "RelationLoss",
     "relations",
@@ -454,15 +457,13 @@ class LossWeights:
     temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        check_fields(self, "LossWeights")  # numbers (numeric strings converted), finite, never bools
         for name in LOSS_TERMS:
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"LossWeights.{name} must be a finite number >= 0, got {value!r}.")
-            setattr(self, name, float(value))
-        t = self.temperature
-        if not isinstance(t, (int, float)) or isinstance(t, bool) or not math.isfinite(t) or t <= 0:
-            raise ValueError(f"LossWeights.temperature must be a finite number > 0, got {t!r}.")
-        self.temperature = float(t)
+            if getattr(self, name) < 0:
+                raise ConfigError(f"LossWeights.{name} must be a finite number >= 0 (0 turns the term off), "
+                                  f"got {getattr(self, name)!r}.")
+        if self.temperature <= 0:
+            raise ConfigError(f"LossWeights.temperature must be a finite number > 0, got {self.temperature!r}.")
 
     def weight(self, term: str) -> float:
         """The weight of loss term ``term`` (one of ``LOSS_TERMS``)."""
