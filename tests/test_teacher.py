@@ -10,10 +10,14 @@ from transformers import (
     AutoModelForTokenClassification,
     BertConfig,
     BertModel,
+    DebertaV2Config,
+    DebertaV2Model,
     DistilBertConfig,
     DistilBertModel,
     GPT2Config,
     GPT2Model,
+    ModernBertConfig,
+    ModernBertModel,
     RobertaConfig,
     RobertaModel,
 )
@@ -135,10 +139,82 @@ def test_task_head_teacher(tmp_path, task, auto):
     torch.testing.assert_close(out.qkv[0], expected[0], atol=1e-6, rtol=1e-6)
 
 
-def test_fresh_head_on_bare_encoder(tmp_path):
-    teacher = Teacher.from_pretrained(saved(tmp_path, "bert"), num_labels=2)
+def test_fresh_head_on_bare_encoder_only_when_allowed(tmp_path):
+    folder = saved(tmp_path, "bert")
+    with pytest.raises(ModelError, match=r"no trained sequence-classification head \('classifier.bias', 'classifier.weight'"):
+        Teacher.from_pretrained(folder, num_labels=2)
+    teacher = Teacher.from_pretrained(folder, num_labels=2, allow_new_head=True)
     ids, mask = batch()
     assert teacher.num_labels == 2 and teacher(ids, mask).logits.shape == (2, 2)
+    assert teacher.load_report.new_head == ("classifier.bias", "classifier.weight")
+
+
+def test_load_report_of_a_clean_teacher(tmp_path):
+    teacher = Teacher.from_pretrained(saved(tmp_path, "bert"))
+    assert teacher.load_report.clean and teacher.load_report.model == "BertModel"
+
+
+# -- DeBERTa-v2/v3 and ModernBERT -------------------------------------------------------------------
+def deberta_config(**extra):
+    # v3-style: relative attention with shared keys, so query_proj/key_proj also run on position embeddings.
+    return DebertaV2Config(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                           intermediate_size=64, max_position_embeddings=40, relative_attention=True,
+                           share_att_key=True, pos_att_type=["p2c", "c2p"], position_buckets=8,
+                           max_relative_positions=16, position_biased_input=False, **extra)
+
+
+def modernbert_config(**extra):
+    return ModernBertConfig(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                            intermediate_size=64, max_position_embeddings=40, pad_token_id=0, bos_token_id=1,
+                            eos_token_id=2, cls_token_id=1, sep_token_id=2, **extra)
+
+
+def test_deberta_v2_teacher_captures_token_qkv(tmp_path):
+    torch.manual_seed(0)
+    DebertaV2Model(deberta_config()).save_pretrained(tmp_path / "deberta")
+    teacher = Teacher.from_pretrained(tmp_path / "deberta")
+    assert teacher.model_type == "deberta-v2" and teacher.num_layers == LAYERS and teacher.attention_size == H
+    assert teacher.load_report.clean
+    ids, mask = batch()
+    out = teacher(ids, mask, token_type_ids=torch.zeros_like(ids))
+    reference = AutoModel.from_pretrained(tmp_path / "deberta").eval()
+    with torch.no_grad():
+        x = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[LAYERS - 1]
+        attn = reference.encoder.layer[LAYERS - 1].attention.self
+        expected = attn.query_proj(x), attn.key_proj(x), attn.value_proj(x)
+    for got, want in zip(out.qkv, expected):
+        assert got.shape == (2, 9, H)  # the tokens' projections, not the position embeddings'
+        torch.testing.assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
+def test_modernbert_teacher_splits_the_fused_projection(tmp_path):
+    torch.manual_seed(0)
+    ModernBertModel(modernbert_config()).save_pretrained(tmp_path / "modernbert")
+    teacher = Teacher.from_pretrained(tmp_path / "modernbert", qkv_layer=1)
+    assert teacher.model_type == "modernbert" and teacher.num_layers == LAYERS and teacher.attention_size == H
+    ids, mask = batch()
+    out = teacher(ids, mask, token_type_ids=torch.zeros_like(ids))  # ignored: ModernBERT has no segments
+    reference = AutoModel.from_pretrained(tmp_path / "modernbert").eval()
+    with torch.no_grad():
+        x = reference(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1]
+        layer = reference.layers[1]
+        fused = layer.attn.Wqkv(layer.attn_norm(x))  # (B, T, 3A)
+    for i, got in enumerate(out.qkv):
+        assert got.shape == (2, 9, H)
+        torch.testing.assert_close(got, fused[..., i * H:(i + 1) * H], atol=1e-6, rtol=1e-6)
+    assert not torch.allclose(out.qkv[0], out.qkv[1])
+
+
+@pytest.mark.parametrize("family", ["deberta", "modernbert"])
+def test_task_head_teachers_beyond_bert(tmp_path, family):
+    torch.manual_seed(0)
+    config = deberta_config(num_labels=3) if family == "deberta" else modernbert_config(num_labels=3)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(tmp_path / family)
+    teacher = Teacher.from_pretrained(tmp_path / family, task="sequence")
+    ids, mask = batch()
+    out = teacher(ids, mask)
+    assert out.logits.shape == (2, 3) and all(t.shape == (2, 9, H) for t in out.qkv)
+    assert teacher.load_report.clean
 
 
 def test_real_minilm_teacher():

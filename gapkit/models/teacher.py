@@ -1,10 +1,18 @@
 """Teachers: any Hugging Face encoder, frozen, in eval mode, with the Q/K/V of one layer captured.
 
-Relation distillation (MiniLM v2 style, reference/minimoe_facts.md) needs the teacher's query, key and
-value projections of one layer (the last, by default). They are captured with forward hooks on that
+Relation distillation (MiniLM v2 style, docs/method.md) needs the teacher's query, key and value
+projections of one layer (the last, by default). They are captured with forward hooks on that
 layer's Q/K/V ``nn.Linear`` modules, registered for the duration of one forward call and writing into
 a dict local to that call: the model is never edited, nothing is monkey-patched, and no tensor
 outlives the call on any module.
+
+Families: separate Q/K/V projections named as in BERT / RoBERTa / ELECTRA (``query``), DistilBERT
+(``q_lin``), DeBERTa-v2/v3 (``query_proj``) or ``q_proj``; or one fused projection (ModernBERT's
+``Wqkv``), whose output is split into Q, K, V along the last dimension, in that order, as ModernBERT
+itself splits it. Only the *first* call of a projection in a forward pass is captured: DeBERTa with
+``share_att_key`` runs ``query_proj`` / ``key_proj`` a second time on its relative-position embeddings,
+which are not the tokens' Q/K. What is captured is the projection's output before any position
+transform (ModernBERT applies rotary embeddings to Q and K afterwards).
 
 Dimension names: B batch, T sequence, H hidden, A attention size (heads * head size), C labels.
 """
@@ -21,14 +29,19 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
+from .hf_loading import LoadReport, load_hf_model
 
 __all__ = ["Teacher", "TeacherOutput"]
 
 logger = logging.getLogger(__name__)
 
 # Names of the Q/K/V projections per family: BERT / RoBERTa / ELECTRA (``attention.self.query``),
-# DistilBERT (``attention.q_lin``), and the ``q_proj`` naming of many newer encoders.
-QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
+# DistilBERT (``attention.q_lin``), DeBERTa-v2/v3 (``attention.self.query_proj``), and the ``q_proj``
+# naming of many newer encoders.
+QKV_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("query_proj", "key_proj", "value_proj"),
+             ("q_proj", "k_proj", "v_proj"))
+# Fused projections H -> 3A whose output is [Q | K | V] along the last dim: ModernBERT (``attn.Wqkv``).
+FUSED_QKV_NAMES = ("Wqkv",)
 TASKS = ("sequence", "token")
 
 
@@ -49,11 +62,14 @@ class TeacherOutput:
     logits: torch.Tensor | None = None
 
 
-def find_qkv_modules(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, nn.Linear]]:
-    """The (query, key, value) Linear modules of every self-attention layer of ``model``, in layer order.
+def find_qkv_modules(model: nn.Module) -> list[tuple[nn.Linear, ...]]:
+    """The Q/K/V projections of every self-attention layer of ``model``, in layer order.
 
+    Returns:
+        One tuple per layer: (query, key, value) Linear modules, or (fused,) for a fused projection
+        whose output is [Q | K | V].
     Raises:
-        ModelError: no family's Q/K/V names match (e.g. a fused QKV projection).
+        ModelError: no family's Q/K/V names match.
     """
     base = getattr(model, "base_model", model)
     modules = dict(base.named_modules())
@@ -68,10 +84,17 @@ def find_qkv_modules(model: nn.Module) -> list[tuple[nn.Linear, nn.Linear, nn.Li
                 found.append(trio)
         if found:
             return found
+    for fused_name in FUSED_QKV_NAMES:
+        found = [(m,) for name, m in modules.items()
+                 if (name == fused_name or name.endswith("." + fused_name)) and isinstance(m, nn.Linear)
+                 and m.out_features % 3 == 0]
+        if found:
+            return found
     model_type = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
     raise ModelError(
         f"Cannot find the Q/K/V projections of model type {model_type!r}: the teacher needs separate Linear "
-        f"modules named {', '.join('/'.join(n) for n in QKV_NAMES)} in each attention layer."
+        f"modules named {', '.join('/'.join(n) for n in QKV_NAMES)}, or a fused {'/'.join(FUSED_QKV_NAMES)}, "
+        f"in each attention layer."
     )
 
 
@@ -96,16 +119,19 @@ class Teacher(nn.Module):
         self.qkv_layer = qkv_layer % len(layers)
         self._num_layers = len(layers)
         self._qkv_modules = layers[self.qkv_layer]
-        # Pass token_type_ids only to models that take them (DistilBERT does not).
+        # Pass token_type_ids only to models that take them (DistilBERT, ModernBERT do not).
         self._takes_token_types = "token_type_ids" in inspect.signature(model.forward).parameters
+        # What a strict load allowed (set by from_pretrained; None for a model passed in directly).
+        self.load_report: LoadReport | None = None
         self.requires_grad_(False)
         super().train(False)
 
     # -- construction ----------------------------------------------------------------------------
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, num_labels: int = 0, task: str | None = None,
-                        qkv_layer: int = -1, attn_implementation: str | None = None) -> "Teacher":
-        """Load a teacher by Hub name or local folder.
+                        qkv_layer: int = -1, attn_implementation: str | None = None,
+                        allow_new_head: bool = False) -> "Teacher":
+        """Load a teacher by Hub name or local folder, strictly (:func:`gapkit.models.hf_loading.load_hf_model`).
 
         Args:
             name_or_path: e.g. ``bert-base-uncased`` or a folder written by ``save_pretrained``.
@@ -114,39 +140,26 @@ class Teacher(nn.Module):
                 loads the bare encoder (AutoModel), unless ``num_labels`` > 0, which implies ``sequence``.
             qkv_layer: the layer whose Q/K/V are captured (default the last).
             attn_implementation: passed to transformers (``eager``, ``sdpa`` ...); None keeps its default.
+            allow_new_head: accept a randomly initialised task head on a checkpoint without one (its
+                logits then mean nothing; listed in ``teacher.load_report.new_head``).
         Returns:
-            A frozen :class:`Teacher` in eval mode.
+            A frozen :class:`Teacher` in eval mode; ``load_report`` says what the load allowed.
         Raises:
-            ModelError: not a local folder and not loadable from the Hub, or an unsupported model.
+            ModelError: not loadable, an unsupported model, or a missing / unexpected / mis-shaped /
+                non-finite weight (including a task head the checkpoint lacks, unless allowed).
         """
-        from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
-
         if task is None and num_labels:
             task = "sequence"
         if task is not None and task not in TASKS:
             raise ModelError(f"Teacher task must be one of {', '.join(TASKS)} or None, got {task!r}.")
-        auto = {None: AutoModel, "sequence": AutoModelForSequenceClassification,
-                "token": AutoModelForTokenClassification}[task]
-        kwargs = {}
-        if num_labels:
-            kwargs["num_labels"] = num_labels
-        if attn_implementation is not None:
-            kwargs["attn_implementation"] = attn_implementation
-        is_local = os.path.isdir(name_or_path)
-        try:
-            model, info = auto.from_pretrained(str(name_or_path), output_loading_info=True, **kwargs)
-        except (OSError, ValueError) as err:
-            # transformers' messages run to several lines; the first names the cause.
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
-            where = ("is a local folder but not a loadable transformers model" if is_local else
-                     "is not a local folder and could not be loaded from the Hugging Face Hub, offline or no such model")
-            raise ModelError(f"Teacher {str(name_or_path)!r} {where} ({reason}).") from None
-        if task is not None and any(k.startswith(("classifier", "score")) for k in info.get("missing_keys", ())):
-            logger.warning(
-                "Teacher %s has no trained %s-classification head; its head is random, so its logits mean nothing.",
-                name_or_path, task,
-            )
-        return cls(model, qkv_layer=qkv_layer)
+        model, report = load_hf_model(name_or_path, head=task, num_labels=num_labels,
+                                      allow_new_head=allow_new_head, attn_implementation=attn_implementation)
+        if report.new_head:
+            logger.warning("Teacher %s has no trained %s-classification head; %s are random, so its logits mean "
+                           "nothing.", name_or_path, task, ", ".join(report.new_head))
+        teacher = cls(model, qkv_layer=qkv_layer)
+        teacher.load_report = report
+        return teacher
 
     # -- frozen, always eval ---------------------------------------------------------------------
     def train(self, mode: bool = True) -> "Teacher":
@@ -170,6 +183,8 @@ class Teacher(nn.Module):
     @property
     def attention_size(self) -> int:
         """Width A of the captured Q/K/V (heads * head size), what relation heads split."""
+        if len(self._qkv_modules) == 1:  # fused [Q | K | V]
+            return self._qkv_modules[0].out_features // 3
         return self._qkv_modules[0].out_features
 
     @property
@@ -202,10 +217,13 @@ class Teacher(nn.Module):
 
         def hook(role):
             def fn(module, inputs, output):
-                captured[role] = output
+                # The first call only: DeBERTa calls query_proj/key_proj again on position embeddings.
+                if role not in captured:
+                    captured[role] = output
             return fn
 
-        handles = [m.register_forward_hook(hook(role)) for role, m in zip("qkv", self._qkv_modules)]
+        roles = ("qkv",) if len(self._qkv_modules) == 1 else ("q", "k", "v")
+        handles = [m.register_forward_hook(hook(role)) for role, m in zip(roles, self._qkv_modules)]
         try:
             yield captured
         finally:
@@ -232,8 +250,14 @@ class Teacher(nn.Module):
         want_hidden = output_hidden_states or self._has_head
         with self._capture_qkv() as captured:
             out = self.model(**kwargs, output_hidden_states=want_hidden)
+        if "qkv" in captured:  # fused (B, T, 3A) -> three (B, T, A)
+            captured.update(zip("qkv", captured.pop("qkv").chunk(3, dim=-1)))
         if set(captured) != {"q", "k", "v"}:  # internal invariant: the hooked modules ran
             raise RuntimeError(f"Teacher Q/K/V hooks captured {sorted(captured)}; the model skipped its projections.")
+        B, T = input_ids.shape
+        if any(t.shape[:2] != (B, T) for t in captured.values()):  # e.g. an unpadded (flash) layout
+            raise RuntimeError(f"Teacher Q/K/V have shapes {[tuple(t.shape) for t in captured.values()]}, "
+                               f"expected (B, T, A) with B, T = {B}, {T}.")
         hidden = out.hidden_states if want_hidden else None
         last = out.last_hidden_state if not self._has_head else hidden[-1]
         return TeacherOutput(

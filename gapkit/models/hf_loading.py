@@ -1,0 +1,296 @@
+"""Strict loading of Hugging Face models: never a silently random weight.
+
+``transformers``' ``from_pretrained`` loads a checkpoint that lacks a weight, has extra ones or has one
+of another shape, initialises what is missing at random, and says so in a log report that is easy to
+miss (and that gapkit's CLI silences). :func:`load_hf_model` asks for that report
+(``output_loading_info=True``, ``ignore_mismatched_sizes=True`` so that every mismatch is listed
+rather than the first one raised) and turns it into a decision:
+
+* a **missing** weight is an error, except a fresh task head when ``allow_new_head`` is set and the
+  checkpoint has no classifier at all (a pre-trained encoder about to be fine-tuned), and the pooler
+  of a bare encoder (gapkit never reads a bare encoder's ``pooler_output``);
+* an **unexpected** weight is an error, except the heads listed in :data:`PRETRAINING_HEADS` (dropped
+  by design when an encoder is loaded), a pooler the loaded architecture does not have, and (bare
+  encoder only) a task head the caller did not ask for;
+* a **mis-shaped** weight is always an error; a classifier whose label count disagrees with the
+  config or with ``num_labels`` gets its own sentence;
+* a weight holding NaN or inf is an error.
+
+What was allowed is listed in the returned :class:`LoadReport`, for the run to record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+
+from ..errors import ModelError
+
+__all__ = ["HEADS", "LoadReport", "PRETRAINING_HEADS", "load_hf_model", "name_list", "nonfinite_tensors"]
+
+HEADS = ("sequence", "token")
+_ARCH_SUFFIX = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
+
+# Checkpoint tensors outside the encoder that are dropped by design when an encoder (bare, or under a
+# new task head) is loaded: pre-training objectives whose heads play no part in encoding, and the
+# MiniMoE relation projection. Keyed by the prefix transformers reports them under.
+PRETRAINING_HEADS = {
+    "cls.": "BERT / DeBERTa pre-training heads (masked-LM, next-sentence prediction)",
+    "lm_head.": "RoBERTa / XLM-R / CamemBERT masked-LM head",
+    "lm_predictions.": "DeBERTa-v2/v3 released masked-LM head",
+    "mask_predictions.": "DeBERTa-v3 replaced-token-detection head",
+    "vocab_transform.": "DistilBERT masked-LM head",
+    "vocab_layer_norm.": "DistilBERT masked-LM head",
+    "vocab_projector.": "DistilBERT masked-LM head",
+    "discriminator_predictions.": "ELECTRA discriminator head",
+    "generator_predictions.": "ELECTRA generator head",
+    "generator_lm_head.": "ELECTRA generator head",
+    "head.": "ModernBERT masked-LM transform (a bare encoder has none)",
+    "decoder.": "ModernBERT masked-LM decoder",
+    "self.": "MiniMoE relation projection, used only for distillation",
+}
+# Task heads of fine-tuned checkpoints: dropped only when a bare encoder (head=None) is asked for.
+TASK_HEADS = ("classifier.", "pre_classifier.", "score.", "qa_outputs.", "pooler.")
+# The final projection to labels; anything else of a task head (a pooler, DistilBERT's pre_classifier,
+# ModernBERT's head transform) may come pre-trained without it.
+CLASSIFIER_PREFIXES = ("classifier.", "score.")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What a strict load allowed that is not "every weight came from the checkpoint".
+
+    Attributes:
+        source: the folder or Hub name loaded.
+        model: the class that was built (e.g. ``BertForSequenceClassification``, ``Student``).
+        new_head: tensors of a task head initialised fresh because the checkpoint has none.
+        random_unused: tensors initialised fresh that gapkit never reads (a bare encoder's pooler).
+        dropped: checkpoint tensors deliberately not loaded (pre-training heads, a pooler the
+            architecture lacks, a task head nobody asked for, the authors' unused gates).
+        notes: sentences about anything else the load decided (e.g. an obsolete setting ignored).
+    """
+
+    source: str
+    model: str
+    new_head: tuple[str, ...] = ()
+    random_unused: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def clean(self) -> bool:
+        """True when every weight of the model came from the checkpoint and nothing was noted."""
+        return not (self.new_head or self.random_unused or self.notes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready (lists instead of tuples)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+def name_list(names: Iterable[str], limit: int = 6) -> str:
+    """``'a', 'b' and 3 more`` — tensor names for an error sentence."""
+    names = sorted(names)
+    shown = ", ".join(repr(n) for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def nonfinite_tensors(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    bad = []
+    for name, t in tensors:
+        if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
+            bad.append(name)
+    return bad
+
+
+@contextlib.contextmanager
+def _quiet_load_report():
+    """Drop transformers' own LOAD REPORT log record while we decide on its content ourselves."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+
+    class _Filter(logging.Filter):
+        def filter(self, record):
+            return "LOAD REPORT" not in str(record.msg)
+
+    f = _Filter()
+    hf_logger.addFilter(f)
+    try:
+        yield
+    finally:
+        hf_logger.removeFilter(f)
+
+
+def _checkpoint_config(name_or_path) -> dict | None:
+    path = os.path.join(str(name_or_path), "config.json")
+    if os.path.isfile(path):
+        try:
+            with open(path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def _config_label_count(config: dict | None) -> int | None:
+    if not config:
+        return None
+    if isinstance(config.get("num_labels"), int):
+        return config["num_labels"]
+    if isinstance(config.get("id2label"), dict):
+        return len(config["id2label"])
+    return None
+
+
+def load_hf_model(name_or_path: str | os.PathLike, head: str | None = None, num_labels: int = 0,
+                  allow_new_head: bool = False, attn_implementation: str | None = None
+                  ) -> tuple[nn.Module, LoadReport]:
+    """Load a Hugging Face encoder strictly (see the module docstring for what is allowed).
+
+    Args:
+        name_or_path: a local folder or a Hub name.
+        head: None for the bare encoder (``AutoModel``); ``sequence`` / ``token`` for
+            ``AutoModelFor{Sequence,Token}Classification``.
+        num_labels: size of the task head; 0 keeps the checkpoint's (its config's label count).
+        allow_new_head: permit a freshly initialised task head when the checkpoint has no classifier;
+            its tensors are listed in ``LoadReport.new_head``.
+        attn_implementation: passed to transformers (``eager``, ``sdpa`` ...); None keeps its default.
+    Returns:
+        ``(model in eval mode, LoadReport)``.
+    Raises:
+        ModelError: not loadable; a missing, unexpected or mis-shaped weight; a classifier whose label
+            count disagrees with the config or ``num_labels``; a NaN/inf weight; a checkpoint whose
+            task head is of the other kind.
+    """
+    from transformers import AutoModel, AutoModelForSequenceClassification, AutoModelForTokenClassification
+
+    source = str(name_or_path)
+    if head is not None and head not in HEADS:
+        raise ModelError(f"load_hf_model head must be one of {', '.join(HEADS)} or None, got {head!r}.")
+    if head is None and num_labels:
+        raise ModelError(f"load_hf_model got num_labels={num_labels} without a head: pass head='sequence' or 'token'.")
+    config = _checkpoint_config(name_or_path)
+    archs = " ".join((config or {}).get("architectures") or [])
+    if head is not None:
+        other = _ARCH_SUFFIX["token" if head == "sequence" else "sequence"]
+        if other in archs and _ARCH_SUFFIX[head] not in archs:
+            raise ModelError(
+                f"{source} holds a {other} model ({archs}) but a {head}-classification head was asked for: "
+                f"its classifier was trained for the other kind of task."
+            )
+
+    auto = {None: AutoModel, "sequence": AutoModelForSequenceClassification,
+            "token": AutoModelForTokenClassification}[head]
+    kwargs = dict(output_loading_info=True, ignore_mismatched_sizes=True)
+    if num_labels:
+        kwargs["num_labels"] = num_labels
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    is_local = os.path.isdir(source)
+    try:
+        with _quiet_load_report():
+            model, info = auto.from_pretrained(source, **kwargs)
+    except (OSError, ValueError, RuntimeError) as err:
+        # transformers' messages run to several lines; the first names the cause.
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        where = ("is a local folder but not a loadable transformers model" if is_local else
+                 "is not a local folder and could not be loaded from the Hugging Face Hub (offline or no such model)")
+        raise ModelError(f"Model {source!r} {where} ({reason}).") from None
+
+    report = _judge(model, info, source, head, num_labels, allow_new_head, config)
+    bad = nonfinite_tensors(list(model.named_parameters()) + list(model.named_buffers()))
+    if bad:
+        raise ModelError(f"{source} holds NaN or infinite values in {name_list(bad)}: the checkpoint is corrupt "
+                         f"(saved after a diverged step, say), so use an earlier one.")
+    return model.eval(), report
+
+
+def _judge(model: nn.Module, info: dict, source: str, head: str | None, num_labels: int, allow_new_head: bool,
+           config: dict | None) -> LoadReport:
+    """Turn transformers' loading info into a LoadReport, or raise ModelError."""
+    missing = set(info.get("missing_keys") or ())
+    unexpected = set(info.get("unexpected_keys") or ())
+    mismatched = list(info.get("mismatched_keys") or ())
+    errors = [e for e in (info.get("error_msgs") or ()) if e]
+    if errors:
+        raise ModelError(f"{source} could not be loaded into {type(model).__name__}: {errors[0].splitlines()[0]}")
+
+    # Mis-shaped: a classifier whose label count disagrees gets its own sentence.
+    if mismatched:
+        if any(k.startswith(CLASSIFIER_PREFIXES) for k, *_ in mismatched) and head is not None:
+            cls_key = next(k for k, *_ in mismatched if k.startswith(CLASSIFIER_PREFIXES))
+            found = next(f for k, f, _ in mismatched if k == cls_key)
+            labels = _config_label_count(config)
+            if num_labels and labels != num_labels:
+                raise ModelError(
+                    f"{source} has a task head for {labels if labels is not None else list(found)[0]} labels but "
+                    f"num_labels={num_labels} was asked for: use a checkpoint fine-tuned on this task, or its "
+                    f"encoder without the head."
+                )
+            raise ModelError(
+                f"{source}: its classifier {cls_key!r} has shape {list(found)}, which does not match the "
+                f"{labels} labels its config.json declares (id2label / num_labels); the checkpoint is inconsistent."
+            )
+        names = ", ".join(f"{k!r} (checkpoint {list(f)}, model {list(e)})" for k, f, e in mismatched[:4])
+        more = f" and {len(mismatched) - 4} more" if len(mismatched) > 4 else ""
+        raise ModelError(f"{source} has weights of the wrong shape for {type(model).__name__}: {names}{more}.")
+
+    prefix = getattr(model, "base_model_prefix", "") or ""
+    has_head = head is not None and prefix and getattr(model, prefix, None) is not None
+    state_keys = set(model.state_dict())
+    if has_head:
+        head_keys = {k for k in state_keys if not k.startswith(prefix + ".") or k.startswith(f"{prefix}.pooler.")}
+    else:
+        head_keys = set()
+
+    # Unexpected.
+    dropped, unknown = [], []
+    for key in sorted(unexpected):
+        bare = key[len(prefix) + 1:] if prefix and key.startswith(prefix + ".") else key
+        if key.startswith(tuple(PRETRAINING_HEADS)):
+            dropped.append(key)
+        elif bare.startswith("pooler.") and not any(".pooler." in k or k.startswith("pooler.") for k in state_keys):
+            dropped.append(key)  # a pooler the architecture lacks (token classification, RoBERTa heads)
+        elif head is None and key.startswith(TASK_HEADS):
+            dropped.append(key)  # a fine-tuned head; the bare encoder was asked for
+        else:
+            unknown.append(key)
+    if unknown:
+        raise ModelError(
+            f"{source} has weights that {type(model).__name__} does not use: {name_list(unknown)}; the checkpoint "
+            f"is of another architecture or was edited, so its encoder cannot be trusted to load completely."
+        )
+
+    # Missing.
+    new_head: list[str] = []
+    random_unused: list[str] = []
+    encoder_missing = sorted(missing - head_keys)
+    if head is None:
+        random_unused = [k for k in encoder_missing if k.startswith("pooler.")]
+        encoder_missing = [k for k in encoder_missing if not k.startswith("pooler.")]
+    if encoder_missing:
+        raise ModelError(
+            f"{source} lacks the weight(s) {name_list(encoder_missing)} of {type(model).__name__}, which loading "
+            f"would leave random: use a complete checkpoint of this architecture."
+        )
+    head_missing = sorted(missing & head_keys)
+    if head_missing:
+        classifier_loaded = any(k.startswith(CLASSIFIER_PREFIXES) and k not in missing for k in head_keys)
+        if classifier_loaded:
+            raise ModelError(
+                f"{source} has a partial task head: {name_list(head_missing)} missing; the checkpoint is incomplete."
+            )
+        if not allow_new_head:
+            raise ModelError(
+                f"{source} has no trained {head}-classification head ({name_list(head_missing)} would be random): "
+                f"use a checkpoint fine-tuned on the task, or fine-tune this one first."
+            )
+        new_head = head_missing
+    return LoadReport(source=source, model=type(model).__name__, new_head=tuple(new_head),
+                      random_unused=tuple(random_unused), dropped=tuple(dropped))
