@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 from .errors import GapkitError
@@ -63,13 +64,28 @@ def _run_flops(args: argparse.Namespace) -> int:
     return 0
 
 
-def _number(value: float, digits: int = 1) -> str:
-    """``digits`` decimals, or 3 significant digits for values too small to show that way (tiny models)."""
-    return f"{value:.{digits}f}" if value >= 10 ** -digits or value == 0 else f"{value:.3g}"
+def _number(value: float | None, digits: int = 1) -> str:
+    """``digits`` decimals, or 3 significant digits for values too small to show that way (tiny models);
+    ``-`` for a missing value."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if abs(value) >= 10 ** -digits or value == 0 else f"{value:.3g}"
+
+
+def _align(header: tuple[str, ...], body: list[tuple[str, ...]], text_columns: set[int]) -> list[str]:
+    """Header, rule and rows of an aligned table: text columns left-aligned, numbers right-aligned."""
+    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
+
+    def fmt(line):
+        return "  ".join(c.ljust(w) if i in text_columns else c.rjust(w)
+                         for i, (c, w) in enumerate(zip(line, widths))).rstrip()
+
+    return [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
 
 
 def format_flops_table(rows: list[dict], convention: str, seq_len: int) -> str:
-    """An aligned text table of :func:`gapkit.flops.describe` rows, its convention in the header."""
+    """An aligned text table of :func:`gapkit.flops.describe` rows: a title naming the convention and the
+    sequence length, the table (its convention in the GFLOPs header) and a note defining the convention."""
     header = ("model", "layers", "hidden", "experts", "params total (M)", "params active (M)",
               f"GFLOPs ({convention})")
     body = [
@@ -77,21 +93,23 @@ def format_flops_table(rows: list[dict], convention: str, seq_len: int) -> str:
          _number(r["params_active"] / 1e6), _number(r["gflops"], 2))
         for r in rows
     ]
-    widths = [max(len(line[i]) for line in (header, *body)) for i in range(len(header))]
-
-    def fmt(line):  # text columns left-aligned, numbers right-aligned
-        return "  ".join(c.ljust(w) if i in (0, 3) else c.rjust(w) for i, (c, w) in enumerate(zip(line, widths)))
-
-    lines = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, body)]
-    lines.append(f"{convention}: {CONVENTION_HELP[convention]}; sequence length {seq_len}, batch 1.")
+    title = f"FLOPs and parameters per sequence: convention {convention}, sequence length {seq_len}, batch 1"
+    lines = [title, "", *_align(header, body, text_columns={0, 3}), ""]
+    others = " or ".join(f"--convention {c}" for c in CONVENTION_HELP if c != convention)
+    lines.append(f"{convention}: {CONVENTION_HELP[convention]}. Other units: {others}.")
     return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------
 # gapkit distill / gapkit pipeline
 # ----------------------------------------------------------------------------------------------------
+CONFIG_REFERENCE = ("Every config key (its type, default and meaning) is listed in docs/config.md of the gapkit "
+                    "repository; `python -m gapkit.configdoc` prints the same reference.")
+
+
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("config", help="a YAML/JSON run config (see configs/)")
+    parser.epilog = CONFIG_REFERENCE
+    parser.add_argument("config", help="a YAML/JSON run config (see configs/ and docs/config.md)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting, e.g. --set train.lr=1e-4 --set output_dir=runs/x (repeatable)")
     parser.add_argument("--resume", action="store_true", help="continue from the run folder's last checkpoint")
@@ -116,9 +134,66 @@ def _run_pipeline(args: argparse.Namespace) -> int:
     from .distill import PipelineSpec, run_pipeline
 
     spec = PipelineSpec.from_file(args.config, args.overrides)
-    for result in run_pipeline(spec, resume=args.resume, progress=not args.quiet):
+    results = run_pipeline(spec, resume=args.resume, progress=not args.quiet)
+    for result in results:
         _print_result(result)
+    rows = [r.summary_row() for r in results]
+    print(f"\n{format_summary_table(rows)}\n\n{next_steps(rows)}")
     return 0
+
+
+SUMMARY_TEXT_COLUMNS = {0, 1, 2, 6, 8}  # stage, name, model, metric, run folder
+
+
+def format_summary_table(rows: list[dict]) -> str:
+    """An aligned text table of runs (``RunResult.summary_row()`` dicts), one row per run.
+
+    Args:
+        rows: dicts with keys ``stage, name, model, params_total, params_active, gflops, convention,
+            metric, value, run_dir``; a missing number (None) shows as ``-``.
+    Returns:
+        The table, its GFLOPs header naming the convention, then a note defining the convention. Rows
+        counted under different conventions name theirs in each cell instead.
+    """
+    conventions = sorted({r["convention"] for r in rows if r.get("convention")})
+    one = conventions[0] if len(conventions) == 1 else None
+    header = ("stage", "name", "model", "params total (M)", "params active (M)",
+              f"GFLOPs ({one})" if one else "GFLOPs", "metric", "value", "run folder")
+
+    def gflops(r):
+        cell = _number(r["gflops"], 2)
+        return cell if one or r["gflops"] is None else f"{cell} ({r['convention']})"
+
+    body = [
+        (str(r["stage"]), str(r["name"]), str(r["model"]),
+         _number(None if r["params_total"] is None else r["params_total"] / 1e6),
+         _number(None if r["params_active"] is None else r["params_active"] / 1e6),
+         gflops(r), str(r["metric"] or "-"), _number(r["value"], 2), str(r["run_dir"]))
+        for r in rows
+    ]
+    lines = _align(header, body, SUMMARY_TEXT_COLUMNS)
+    notes = [f"{c}: {CONVENTION_HELP[c]}." for c in conventions if c in CONVENTION_HELP]
+    return "\n".join([*lines, *([""] + notes if notes else [])])
+
+
+def next_steps(rows: list[dict]) -> str:
+    """What a newcomer can do after a pipeline: the commands, filled in with the pipeline's own runs."""
+    import shlex
+
+    models = list(dict.fromkeys(str(r["model"]) for r in rows if r.get("model")))
+    conventions = {r.get("convention") for r in rows}
+    other = next((c for c in ("paper", "macs") if c not in conventions), "flops")
+    lines = ["Next steps:"]
+    if models:
+        lines.append(f"  gapkit flops {' '.join(map(shlex.quote, models))} --convention {other}"
+                     f"    # these models' FLOPs in another unit")
+    lines.append("  gapkit distill configs/synthetic_teacher.yaml --set train.lr=3e-4"
+                 "    # one run of your own; every key: docs/config.md")
+    moe_runs = [r["run_dir"] for r in rows if (Path(str(r["run_dir"])) / "routing.parquet").is_file()]
+    if moe_runs:
+        lines.append(f"  python -c \"import pandas as pd; print(pd.read_parquet('{moe_runs[-1]}/routing.parquet'))\""
+                     f"    # how the experts share the tokens")
+    return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -141,7 +216,10 @@ COMMANDS: dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="gapkit", description="Curse-of-capacity-gap toolkit.")
+    parser.add_argument("--version", action="version", version=f"gapkit {__version__}")
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
         command.add_arguments(verbs.add_parser(name, help=command.help, description=command.help))

@@ -22,21 +22,23 @@ def run_cli(capsys, *argv) -> tuple[int, str, str]:
 def test_table_names_its_convention(capsys):
     code, out, err = run_cli(capsys, "flops", "2L-192H", "3L-384H-1,4E", "--seq-len", "16")
     assert code == 0, err
-    header = out.splitlines()[0]
+    title, blank, header, rule, *rest = out.splitlines()
+    assert title.startswith("FLOPs") and "convention macs" in title and "sequence length 16" in title
+    assert blank == "" and set(rule) == {"-", " "}
     for column in ("model", "layers", "hidden", "experts", "params total (M)", "params active (M)", "GFLOPs (macs)"):
         assert column in header
-    rows = [line.split() for line in out.splitlines()[2:4]]
+    rows = [line.split() for line in rest[:2]]
     assert [r[0] for r in rows] == ["2L-192H", "3L-384H-1,4E"]
     assert rows[1][3] == "1,4E" and float(rows[1][4]) > float(rows[1][5])
-    assert "sequence length 16" in out
+    assert rest[2] == "" and rest[3].startswith("macs: multiply-accumulates")
 
 
 def test_default_models_paper_convention(capsys):
     code, out, _ = run_cli(capsys, "flops", "--convention", "paper")
     assert code == 0
     lines = out.splitlines()
-    assert "GFLOPs (paper)" in lines[0]
-    table = {line.split()[0]: line.split()[-1] for line in lines[2:2 + len(DEFAULT_FLOPS_MODELS)]}
+    assert "convention paper" in lines[0] and "GFLOPs (paper)" in lines[2]
+    table = {line.split()[0]: line.split()[-1] for line in lines[4:4 + len(DEFAULT_FLOPS_MODELS)]}
     assert list(table) == list(DEFAULT_FLOPS_MODELS)
     assert (table["3L-384H"], table["bert-base"], table["bert-large"]) == ("0.68", "10.87", "38.65")
     assert table["3L-384H-1,4E"] == table["3L-384H"]
