@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from gapkit.data.glue import subsample
+from gapkit.data.glue import subsample, utf8_error
 from gapkit.errors import DataError
 
 HUB_PATH = "eriktks/conll2003"
@@ -61,6 +61,17 @@ def read_conll_file(path: str | Path, labels: tuple[str, ...] = CONLL_LABELS) ->
     if not path.is_file():
         raise DataError(f"CoNLL file {path} does not exist; data_dir must hold "
                         f"{', '.join(CONLL_SPLIT_FILES.values())}.")
+    try:
+        examples = _read_sentences(path, labels)
+    except UnicodeDecodeError:
+        raise utf8_error(path, "CoNLL file") from None
+    if not examples:
+        raise DataError(f"CoNLL file {path} holds no sentences (it is empty or has only -DOCSTART- lines); "
+                        f"a split cannot be empty.")
+    return examples
+
+
+def _read_sentences(path: Path, labels: tuple[str, ...]) -> list[NerExample]:
     known = set(labels)
     examples, tokens, tags = [], [], []
     with open(path, encoding="utf-8") as f:
@@ -100,4 +111,13 @@ def _load_hub(split: str) -> list[NerExample]:
     # silently permute the tags.
     ner_feature = (getattr(ds, "features", None) or {}).get("ner_tags")
     names = getattr(getattr(ner_feature, "feature", None), "names", None) or CONLL_LABELS
-    return [NerExample(list(row["tokens"]), [names[i] for i in row["ner_tags"]]) for row in ds]
+    examples = []
+    for i, row in enumerate(ds):
+        bad = [t for t in row["ner_tags"] if not 0 <= t < len(names)]
+        if bad:
+            raise DataError(f"{HUB_PATH} split {_HUB_SPLITS[split]!r}, row {i}: tag id {bad[0]} is not one of the "
+                            f"{len(names)} tags {', '.join(names)}.")
+        examples.append(NerExample(list(row["tokens"]), [names[t] for t in row["ner_tags"]]))
+    if not examples:
+        raise DataError(f"{HUB_PATH} split {_HUB_SPLITS[split]!r} has no sentences.")
+    return examples

@@ -11,6 +11,7 @@ GLUE's test labels are hidden, so a test split could not be scored here anyway.
 from __future__ import annotations
 
 import csv
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,10 +161,29 @@ def subsample(items: Sequence[T], max_examples: int | None, seed: int) -> list[T
     return [items[i] for i in keep]
 
 
+def utf8_error(path: Path, what: str) -> DataError:
+    """The one sentence for a data file that is not UTF-8: where its first bad byte is, and the fix."""
+    data = Path(path).read_bytes()
+    try:
+        data.decode("utf-8")
+        where = ""
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        where = f" at byte {err.start} (line {line})"
+    return DataError(f"{what} {path} is not UTF-8 text{where}: convert it to UTF-8 "
+                     f"(e.g. iconv -f latin1 -t utf-8).")
+
+
 def _parse_label(spec: GlueTask, raw: str) -> int | float:
-    """A TSV label cell -> class id (by name or by numeric id) or float score; ValueError if not valid."""
+    """A TSV label cell -> class id (by name or by numeric id) or finite float score; ValueError if not valid."""
     if spec.is_regression:
-        return float(raw)
+        try:
+            score = float(raw)
+        except ValueError:
+            raise ValueError("score is not a number") from None
+        if not math.isfinite(score):  # NaN or inf would poison the loss and every metric
+            raise ValueError("score is not a finite number")
+        return score
     if raw in spec.label_names:
         return spec.label_names.index(raw)
     if raw.isdigit() and int(raw) < spec.num_labels:
@@ -181,6 +201,17 @@ def _read_tsv(spec: GlueTask, split: str, data_dir: Path) -> list[Example]:
     if not path.is_file():
         raise DataError(f"GLUE {spec.name} split {split!r} expects the file {path}, which does not exist.")
 
+    try:
+        examples = _read_rows(spec, split, path)
+    except UnicodeDecodeError:
+        raise utf8_error(path, "GLUE file") from None
+    if not examples:
+        raise DataError(f"GLUE file {path} has no examples (only a header, or blank lines): the {split} split "
+                        f"of {spec.name} cannot be empty.")
+    return examples
+
+
+def _read_rows(spec: GlueTask, split: str, path: Path) -> list[Example]:
     # QUOTE_NONE: GLUE sentences contain bare quotes ("the witness") that must stay text.
     with open(path, encoding="utf-8", newline="") as f:
         rows = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
@@ -204,8 +235,7 @@ def _read_tsv(spec: GlueTask, split: str, data_dir: Path) -> list[Example]:
             try:
                 label = _parse_label(spec, row[i_label])
             except ValueError as err:
-                what = "score is not a number" if spec.is_regression else str(err)
-                raise DataError(f"{path}, line {line}: {what} ({row[i_label]!r}); "
+                raise DataError(f"{path}, line {line}: {err} ({row[i_label]!r}); "
                                 f"fix or remove that row.") from None
             examples.append(Example(row[i_a], None if i_b is None else row[i_b], label,
                                     guid=f"{spec.name}-{split}-{line}"))
@@ -224,6 +254,16 @@ def _load_hub(spec: GlueTask, split: str) -> list[Example]:
                         f"data_dir= a local glue_data/ folder.") from err
     field_a, field_b = spec.hub_fields
     cast = float if spec.is_regression else int
-    return [Example(row[field_a], None if field_b is None else row[field_b], cast(row["label"]),
-                    guid=f"{spec.name}-{split}-{row.get('idx', i)}")
-            for i, row in enumerate(ds)]
+    examples = []
+    for i, row in enumerate(ds):
+        label = cast(row["label"])
+        # -1 marks a hidden label (GLUE's test splits); NaN or inf would poison every metric.
+        if not math.isfinite(label) or (not spec.is_regression and not 0 <= label < spec.num_labels):
+            raise DataError(f"{HUB_PATH} config {spec.name!r} split {hub_split!r}, row {i}: label {row['label']!r} "
+                            f"is not a valid {'score' if spec.is_regression else 'class id'}; this split cannot be "
+                            f"trained or scored.")
+        examples.append(Example(row[field_a], None if field_b is None else row[field_b], label,
+                                guid=f"{spec.name}-{split}-{row.get('idx', i)}"))
+    if not examples:
+        raise DataError(f"{HUB_PATH} config {spec.name!r} split {hub_split!r} has no examples.")
+    return examples

@@ -21,12 +21,15 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from gapkit.configtools import check_fields
 from gapkit.data.features import pad_batch
 from gapkit.errors import DataError
 
 PAD_ID, CLS_ID, SEP_ID = 0, 1, 2
 N_SPECIAL = 3
 _STREAMS = {"train": 0, "dev": 1, "unlabeled": 2}  # independent random streams per split
+MIN_ACCEPTANCE = 0.02  # settings whose shortest sequences tie in more than 98% of draws are refused
+MAX_REDRAWS = 10_000
 
 
 @dataclass
@@ -65,6 +68,7 @@ class SyntheticTask:
     sep_token_id = SEP_ID
 
     def __post_init__(self):
+        check_fields(self, "SyntheticTask", DataError)
         groups = self.num_labels + 1
         if not 2 <= self.num_labels <= 4:
             raise DataError(f"SyntheticTask num_labels must be 2, 3 or 4, got {self.num_labels}.")
@@ -77,6 +81,30 @@ class SyntheticTask:
         if not (0 <= self.noise < 1 and 0 < self.bias <= 1):
             raise DataError(f"SyntheticTask needs 0 <= noise < 1 and 0 < bias <= 1, "
                             f"got noise={self.noise}, bias={self.bias}.")
+        if self.n_train < 1 or self.n_dev < 1:
+            raise DataError(f"SyntheticTask needs n_train >= 1 and n_dev >= 1 (a split cannot be empty), "
+                            f"got n_train={self.n_train}, n_dev={self.n_dev}.")
+        # Ties are redrawn: settings that almost always tie (noise near 1, one or two content tokens)
+        # would make generation run for ever.
+        n, accept = min(self._acceptance().items(), key=lambda item: item[1])
+        if accept < MIN_ACCEPTANCE:
+            raise DataError(f"SyntheticTask settings noise={self.noise}, bias={self.bias}, min_len={self.min_len} "
+                            f"almost never give a sequence with one most frequent topic (about {accept:.1%} of "
+                            f"draws with {n} content token(s)), so generating it would take practically for ever: "
+                            f"lower noise or raise min_len.")
+
+    def _acceptance(self) -> dict[int, float]:
+        """Fraction of draws without a tie, per number of content tokens, for the shortest lengths
+        (where ties are likeliest), estimated from a fixed-seed sample of the generation process."""
+        rng = np.random.default_rng(0)
+        k, draws = self.num_labels, 4000
+        out = {}
+        for n in range(self.min_len - 2, min(self.min_len + 2, self.max_len - 1)):
+            topic = np.where(rng.random((draws, n)) < self.bias, 0, rng.integers(1, k, (draws, n)))
+            group = np.where(rng.random((draws, n)) < self.noise, k, topic)  # target topic 0, by symmetry
+            counts = (group[..., None] == np.arange(k)).sum(1)  # (draws, k)
+            out[n] = float(((counts == counts.max(1, keepdims=True)).sum(1) == 1).mean())
+        return out
 
     def group_of(self, token_ids: np.ndarray) -> np.ndarray:
         """Group of each content id: 0..num_labels-1 a topic, num_labels neutral."""
@@ -121,7 +149,7 @@ class SyntheticTask:
         per_group = (self.vocab_size - N_SPECIAL - np.arange(groups) + groups - 1) // groups
         for _ in range(n):
             n_content = int(rng.integers(self.min_len, self.max_len + 1)) - 2
-            while True:  # redraw ties (including "no topic token at all")
+            for _attempt in range(MAX_REDRAWS):  # redraw ties (including "no topic token at all")
                 target = rng.integers(k)
                 other = (target + rng.integers(1, k, n_content)) % k
                 topic = np.where(rng.random(n_content) < self.bias, target, other)
@@ -129,6 +157,9 @@ class SyntheticTask:
                 counts = np.bincount(group, minlength=groups)[:k]
                 if (counts == counts.max()).sum() == 1:
                     break
+            else:  # unreachable with settings __post_init__ accepted (P < 1e-40)
+                raise DataError(f"SyntheticTask drew {MAX_REDRAWS} tied sequences in a row; lower noise or "
+                                f"raise min_len.")
             ids = N_SPECIAL + group + groups * (rng.random(n_content) * per_group[group]).astype(int)
             input_ids = [CLS_ID, *ids.tolist(), SEP_ID]
             feature = {"input_ids": input_ids, "token_type_ids": [0] * len(input_ids),
