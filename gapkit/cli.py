@@ -215,10 +215,17 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with gapkit's error format: one line ``gapkit: error: ...`` (no usage block), exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"gapkit: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="gapkit", description="Curse-of-capacity-gap toolkit.")
+    parser = _Parser(prog="gapkit", description="Curse-of-capacity-gap toolkit.")
     parser.add_argument("--version", action="version", version=f"gapkit {__version__}")
     verbs = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, command in COMMANDS.items():
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
     _quiet_transformers()
     try:
         args = parser.parse_args(argv)
-    except SystemExit as exit_:  # argparse already printed usage and its error
+    except SystemExit as exit_:  # argparse already printed its one-line error (or --help, --version)
         return int(exit_.code or 0)
     try:
         return COMMANDS[args.command].run(args)
