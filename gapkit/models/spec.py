@@ -11,6 +11,8 @@ import json
 import re
 from dataclasses import dataclass, field
 
+from ..configtools import check_fields
+
 ROUTING_MODES = ("learned", "random", "hash")
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 
@@ -61,6 +63,7 @@ class StudentSpec:
     name: str | None = field(default=None, compare=False)
 
     def __post_init__(self):
+        check_fields(self, "StudentSpec")  # types by annotation: 2.5 layers, a bool, a list as name ...
         for f in ("layers", "hidden", "heads", "vocab_size", "max_positions", "type_vocab_size"):
             value = getattr(self, f)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
