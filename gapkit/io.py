@@ -8,6 +8,8 @@
   ``path.old`` back) and is called before any folder written this way is read.
 * :func:`json_dumps` refuses the bare ``NaN``/``Infinity`` that Python's json writes by default and
   other JSON readers reject.
+* :func:`save_safetensors` writes a safetensors file with the permissions of any other file (the
+  umask's), which safetensors' own ``save_file`` does not.
 """
 
 from __future__ import annotations
@@ -20,7 +22,8 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-__all__ = ["atomic_write", "atomic_dir", "recover_dir", "json_dumps", "finite_or_none", "kill_point"]
+__all__ = ["atomic_write", "atomic_dir", "recover_dir", "json_dumps", "finite_or_none", "kill_point",
+           "save_safetensors"]
 
 _passes: dict[str, int] = {}
 
@@ -131,3 +134,35 @@ def json_dumps(value: Any, **kwargs) -> str:
     """``json.dumps`` that never writes a bare NaN/Infinity (they become null; strict JSON readers
     reject them, and a NaN that looks like a number is the wrong kind of quiet)."""
     return json.dumps(finite_or_none(value), allow_nan=False, **kwargs)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (``/proc/self/status``)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (the only portable way to read it)
+    os.umask(mask)
+    return mask
+
+
+def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> Path:
+    """Write ``tensors`` (name -> contiguous CPU tensor) to the safetensors file ``path``.
+
+    safetensors' ``save_file`` (0.8) creates its file with mode 0600 whatever the umask, so a checkpoint
+    would be unreadable to the rest of a group that can read the run's other files. The file gets the
+    mode ``open`` gives any new file instead: 0666 less the umask (0644 under the usual 022).
+
+    Returns:
+        ``path``.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
+    return path

@@ -13,10 +13,10 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..errors import ConfigError
-from ..io import atomic_dir
+from ..io import atomic_dir, save_safetensors
 
 STATE_FILE = "state.json"
 FORMAT = 2  # 2: per-rank run generators (gapkit.distill.rng); 1 had the process-global ones
@@ -58,11 +58,11 @@ def save_training_state(folder: str | os.PathLike, model: torch.nn.Module, optim
     """
     with atomic_dir(folder) as tmp:
         model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(model_state, str(tmp / "model.safetensors"))
+        save_safetensors(model_state, tmp / "model.safetensors")
         opt_tensors, opt_meta = _flatten_optimizer(optimizer)
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({f"rank{r}.{k}": v.contiguous() for r, states in enumerate(rng) for k, v in states.items()},
-                  str(tmp / "rng.safetensors"))
+        save_safetensors(opt_tensors, tmp / "optimizer.safetensors")
+        save_safetensors({f"rank{r}.{k}": v.contiguous() for r, states in enumerate(rng) for k, v in states.items()},
+                         tmp / "rng.safetensors")
         meta = dict(state, format=FORMAT, world_size=len(rng), optimizer=opt_meta, scheduler=scheduler.state_dict())
         # state.json last: a folder without it is never taken for a checkpoint.
         (tmp / STATE_FILE).write_text(json.dumps(meta))

@@ -345,7 +345,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
     Returns:
         The folder.
     """
-    from safetensors.torch import save_file
+    from ..io import save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -374,7 +374,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
         tensors.update({HEAD_PREFIX + k: v for k, v in student.classifier.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
-    _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
+    _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_safetensors(tensors, p, metadata={"format": "pt"}))
     config_text = json.dumps(_hf_config(student, label_names), indent=2, sort_keys=True) + "\n"
     _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(config_text))
     _atomic_write(folder / SPEC_FILE, lambda p: p.write_text(spec.to_json() + "\n"))
