@@ -16,10 +16,25 @@ import torch
 BLOCKS = ("attn", "ffn")
 
 
-def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
-    """Switch-Transformer load balance of one MoE block: E * sum_i(mean prob_i * token fraction_i).
+def load_balance_of(mean_prob: torch.Tensor, fraction: torch.Tensor) -> torch.Tensor:
+    """The Switch-Transformer load balance, E * sum_i(mean gate prob of expert i * token fraction of i).
 
+    The one place gapkit writes this formula: the differentiable training term
+    (:func:`switch_load_balance`), the per-batch statistics and the pooled statistics all call it.
     It equals 1.0 at perfect balance and E when one expert takes every token with probability 1.
+
+    Args:
+        mean_prob: (E,) mean gate probability of each expert over the tokens considered.
+        fraction: (E,) fraction of those tokens routed to each expert (sums to 1).
+    Returns:
+        A scalar tensor (differentiable in ``mean_prob``).
+    """
+    return mean_prob.shape[-1] * (mean_prob * fraction).sum()
+
+
+def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Load balance of one MoE block from its gate distribution and routing (:func:`load_balance_of`).
+
     As in the MiniMoE authors' code it runs over every token position, padding included, and the
     gradient flows through the mean probabilities only.
 
@@ -30,12 +45,10 @@ def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tens
         A scalar tensor.
     """
     num_experts = probs.shape[-1]
-    mean_prob = probs.mean(0)  # (E,)
     # scatter_add, not bincount: on a GPU bincount reads the maximum back to the host.
     counts = torch.zeros(num_experts, dtype=probs.dtype, device=probs.device).scatter_add_(
         0, expert, torch.ones_like(expert, dtype=probs.dtype))  # (E,)
-    fraction = counts / counts.sum()
-    return num_experts * (mean_prob * fraction).sum()
+    return load_balance_of(probs.mean(0), counts / counts.sum())
 
 
 @dataclass
@@ -133,7 +146,7 @@ def block_statistics(routing: BlockRouting, attention_mask: torch.Tensor | None 
     counts = torch.bincount(expert, minlength=num_experts).float()
     fraction = counts / counts.sum()
     mean_prob = probs.mean(0)
-    balance = float(num_experts * (mean_prob * fraction).sum())
+    balance = float(load_balance_of(mean_prob, fraction))
     entropy = float(-(probs * probs.clamp_min(1e-12).log()).sum(-1).mean())
     return [
         dict(
@@ -195,7 +208,7 @@ class RoutingAccumulator:
                 continue
             fraction = s["counts"] / s["tokens"]
             mean_prob = s["prob_sum"] / s["tokens"]
-            balance = float(len(fraction) * (fraction * mean_prob).sum())
+            balance = float(load_balance_of(mean_prob, fraction))
             entropy = s["entropy_sum"] / s["tokens"]
             for i in range(len(fraction)):
                 rows.append(dict(extra, layer=layer, block=block, expert=i, token_fraction=float(fraction[i]),

@@ -173,12 +173,21 @@ def test_authors_classifier_loads_into_head(tmp_path):
         load_student(tmp_path / "ckpt", num_labels=5)
 
 
-def test_ignored_keys_are_logged(tmp_path, caplog):
-    authors_checkpoint(tmp_path / "ckpt", 1, 4)
+def test_authors_relation_projection_loads_and_heads_are_reported(tmp_path, caplog):
+    state, _ = authors_checkpoint(tmp_path / "ckpt", 1, 4)
     with caplog.at_level(logging.INFO, logger="gapkit.models.checkpoint"):
-        load_student(tmp_path / "ckpt")
-    text = caplog.text
-    assert "relation projection" in text and "pre-training" in text
+        student, report = load_student(tmp_path / "ckpt", return_report=True)
+    assert "pre-training" in caplog.text
+    # MoEBertMiniLM.self (query/key/value H -> H) becomes Student.relation.
+    for name in ("query", "key", "value"):
+        assert torch.equal(student.relation[name].weight, state[f"self.{name}.weight"])
+        assert torch.equal(student.relation[name].bias, state[f"self.{name}.bias"])
+    h = torch.randn(2, 5, H)
+    q, k, v = student.relation_qkv(h)
+    torch.testing.assert_close(v, h @ state["self.value.weight"].T + state["self.value.bias"])
+    unused_gates = tuple(f"bert.encoder.layer.{n}.attn_gate.{p}" for n in range(LAYERS) for p in ("bias", "weight"))
+    assert report.dropped == ("bert.embeddings.position_ids",) + unused_gates + ("cls.predictions.bias",)
+    assert report.new_head == () and report.random_unused == () and report.notes == ()
 
 
 # -- round trips -----------------------------------------------------------------------------------
@@ -186,7 +195,7 @@ def test_ignored_keys_are_logged(tmp_path, caplog):
     "fields, num_labels, task",
     [
         (dict(ffn_experts=4), 0, "sequence"),
-        (dict(attn_experts=2, ffn_experts=2, gate_noise=0.05, load_balance_weight=0.02), 3, "token"),
+        (dict(attn_experts=2, ffn_experts=2, gate_noise=0.05), 3, "token"),
         (dict(attn_experts=2, ffn_experts=2, routing="hash"), 0, "sequence"),
         (dict(), 2, "sequence"),
         (dict(head_size=6), 0, "sequence"),  # dense, but not a BertModel shape: written in the MoE layout
@@ -194,7 +203,8 @@ def test_ignored_keys_are_logged(tmp_path, caplog):
 )
 def test_save_load_round_trip(tmp_path, fields, num_labels, task):
     torch.manual_seed(0)
-    student = Student(StudentSpec(**TINY, **fields), num_labels=num_labels, task=task).eval()
+    # moefy=False: moefication needs heads divisible by 3, and round trips do not depend on the init.
+    student = Student(StudentSpec(**TINY, **fields), num_labels=num_labels, task=task, moefy=False).eval()
     save_pretrained(student, tmp_path / "out")
     assert sorted(os.listdir(tmp_path / "out")) == ["config.json", "gapkit_spec.json", "model.safetensors"]
     loaded = load_student(tmp_path / "out")
@@ -386,3 +396,140 @@ def test_unknown_folder_is_one_sentence(tmp_path):
     with pytest.raises(ModelError, match="not a local folder") as err:
         load_student(tmp_path / "no-such-model")
     assert str(tmp_path / "no-such-model") in str(err.value)
+
+
+# -- strict loading: every missing, extra, mis-shaped or non-finite tensor is named ------------------
+Q0 = "encoder.layer.0.attention.self.query.weight"
+
+
+def bert_folder(folder, cls=BertModel, **config_extra):
+    """A tiny random transformers BERT folder (plain keys for BertModel, ``bert.`` + head for task models)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=H, num_hidden_layers=LAYERS, num_attention_heads=HEADS,
+                        intermediate_size=FFN, max_position_embeddings=40, **config_extra)
+    model = cls(config) if cls is BertModel else cls.from_config(config)
+    model.save_pretrained(folder)
+    return folder
+
+
+def edit_weights(folder, fn):
+    state = load_file(folder / "model.safetensors")
+    fn(state)
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
+def _nan(s):
+    s["encoder.layer.1.output.dense.weight"][0, 0] = float("nan")
+
+
+STRICT_CASES = [  # (edit of a BertModel checkpoint, words the one-sentence error must contain)
+    (lambda s: s.pop(Q0), ["lacks the encoder weight", Q0, f"[{H}, {H}]"]),
+    (lambda s: s.update({Q0.replace("query", "queries"): s.pop(Q0)}),
+     ["lacks the encoder weight", Q0, Q0.replace("query", "queries")]),
+    (lambda s: s.update({"encoder.layer.1.attention.self.rotary.weight": torch.zeros(3)}),
+     ["does not have", "encoder.layer.1.attention.self.rotary.weight"]),
+    (lambda s: s.update({"lm_head.bias": torch.zeros(VOCAB)}), ["does not have", "lm_head.bias"]),
+    (lambda s: s.update({"poolr.dense.weight": s.pop("pooler.dense.weight")}), ["poolr.dense.weight"]),
+    (lambda s: s.update({"encoder.layer.1.output.dense.weight": torch.zeros(H, FFN - 4)}),
+     ["encoder.layer.1.output.dense.weight", f"[{H}, {FFN - 4}]", f"[{H}, {FFN}]"]),
+    (_nan, ["NaN or infinite", "encoder.layer.1.output.dense.weight"]),
+]
+
+
+@pytest.mark.parametrize("edit, words", STRICT_CASES, ids=["delete", "rename", "extra-encoder", "extra-top",
+                                                           "rename-top", "reshape", "nan"])
+@pytest.mark.parametrize("loader", [load_student, student_from_hf], ids=["load_student", "student_from_hf"])
+def test_spoilt_bert_checkpoint_is_refused_naming_the_tensor(tmp_path, edit, words, loader):
+    folder = bert_folder(tmp_path / "bert")
+    edit_weights(folder, edit)
+    with pytest.raises(ModelError) as err:
+        loader(folder)
+    message = str(err.value)
+    assert all(w in message for w in words), message
+    assert "\n" not in message and ". " not in message  # one sentence
+
+
+@pytest.mark.parametrize("loader", [load_student, student_from_hf], ids=["load_student", "student_from_hf"])
+def test_classifier_rows_must_match_the_config_labels(tmp_path, loader):
+    folder = bert_folder(tmp_path / "seq", AutoModelForSequenceClassification, num_labels=3)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(id2label={"0": "a", "1": "b"}, label2id={"a": 0, "b": 1})
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelError, match="classifier.weight has 3 rows but config.json declares 2 labels"):
+        loader(folder)
+
+
+def test_malformed_classifier_is_refused(tmp_path):
+    folder = bert_folder(tmp_path / "seq", AutoModelForSequenceClassification, num_labels=3)
+    edit_weights(folder, lambda s: s.pop("classifier.bias"))
+    with pytest.raises(ModelError, match=r"malformed classifier \(classifier.bias missing"):
+        load_student(folder)
+
+
+def test_new_head_is_allowed_and_reported(tmp_path):
+    folder = bert_folder(tmp_path / "bert")
+    student, report = load_student(folder, num_labels=3, return_report=True)
+    assert student.num_labels == 3 and report.new_head == ("classifier.weight", "classifier.bias")
+    assert report.random_unused == () and report.dropped == ()
+    _, report = load_student(folder, return_report=True)
+    assert report.clean and report.model == "Student"
+
+
+def test_token_checkpoint_without_pooler_is_reported(tmp_path):
+    folder = bert_folder(tmp_path / "tok", AutoModelForTokenClassification, num_labels=5)
+    student, report = load_student(folder, return_report=True)
+    assert (student.task, student.num_labels) == ("token", 5)
+    assert report.random_unused == ("pooler.dense.weight", "pooler.dense.bias") and report.new_head == ()
+    # A new sequence head reads the pooler: then the random pooler is part of the new head.
+    student, report = load_student(folder, num_labels=0, task="sequence", return_report=True)
+    assert report.dropped == ("classifier.bias", "classifier.weight")
+    encoder = tmp_path / "enc"
+    student.save_pretrained(encoder)
+    edit_weights(encoder, lambda s: [s.pop(k) for k in ("pooler.dense.weight", "pooler.dense.bias")])
+    _, report = load_student(encoder, num_labels=2, task="sequence", return_report=True)
+    assert set(report.new_head) == {"classifier.weight", "classifier.bias", "pooler.dense.weight",
+                                    "pooler.dense.bias"}
+
+
+def test_malformed_relation_projection_is_refused(tmp_path):
+    state, _ = authors_checkpoint(tmp_path / "ckpt", 1, 4, extras=True)
+    del state["self.key.bias"]
+    save_file(state, str(tmp_path / "ckpt" / "model.safetensors"))
+    with pytest.raises(ModelError, match=r"malformed relation projection \(self.key.bias missing"):
+        load_student(tmp_path / "ckpt")
+
+
+def test_old_spec_file_with_load_balance_weight_is_read_with_a_note(tmp_path):
+    student = Student(StudentSpec(**TINY, ffn_experts=2, routing="hash"), moefy=False).eval()
+    save_pretrained(student, tmp_path / "out")
+    spec_file = tmp_path / "out" / "gapkit_spec.json"
+    spec_file.write_text(json.dumps(dict(json.loads(spec_file.read_text()), load_balance_weight=0.01)))
+    loaded, report = load_student(tmp_path / "out", return_report=True)
+    assert loaded.spec.routing == "hash"  # the rest of the file still applies
+    assert len(report.notes) == 1 and "weights.load_balance" in report.notes[0]
+
+
+# -- the relation projection is part of the student ------------------------------------------------
+@pytest.mark.parametrize("fields", [dict(ffn_experts=4), dict()], ids=["moe", "dense"])
+def test_relation_projection_round_trip(tmp_path, fields):
+    torch.manual_seed(0)
+    student = Student(StudentSpec(**TINY, **fields), moefy=False).eval()
+    params = student.num_parameters(), student.num_parameters(active=True)
+    relation = student.add_relation_projection()
+    assert student.add_relation_projection() is relation  # created once
+    assert (student.num_parameters(), student.num_parameters(active=True)) == params  # not counted
+    student.save_pretrained(tmp_path / "out")
+    tensors = load_file(tmp_path / "out" / "model.safetensors")
+    assert tensors["self.query.weight"].shape == (H, H) and "self.value.bias" in tensors  # the authors' names
+    loaded = Student.from_pretrained(tmp_path / "out")
+    for name in ("query", "key", "value"):
+        assert torch.equal(loaded.relation[name].weight, relation[name].weight)
+        assert torch.equal(loaded.relation[name].bias, relation[name].bias)
+    h = torch.randn(2, 4, H)
+    for a, b in zip(student.relation_qkv(h), loaded.relation_qkv(h)):
+        assert torch.equal(a, b)
+    if not fields:  # a dense folder with a relation projection still loads in transformers, strictly
+        from gapkit.models.hf_loading import load_hf_model
+
+        _, report = load_hf_model(tmp_path / "out")
+        assert set(report.dropped) == {f"self.{n}.{p}" for n in ("query", "key", "value") for p in ("weight", "bias")}

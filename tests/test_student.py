@@ -6,11 +6,15 @@ import pytest
 import torch
 from transformers import BertConfig, BertModel
 
+from gapkit.errors import ConfigError, ModelError
 from gapkit.models import PRESETS, Router, Student, StudentSpec, dispatch_loop, dispatch_sorted, spec_from_name
 from gapkit.models.moefy import moefy_linear
-from gapkit.routing import switch_load_balance
+from gapkit.routing import (BlockRouting, RoutingAccumulator, RoutingRecord, load_balance_of, routing_rows,
+                            switch_load_balance)
 
 TINY = dict(layers=2, hidden=48, heads=4, vocab_size=100, max_positions=64)
+# Attention experts are moefied from whole thirds of their heads (the authors' rule): 6 heads of 8.
+TINY_ATTN = dict(TINY, heads=6)
 
 
 def batch(B=3, T=10, vocab=100, seed=0):
@@ -48,12 +52,20 @@ def hf_twin(student, attn_implementation):
         (dict(routing="top2"), "routing"),
         (dict(dropout=1.5), "dropout"),
         (dict(gate_noise=-0.1), "gate_noise"),
-        (dict(load_balance_weight=-1.0), "load_balance_weight"),
     ],
 )
 def test_spec_rejects_impossible_shapes(fields, word):
     with pytest.raises(ValueError, match=word):
         StudentSpec(**fields)
+
+
+def test_load_balance_weight_moved_to_the_run():
+    message = r"StudentSpec.load_balance_weight is no longer a student setting: it moved to the run's weights.load_balance"
+    with pytest.raises(ValueError, match=message):
+        StudentSpec.from_dict(dict(layers=2, load_balance_weight=0.01))
+    with pytest.raises(ValueError, match=message):
+        spec_from_name("3L-384H-1,4E", load_balance_weight=0.02)
+    assert "load_balance_weight" not in StudentSpec().to_dict()
 
 
 def test_spec_presets_names_and_round_trip():
@@ -135,7 +147,7 @@ def test_one_expert_minimoe_path_equals_dense_forward_and_gradients():
 
 @pytest.mark.parametrize("experts", [(1, 4), (2, 2), (3, 3)])
 def test_sorted_dispatch_matches_loop_reference(experts):
-    spec = StudentSpec(**TINY, attn_experts=experts[0], ffn_experts=experts[1], dropout=0.0, attention_dropout=0.0)
+    spec = StudentSpec(**TINY_ATTN, attn_experts=experts[0], ffn_experts=experts[1], dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(2)
     fast = Student(spec, dispatch="sorted")
     slow = Student(spec, dispatch="loop")
@@ -146,7 +158,7 @@ def test_sorted_dispatch_matches_loop_reference(experts):
         model.train()
         torch.manual_seed(3)  # same gate noise in both
         out = model(ids, mask, types)
-        (out.last_hidden_state.square().sum() + out.aux_loss).backward()
+        (out.last_hidden_state.square().sum() + 0.01 * out.load_balance).backward()
         outs.append(out)
     torch.testing.assert_close(outs[0].last_hidden_state, outs[1].last_hidden_state, atol=1e-6, rtol=0)
     for (_, _, a), (_, _, b) in zip(outs[0].routing.blocks(), outs[1].routing.blocks()):
@@ -166,7 +178,7 @@ def test_dispatch_functions_agree_on_random_tokens():
 
 
 def test_routing_record_and_load_balance_follow_the_paper():
-    spec = StudentSpec(**TINY, attn_experts=2, ffn_experts=4)
+    spec = StudentSpec(**TINY_ATTN, attn_experts=2, ffn_experts=4)
     torch.manual_seed(0)
     model = Student(spec).eval()
     ids, mask, types = batch(B=4, T=12)
@@ -185,7 +197,7 @@ def test_routing_record_and_load_balance_follow_the_paper():
     attn = torch.stack([b.load_balance for b in rec.attn]).mean()
     ffn = torch.stack([b.load_balance for b in rec.ffn]).mean()
     torch.testing.assert_close(out.load_balance, (attn + ffn) / 2)
-    torch.testing.assert_close(out.aux_loss, 0.01 * out.load_balance)
+    assert not hasattr(out, "aux_loss")  # its weight is the run's (LossWeights.load_balance)
     # Only one expert per token: the FFN output of a token depends on its expert's weights alone.
     assert out.load_balance.requires_grad
 
@@ -194,7 +206,7 @@ def test_load_balance_gradient_reaches_the_gates():
     model = Student(StudentSpec(**TINY, ffn_experts=4)).train()
     ids, mask, _ = batch()
     out = model(ids, mask)
-    out.aux_loss.backward()
+    out.load_balance.backward()
     gate = model.encoder.layer[0].ffn_gate
     assert gate.weight.grad is not None and gate.weight.grad.abs().sum() > 0
 
@@ -220,7 +232,7 @@ def test_hash_and_random_routing_ablations():
     assert torch.equal(out.routing.ffn[0].expert, ids % 3)
     assert torch.all(out.routing.ffn[0].prob == 1.0)
     assert not hasattr(hashed.encoder.layer[0].ffn_gate, "weight")
-    rand = Student(StudentSpec(**TINY, attn_experts=2, ffn_experts=4, routing="random")).eval()
+    rand = Student(StudentSpec(**TINY_ATTN, attn_experts=2, ffn_experts=4, routing="random")).eval()
     r = rand(ids, mask).routing
     assert r.ffn[0].expert.min() >= 0 and r.ffn[0].expert.max() < 4
     assert r.ffn[0].expert.unique().numel() > 1
@@ -229,7 +241,7 @@ def test_hash_and_random_routing_ablations():
 
 
 def test_moefication_shares_two_thirds_of_units():
-    spec = StudentSpec(**TINY, attn_experts=2, ffn_experts=4)  # heads 4 -> 2 shared, ffn 192 -> 128 shared
+    spec = StudentSpec(**TINY_ATTN, attn_experts=2, ffn_experts=4)  # heads 6 -> 4 shared, ffn 192 -> 128 shared
     model = Student(spec)
     layer = model.encoder.layer[0]
     w1 = layer.intermediate.dense.weight  # (4, 192, 48)
@@ -239,10 +251,34 @@ def test_moefication_shares_two_thirds_of_units():
         assert not torch.equal(w1[e, 128:], w1[0, 128:])
     w2 = layer.output.dense.weight  # (4, 48, 192)
     assert torch.equal(w2[1, :, :128], w2[0, :, :128]) and not torch.equal(w2[1, :, 128:], w2[0, :, 128:])
-    q = layer.attention.self.query.weight  # (2, 48, 48): 4 heads of 12, 2 shared
-    assert torch.equal(q[1, :24], q[0, :24]) and not torch.equal(q[1, 24:], q[0, 24:])
+    q = layer.attention.self.query.weight  # (2, 48, 48): 6 heads of 8, 4 shared
+    assert torch.equal(q[1, :32], q[0, :32]) and not torch.equal(q[1, 32:], q[0, 32:])
     # Independent parameters after the split.
     assert w1.data_ptr() != layer.intermediate.dense.weight[1].data_ptr()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        dict(heads=4, attn_experts=2),  # 2/3 of 4 heads is not whole: the authors' code asserts
+        dict(heads=8, hidden=64, attn_experts=4),
+        dict(heads=2, hidden=48, attn_experts=3, ffn_experts=2),
+    ],
+)
+def test_moefication_refuses_heads_that_do_not_split_in_thirds(fields):
+    spec = StudentSpec(**dict(TINY, **fields))
+    with pytest.raises(ConfigError, match=rf"heads must be a multiple of 3 \(got {spec.heads}\).*moefy=False"):
+        Student(spec)
+    assert Student(spec, moefy=False).spec == spec  # loading weights needs no moefication
+
+
+def test_moefication_of_ffn_not_divisible_by_3_warns(caplog):
+    spec = StudentSpec(**TINY, ffn=128, ffn_experts=2)
+    with caplog.at_level("WARNING", logger="gapkit.models.moefy"):
+        layer = Student(spec).encoder.layer[0]
+    assert "floor(2/3 * 128) = 85" in caplog.text
+    w1 = layer.intermediate.dense.weight  # (2, 128, 48)
+    assert torch.equal(w1[1, :85], w1[0, :85]) and not torch.equal(w1[1, 85:], w1[0, 85:])
 
 
 def test_moefy_linear_matches_the_strided_split_by_hand():
@@ -262,6 +298,56 @@ def test_switch_load_balance_extremes():
     onehot = torch.zeros(8, 4)
     onehot[:, 2] = 1
     assert float(switch_load_balance(onehot, torch.full((8,), 2))) == pytest.approx(4.0)
+
+
+def test_one_load_balance_formula_for_training_and_statistics():
+    """The differentiable term, per-batch statistics and pooled statistics agree (one formula)."""
+    g = torch.Generator().manual_seed(0)
+    probs = torch.softmax(torch.randn(2, 6, 3, generator=g), -1)  # (B, T, E)
+    expert = probs.argmax(-1)
+    block = BlockRouting(expert, probs.max(-1).values, probs, switch_load_balance(probs.reshape(-1, 3), expert.flatten()))
+    record = RoutingRecord(attn=[None], ffn=[block])
+    by_hand = 3 * (probs.reshape(-1, 3).mean(0) * torch.bincount(expert.flatten(), minlength=3) / 12).sum()
+    torch.testing.assert_close(block.load_balance, by_hand)
+    torch.testing.assert_close(load_balance_of(probs.reshape(-1, 3).mean(0), torch.bincount(expert.flatten(), minlength=3) / 12), by_hand)
+    rows = routing_rows(record)
+    acc = RoutingAccumulator()
+    acc.add(record)
+    assert rows[0]["load_balance"] == pytest.approx(float(by_hand))
+    assert acc.rows()[0]["load_balance"] == pytest.approx(float(by_hand))
+
+
+def test_protocol_properties_and_hf_style_api(tmp_path):
+    spec = StudentSpec(**TINY, ffn_experts=2)
+    student = Student(spec, num_labels=2, moefy=False).eval()
+    assert (student.hidden_size, student.max_positions, student.is_moe) == (48, 64, True)
+    assert Student(spec.dense_twin()).is_moe is False
+    student.save_pretrained(tmp_path / "s", label_names=["neg", "pos"])
+    loaded = Student.from_pretrained(tmp_path / "s")
+    assert loaded.num_labels == 2 and loaded.spec == spec
+    loaded, report = Student.from_pretrained(tmp_path / "s", num_labels=0, return_report=True)
+    assert loaded.num_labels == 0 and {"classifier.bias", "classifier.weight"} <= set(report.dropped)
+
+
+def test_relation_projection_init_and_errors():
+    student = Student(StudentSpec(**TINY))
+    assert student.relation is None
+    with pytest.raises(ModelError, match="add_relation_projection"):
+        student.relation_qkv(torch.zeros(1, 2, 48))
+    torch.manual_seed(0)
+    relation = student.add_relation_projection()
+    assert set(relation) == {"query", "key", "value"}
+    for lin in relation.values():
+        assert lin.weight.shape == (48, 48) and torch.equal(lin.bias, torch.zeros(48))
+        assert lin.weight.std().item() == pytest.approx(0.02, rel=0.1)  # normal(0, initializer_range)
+    ids, mask, _ = batch()
+    out = student(ids, mask)
+    q, k, v = student.relation_qkv(out.last_hidden_state)
+    assert q.shape == k.shape == v.shape == (3, 10, 48)
+    torch.testing.assert_close(k, relation["key"](out.last_hidden_state))
+    # It goes wherever the student goes (created on the student's dtype).
+    half = Student(StudentSpec(**TINY)).to(torch.float64)
+    assert half.add_relation_projection()["query"].weight.dtype == torch.float64
 
 
 def test_parameters_total_and_active():

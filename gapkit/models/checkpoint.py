@@ -14,8 +14,15 @@ Two on-disk layouts, both a Hugging Face folder (``config.json`` + ``model.safet
   (the authors' model always builds both gates and leaves a 1-output gate unused).
 
 ``gapkit_spec.json`` (``StudentSpec.to_json()``) is written beside them to carry what the Hugging Face
-config cannot say (routing mode, gate noise, load-balance weight, name); ``load_student`` uses it when
-its shapes agree with ``config.json``.
+config cannot say (routing mode, gate noise, name); ``load_student`` uses it when its shapes agree with
+``config.json``. A student's relation projection (``Student.relation``), when it has one, is written
+at the top level as ``self.query.weight`` ..., as in the authors' checkpoints. The layout is
+described in docs/checkpoints.md.
+
+Loading is strict: a missing, unexpected or wrongly shaped tensor, a NaN/inf value, or a classifier
+whose rows disagree with config.json's labels is a ModelError naming the tensors. What is allowed (a
+new task head, a pooler a token-classification checkpoint lacks, pre-training heads dropped) is listed
+in a :class:`~gapkit.models.hf_loading.LoadReport` (``load_student(..., return_report=True)``).
 
 Public API: :func:`save_pretrained`, :func:`load_student`, :func:`student_from_hf`,
 :func:`resolve_folder`; errors are :class:`gapkit.errors.ModelError`.
@@ -28,6 +35,7 @@ import json
 import logging
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -36,6 +44,7 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .hf_config import spec_from_hf_config
+from .hf_loading import LoadReport, name_list, nonfinite_tensors
 from .spec import StudentSpec
 from .student import Router, Student
 
@@ -52,10 +61,12 @@ BIN_FILE = "pytorch_model.bin"
 # The Hugging Face prefix of the encoder inside task models (BertForSequenceClassification ...) and of
 # the authors' MoEBertMiniLM wrapper (``self.bert = MoEBertModel(config)``).
 BASE_PREFIX = "bert."
-# Keys outside the encoder that we know and deliberately drop: MLM/NSP heads of pre-training checkpoints
-# (``cls.``) and the authors' relation projection ``self.query/key/value`` (MoEBertMiniLM.self), which
-# exists only to distil the last layer's relations and plays no part in the encoder's forward pass.
-IGNORED_PREFIXES = {"cls.": "pre-training (MLM/NSP) head", "self.": "relation projection used only for distillation"}
+# Keys outside the encoder that we know and deliberately drop: the MLM/NSP heads of pre-training
+# checkpoints (BertForPreTraining / BertForMaskedLM), which play no part in encoding.
+IGNORED_PREFIXES = {"cls.": "pre-training (MLM/NSP) head"}
+# The MiniMoE relation projection (``Student.relation``): the authors' ``MoEBertMiniLM.self`` holds it,
+# so their checkpoints name it ``self.query.weight`` ... at the top level, outside ``bert.``.
+RELATION_PREFIX = "self."
 HEAD_PREFIX = "classifier."
 TASK_ARCHITECTURES = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
 # Spec fields a checkpoint's weights fix; the rest (dropout, routing, gate noise ...) may be overridden.
@@ -132,21 +143,34 @@ def _spec_from_config(config: Mapping, where: str) -> StudentSpec:
     return spec_from_hf_config(config, where=where)
 
 
-def _merge_saved_spec(spec: StudentSpec, folder: Path) -> StudentSpec:
-    """Take gapkit-only settings (routing, gate noise, ...) from gapkit_spec.json when its shapes agree."""
+def _merge_saved_spec(spec: StudentSpec, folder: Path) -> tuple[StudentSpec, list[str]]:
+    """Take gapkit-only settings (routing, gate noise, ...) from gapkit_spec.json when its shapes agree.
+
+    Returns:
+        (the spec, notes for the LoadReport). A ``load_balance_weight`` written by older gapkit versions
+        is dropped with a note: the weights do not depend on it, and the weight now belongs to the run
+        (``weights.load_balance``).
+    """
     path = folder / SPEC_FILE
     if not path.is_file():
-        return spec
+        return spec, []
+    notes = []
     try:
-        saved = StudentSpec.from_json(path.read_text())
+        data = json.loads(path.read_text())
+        if isinstance(data, dict) and "load_balance_weight" in data:
+            old = data.pop("load_balance_weight")
+            notes.append(f"{path.name} sets load_balance_weight={old!r}, which was ignored: the load-balance "
+                         f"weight is the run's weights.load_balance now.")
+            logger.warning("%s: %s", folder, notes[-1])
+        saved = StudentSpec.from_dict(data)
     except (ValueError, TypeError) as err:
         logger.warning("Ignoring %s: it is not a valid StudentSpec (%s).", path, err)
-        return spec
+        return spec, notes + [f"{path.name} was ignored: it is not a valid StudentSpec ({err})."]
     # config.json describes the network the weights belong to: it wins on everything it states.
     if any(getattr(saved, f) != getattr(spec, f) for f in SHAPE_FIELDS + ("hidden_act", "layer_norm_eps")):
         logger.warning("Ignoring %s: it disagrees with config.json, which describes the weights.", path)
-        return spec
-    return saved
+        return spec, notes + [f"{path.name} was ignored: it disagrees with config.json, which describes the weights."]
+    return saved, notes
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -227,65 +251,106 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
     )
 
 
-def _split_state(state: Mapping[str, torch.Tensor], where: str) -> tuple[dict, dict]:
-    """Split a raw checkpoint into (encoder weights without prefix, task-head weights without prefix).
+@dataclass
+class _Parts:
+    """A raw checkpoint sorted by role (keys without their prefix), and what was dropped by design."""
 
-    Drops, with a logged note, everything else: pre-training heads, the authors' relation projection,
-    the ``position_ids`` buffer older transformers saved.
+    encoder: dict
+    head: dict
+    relation: dict
+    dropped: list  # checkpoint keys, as written
+
+
+def _split_state(state: Mapping[str, torch.Tensor], where: str) -> _Parts:
+    """Sort a raw checkpoint into encoder, task head and relation projection.
+
+    Dropped by design: pre-training heads (:data:`IGNORED_PREFIXES`) and the ``position_ids`` buffer
+    older transformers saved. Any other tensor is an error: a checkpoint gapkit cannot fully account
+    for is not loaded.
+
+    Raises:
+        ModelError: tensors that belong to none of these roles.
     """
     prefixed = any(k.startswith(BASE_PREFIX) for k in state)
-    encoder, head, dropped = {}, {}, {}
-    for key, value in state.items():
+    parts = _Parts({}, {}, {}, [])
+    unknown = []
+    for raw_key, value in state.items():
         # TF-era checkpoints name LayerNorm parameters gamma/beta (transformers renames them the same way).
-        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", key))
+        key = re.sub(r"LayerNorm\.gamma$", "LayerNorm.weight", re.sub(r"LayerNorm\.beta$", "LayerNorm.bias", raw_key))
         if prefixed and key.startswith(BASE_PREFIX):
-            encoder[key[len(BASE_PREFIX):]] = value
-        elif key.startswith(HEAD_PREFIX):
-            head[key[len(HEAD_PREFIX):]] = value
+            parts.encoder[key[len(BASE_PREFIX):]] = value
         elif not prefixed and key.split(".")[0] in ("embeddings", "encoder", "pooler"):
-            encoder[key] = value
+            parts.encoder[key] = value
+        elif key.startswith(HEAD_PREFIX):
+            parts.head[key[len(HEAD_PREFIX):]] = value
+        elif key.startswith(RELATION_PREFIX):
+            parts.relation[key[len(RELATION_PREFIX):]] = value
+        elif key.startswith(tuple(IGNORED_PREFIXES)):
+            parts.dropped.append(raw_key)
         else:
-            dropped[key] = value
-    encoder.pop("embeddings.position_ids", None)  # a buffer, not a weight
-    notes = {}
-    for key in dropped:
-        reason = next((why for p, why in IGNORED_PREFIXES.items() if key.startswith(p)), "not part of the encoder")
-        notes.setdefault(reason, []).append(key)
-    for reason, keys in notes.items():
-        logger.info("%s: ignoring %d weight(s) outside the encoder (%s), e.g. %s.", where, len(keys), reason, keys[0])
-    return encoder, head
+            unknown.append(raw_key)
+    if parts.encoder.pop("embeddings.position_ids", None) is not None:  # a buffer, not a weight
+        parts.dropped.append((BASE_PREFIX if prefixed else "") + "embeddings.position_ids")
+    if unknown:
+        raise ModelError(
+            f"{where} holds tensors a BERT / MiniMoE student does not have: {name_list(unknown)} (expected the "
+            f"encoder, optionally under 'bert.', a 'classifier.' head, the relation projection 'self.' and "
+            f"pre-training heads 'cls.')."
+        )
+    if parts.dropped:
+        logger.info("%s: ignoring %d pre-training-head tensor(s), e.g. %s.", where, len(parts.dropped), parts.dropped[0])
+    return parts
 
 
-def _check_and_select(student: Student, encoder: dict, where: str) -> dict:
+def _select_encoder(student: Student, encoder: dict, where: str) -> tuple[dict, list[str], list[str]]:
     """The checkpoint's encoder weights, checked key by key against ``student``'s parameters.
 
-    Gates the student does not have (the authors' unused 1-output gates, or gates of random/hash
-    routing) are dropped; a missing pooler keeps its initialisation (transformers' token-classification
-    models are saved without one). Anything else missing or wrongly shaped is an error.
+    Returns:
+        (selected weights, missing pooler keys, dropped gate keys). Gates the student does not have
+        are dropped by design: the authors' layout always stores both gates of a layer and leaves a
+        1-output gate unused, and gapkit writes zero gates for random/hash routing, which has none.
+        A missing pooler is returned for the caller to judge (a token-classification checkpoint has none).
+    Raises:
+        ModelError: a missing (other than the pooler), unexpected or wrongly shaped encoder weight.
     """
-    expected = {k: v for k, v in student.state_dict().items() if not k.startswith(HEAD_PREFIX)}
-    selected = {}
-    for key, param in expected.items():
-        if key not in encoder:
-            if key.startswith("pooler."):
-                continue
-            raise ModelError(
-                f"{where} lacks the encoder weight {key!r} (expected shape {list(param.shape)}, found none)."
-            )
-        found = encoder[key]
-        if tuple(found.shape) != tuple(param.shape):
-            raise ModelError(
-                f"{where}: encoder weight {key!r} has shape {list(found.shape)}, expected {list(param.shape)} "
-                f"from the config."
-            )
-        selected[key] = found
-    if not any(k.startswith("pooler.") for k in selected):
-        logger.info("%s has no pooler weights; the student's pooler keeps its random initialisation.", where)
+    expected = {k: v for k, v in student.state_dict().items() if not k.startswith((HEAD_PREFIX, "relation."))}
+    missing = [k for k in expected if k not in encoder]
+    missing_pooler = [k for k in missing if k.startswith("pooler.")]
+    missing = [k for k in missing if not k.startswith("pooler.")]
     unused_gate = re.compile(r"^encoder\.layer\.\d+\.(attn_gate|ffn_gate)\.(weight|bias)$")
     extra = [k for k in encoder if k not in expected and not unused_gate.match(k)]
+    if missing:
+        shapes = ", ".join(f"{k!r} {list(expected[k].shape)}" for k in sorted(missing)[:4])
+        more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+        instead = f", and has {name_list(extra)} instead" if extra else ""
+        raise ModelError(f"{where} lacks the encoder weight(s) {shapes}{more} expected from config.json{instead}.")
+    wrong = [k for k in expected if k in encoder and tuple(encoder[k].shape) != tuple(expected[k].shape)]
+    if wrong:
+        shapes = ", ".join(f"{k!r} has shape {list(encoder[k].shape)}, expected {list(expected[k].shape)}"
+                           for k in wrong[:4])
+        more = f" and {len(wrong) - 4} more" if len(wrong) > 4 else ""
+        raise ModelError(f"{where}: encoder weight {shapes}{more} from the config.")
     if extra:
-        logger.warning("%s: ignoring %d unexpected encoder weight(s), e.g. %s.", where, len(extra), extra[0])
-    return selected
+        raise ModelError(
+            f"{where} has encoder weight(s) a student of its config does not have: {name_list(extra)}; the "
+            f"checkpoint and its config.json disagree."
+        )
+    dropped_gates = sorted(k for k in encoder if k not in expected)
+    return {k: encoder[k] for k in expected if k in encoder}, missing_pooler, dropped_gates
+
+
+def _check_head_labels(config: Mapping, head: dict, where: str) -> None:
+    """A classifier must have as many rows as the labels its config.json declares."""
+    if "weight" not in head:
+        return
+    rows = head["weight"].shape[0]
+    labels = config.get("num_labels") if isinstance(config.get("num_labels"), int) else (
+        len(config["id2label"]) if isinstance(config.get("id2label"), dict) else None)
+    if labels is not None and labels != rows:
+        raise ModelError(
+            f"{where}: classifier.weight has {rows} rows but config.json declares {labels} labels (id2label / "
+            f"num_labels); the checkpoint is inconsistent."
+        )
 
 
 def _task_from_config(config: Mapping) -> str | None:
@@ -296,9 +361,10 @@ def _task_from_config(config: Mapping) -> str | None:
     return None
 
 
-def _build_student(spec: StudentSpec, encoder: dict, head: dict, where: str, num_labels: int | None,
-                   task: str | None, dispatch: str) -> Student:
-    """Build a student of ``spec`` and load checked weights into it (eval mode)."""
+def _build_student(spec: StudentSpec, parts: _Parts, where: str, num_labels: int | None, task: str | None,
+                   dispatch: str, notes: Sequence[str] = ()) -> tuple[Student, LoadReport]:
+    """Build a student of ``spec``, load checked weights into it (eval mode) and report what was allowed."""
+    head = parts.head
     head_labels = head["weight"].shape[0] if "weight" in head else 0
     if num_labels is None:
         num_labels = head_labels
@@ -307,23 +373,63 @@ def _build_student(spec: StudentSpec, encoder: dict, head: dict, where: str, num
             f"{where} has a classifier with {head_labels} labels but num_labels={num_labels} was asked for; "
             f"pass num_labels={head_labels}, or 0 to drop the head."
         )
-    student = Student(spec, num_labels=num_labels, task=task or "sequence", dispatch=dispatch, moefy=False)
-    state = _check_and_select(student, encoder, where)
+    task = task or "sequence"
+    student = Student(spec, num_labels=num_labels, task=task, dispatch=dispatch, moefy=False)
+    state, missing_pooler, dropped = _select_encoder(student, parts.encoder, where)
+    dropped = list(parts.dropped) + [BASE_PREFIX + k for k in dropped]
+    new_head, random_unused = [], []
+
     if num_labels and head_labels:
-        for name, param in student.classifier.state_dict().items():
-            if name not in head or head[name].shape != param.shape:
-                raise ModelError(
-                    f"{where}: classifier.{name} has shape {list(head[name].shape) if name in head else None}, "
-                    f"expected {list(param.shape)}."
-                )
-            state[HEAD_PREFIX + name] = head[name]
+        expected = student.classifier.state_dict()
+        wrong = sorted(set(head) ^ set(expected)) + [
+            k for k in expected if k in head and tuple(head[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            shapes = ", ".join(f"classifier.{k} {list(head[k].shape) if k in head else 'missing'}" for k in wrong)
+            raise ModelError(f"{where} has a malformed classifier ({shapes}; expected weight "
+                             f"{list(expected['weight'].shape)} and bias {list(expected['bias'].shape)}).")
+        state.update({HEAD_PREFIX + k: v for k, v in head.items()})
+        if missing_pooler and task == "sequence":
+            raise ModelError(
+                f"{where} has a sequence classifier but no pooler ({name_list(missing_pooler)}), which that "
+                f"classifier reads: the checkpoint is incomplete."
+            )
     elif num_labels:
+        new_head = [HEAD_PREFIX + k for k in ("weight", "bias")]
         logger.info("%s has no classifier; the %d-label head is newly initialised.", where, num_labels)
     elif head_labels:
+        dropped += [HEAD_PREFIX + k for k in head]
         logger.info("%s: ignoring its %d-label classifier (num_labels=0).", where, head_labels)
-    _, unexpected = student.load_state_dict(state, strict=False)  # missing: a fresh head or pooler, by design
-    assert not unexpected, unexpected  # _check_and_select only picks the student's own keys
-    return student.eval()
+    elif head:
+        raise ModelError(f"{where} has classifier tensors without a classifier.weight ({name_list(head)}).")
+    if missing_pooler:
+        # A fresh sequence head reads the pooler, so it is part of that head; otherwise nothing in
+        # gapkit reads pooler_output, but it is random and the report says so.
+        (new_head if new_head and task == "sequence" else random_unused).extend(missing_pooler)
+        logger.info("%s has no pooler weights; the student's pooler keeps its random initialisation.", where)
+
+    if parts.relation:
+        relation = student.add_relation_projection()
+        expected = {k: v for k, v in relation.state_dict().items()}
+        wrong = sorted(set(parts.relation) ^ set(expected)) + [
+            k for k in expected if k in parts.relation and tuple(parts.relation[k].shape) != tuple(expected[k].shape)]
+        if wrong:
+            shapes = ", ".join(
+                f"{RELATION_PREFIX}{k} {list(parts.relation[k].shape) if k in parts.relation else 'missing'}"
+                for k in wrong[:4])
+            raise ModelError(f"{where} has a malformed relation projection ({shapes}; expected query/key/value "
+                             f"weights [{spec.hidden}, {spec.hidden}] and biases [{spec.hidden}]).")
+        state.update({"relation." + k: v for k, v in parts.relation.items()})
+
+    bad = nonfinite_tensors(state.items())
+    if bad:
+        raise ModelError(f"{where} holds NaN or infinite values in {name_list(bad)}: the checkpoint is corrupt "
+                         f"(saved after a diverged step, say), so use an earlier one.")
+    missing, unexpected = student.load_state_dict(state, strict=False)
+    # Internal invariant: only what the report lists stays at its initialisation.
+    assert not unexpected and set(missing) == set(new_head) | set(random_unused), (missing, unexpected)
+    report = LoadReport(source=where, model=type(student).__name__, new_head=tuple(new_head),
+                        random_unused=tuple(random_unused), dropped=tuple(sorted(dropped)), notes=tuple(notes))
+    return student.eval(), report
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -335,7 +441,8 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
     A dense student becomes a plain BERT folder (``BertModel``, or ``BertForSequenceClassification`` /
     ``BertForTokenClassification`` with a head) that ``transformers`` loads without gapkit. A MiniMoE
     student is written in the authors' released layout (see the module docstring). Both also get
-    ``gapkit_spec.json``. Files are written under temporary names and moved into place, so an
+    ``gapkit_spec.json``; a relation projection is written as ``self.query.weight`` ... (transformers
+    reports those as unused when it loads the folder, and ignores them). Files are written under temporary names and moved into place, so an
     interrupted save never leaves a half-written checkpoint under the final name.
 
     Args:
@@ -357,7 +464,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
             "writing the MiniMoE layout, which only gapkit.load_student reads.",
             folder, spec.heads * spec.head_size, spec.hidden,
         )
-    encoder = {k: v for k, v in student.state_dict().items() if not k.startswith(HEAD_PREFIX)}
+    encoder = {k: v for k, v in student.state_dict().items() if not k.startswith((HEAD_PREFIX, "relation."))}
     if moe_layout:
         # The authors' MoEBertLayer always has both gates; a block without a learned gate (dense, or
         # random/hash routing) gets a zero Linear(H -> E) that is never used.
@@ -372,6 +479,8 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
     tensors = {prefix + k: v for k, v in encoder.items()}
     if student.num_labels:
         tensors.update({HEAD_PREFIX + k: v for k, v in student.classifier.state_dict().items()})
+    if student.relation is not None:
+        tensors.update({RELATION_PREFIX + k: v for k, v in student.relation.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
     _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_safetensors(tensors, p, metadata={"format": "pt"}))
@@ -388,40 +497,48 @@ def _atomic_write(path: Path, write) -> None:
 
 
 def load_student(path: str | os.PathLike, num_labels: int | None = None, task: str | None = None,
-                 dispatch: str = "auto") -> Student:
+                 dispatch: str = "auto", return_report: bool = False) -> Student | tuple[Student, LoadReport]:
     """Load a student from a BERT checkpoint: dense Hugging Face BERT, or the MiniMoE authors' layout.
 
     The folder may hold ``model.safetensors`` (or a sharded index) or ``pytorch_model.bin`` (read with
     ``weights_only=True`` only); the encoder's keys may be plain (``BertModel``) or under ``bert.``
-    (task models, the authors' checkpoints). Pre-training heads and the authors' relation projection
-    are ignored with a logged note; ``classifier.*`` loads into the task head.
+    (task models, the authors' checkpoints). Pre-training heads (``cls.``) are dropped; ``classifier.*``
+    loads into the task head and ``self.*`` (the relation projection) into ``Student.relation``.
+    Loading is strict (see the module docstring).
 
     Args:
         path: a folder, or a Hub name (fetched with ``huggingface_hub.snapshot_download``).
         num_labels: task-head size; None takes it from the checkpoint's classifier (0 when it has
-            none), 0 drops a head, and a size for a checkpoint without a classifier adds a fresh head.
+            none), 0 drops a head, and a size for a checkpoint without a classifier adds a fresh head
+            (reported in ``LoadReport.new_head``).
         task: ``sequence`` or ``token``; None reads it from config.json ``architectures`` (default sequence).
-        dispatch: the student's MoE dispatch, ``sorted`` or ``loop``.
+        dispatch: the student's MoE dispatch, ``auto``, ``sorted`` or ``loop``.
+        return_report: also return the :class:`~gapkit.models.hf_loading.LoadReport`.
     Returns:
-        A :class:`Student` in eval mode.
+        A :class:`Student` in eval mode, or ``(student, report)`` with ``return_report``.
     Raises:
-        ModelError: not a folder or Hub model, no config.json or weights, not a BERT model, or a
-            missing / wrongly shaped encoder weight.
+        ModelError: not a folder or Hub model, no config.json or weights, not a BERT model, a missing /
+            unexpected / wrongly shaped / non-finite tensor, or a classifier that disagrees with the
+            config's label count or with ``num_labels``.
     """
     folder = resolve_folder(path)
     where = str(path)
     config = _read_config(folder)
-    spec = _merge_saved_spec(_spec_from_config(config, where), folder)
-    encoder, head = _split_state(_read_weights(folder), where)
-    return _build_student(spec, encoder, head, where, num_labels, task or _task_from_config(config), dispatch)
+    spec, notes = _merge_saved_spec(_spec_from_config(config, where), folder)
+    parts = _split_state(_read_weights(folder), where)
+    _check_head_labels(config, parts.head, where)
+    student, report = _build_student(spec, parts, where, num_labels, task or _task_from_config(config), dispatch,
+                                     notes=notes)
+    return (student, report) if return_report else student
 
 
 def student_from_hf(model_or_path, spec_overrides: Mapping | None = None,
                     layers: int | Sequence[int] | None = None) -> Student:
     """Initialise a student from a Hugging Face BERT checkpoint, optionally from a subset of its layers.
 
-    Copies the embeddings, the chosen layers (renumbered 0..k-1) and the pooler; drops any task head.
-    Typical use: a 6-layer teacher's layers ``[1, 3, 5]`` as a 3-layer student's initialisation.
+    Copies the embeddings, the chosen layers (renumbered 0..k-1) and the pooler; drops any task head
+    and relation projection. The source is checked as strictly as by :func:`load_student`. Typical use:
+    a 6-layer teacher's layers ``[1, 3, 5]`` as a 3-layer student's initialisation.
 
     Args:
         model_or_path: a ``transformers`` BERT model (``BertModel`` or a ``BertFor*`` task model), a
@@ -450,8 +567,10 @@ def student_from_hf(model_or_path, spec_overrides: Mapping | None = None,
         saved_spec_folder = folder
     spec = _spec_from_config(config, where)
     if saved_spec_folder is not None:
-        spec = _merge_saved_spec(spec, saved_spec_folder)
-    encoder, _ = _split_state(raw, where)
+        spec, _ = _merge_saved_spec(spec, saved_spec_folder)
+    parts = _split_state(raw, where)
+    _check_head_labels(config, parts.head, where)
+    encoder = parts.encoder
 
     chosen = _choose_layers(layers, spec.layers)
     if chosen != list(range(spec.layers)):
@@ -476,7 +595,9 @@ def student_from_hf(model_or_path, spec_overrides: Mapping | None = None,
         spec = dataclasses.replace(spec, layers=len(chosen), name=None, **overrides)
     except (TypeError, ValueError) as err:
         raise ModelError(f"student_from_hf: bad spec_overrides ({err}).") from None
-    return _build_student(spec, encoder, {}, where, 0, None, "sorted")
+    # The source's task head and relation projection are not part of an initialisation: dropped.
+    parts = _Parts(encoder, {}, {}, parts.dropped)
+    return _build_student(spec, parts, where, 0, None, "sorted")[0]
 
 
 def _choose_layers(layers: int | Sequence[int] | None, total: int) -> list[int]:

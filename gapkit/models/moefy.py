@@ -6,13 +6,43 @@ wide layer (shared by all experts) and the rest from a strided share of the rema
 (expert i takes units i, i + E, i + 2E, ...). The copies become independent parameters; gates keep
 their fresh nn.Linear initialisation. A "unit" is one neuron for the FFN and one head (head_size
 rows) for attention.
+
+The authors' code asserts that two thirds of one expert's units is a whole number (their
+``MoEBertModel.moefy``). gapkit refuses to moefy attention experts whose head count is not a multiple
+of 3 (flooring would change what is shared: 2 of 4 heads instead of 2 2/3), and logs a warning for
+FFN experts whose neuron count is not (the shared part is then floor(2F/3) neurons, less than one
+neuron away from the authors' 2F/3).
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
+from ..errors import ConfigError
 from .spec import StudentSpec
+
+logger = logging.getLogger(__name__)
+
+
+def check_moefiable(spec: StudentSpec) -> None:
+    """Refuse a spec whose attention experts cannot be moefied as the authors do.
+
+    Raises:
+        ConfigError: attention experts (x > 1) with a head count not divisible by 3.
+    """
+    if spec.attn_experts > 1 and spec.heads % 3:
+        raise ConfigError(
+            f"Student {spec.name}: moefication shares 2/3 of each attention expert's heads, so heads must be "
+            f"a multiple of 3 (got {spec.heads}); choose heads like 3, 6 or 12, or build it with moefy=False."
+        )
+    if spec.ffn_experts > 1 and spec.ffn % 3:
+        logger.warning(
+            "Student %s: ffn=%d is not a multiple of 3, so moefication shares floor(2/3 * %d) = %d neurons per "
+            "FFN expert (the authors' code requires a multiple of 3).",
+            spec.name, spec.ffn, spec.ffn, (2 * spec.ffn) // 3,
+        )
 
 
 def moefy_linear(weight: torch.Tensor, bias: torch.Tensor | None, num_experts: int, expert_units: int,
@@ -56,6 +86,7 @@ def moefy_linear(weight: torch.Tensor, bias: torch.Tensor | None, num_experts: i
 def moefy_init(model, generator: torch.Generator | None = None) -> None:
     """Initialise every MoE block of ``model`` (a :class:`gapkit.models.Student`) by moefication."""
     spec: StudentSpec = model.spec
+    check_moefiable(spec)
     std = spec.initializer_range
 
     def wide(out_features, in_features):

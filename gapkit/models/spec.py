@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from ..configtools import check_fields
 
 ROUTING_MODES = ("learned", "random", "hash")
+# Fields older gapkit versions had, and where their setting lives now. A spec dict that still sets one
+# is refused rather than silently dropped: the user meant to set something.
+MOVED_FIELDS = {"load_balance_weight": "the run's weights.load_balance (LossWeights)"}
 ACTIVATIONS = ("gelu", "gelu_new", "relu", "silu")
 
 
@@ -36,7 +39,6 @@ class StudentSpec:
             ``dropout``, as the MiniMoE authors do.
         routing: ``learned`` (top-1 softmax gate, the paper's), ``random`` (uniform random expert per
             token) or ``hash`` (expert = token id mod E), the latter two for ablations.
-        load_balance_weight: weight of the load-balance term in the distillation loss (paper: 0.01).
         hidden_act, layer_norm_eps, initializer_range: as in BertConfig.
         name: display name; derived from the shape when not given.
     """
@@ -56,7 +58,6 @@ class StudentSpec:
     ffn_experts: int = 1
     gate_noise: float | None = None
     routing: str = "learned"
-    load_balance_weight: float = 0.01
     hidden_act: str = "gelu"
     layer_norm_eps: float = 1e-12
     initializer_range: float = 0.02
@@ -98,10 +99,6 @@ class StudentSpec:
         if self.routing not in ROUTING_MODES:
             raise ValueError(
                 f"StudentSpec.routing must be one of {', '.join(ROUTING_MODES)}, got {self.routing!r}."
-            )
-        if self.load_balance_weight < 0:
-            raise ValueError(
-                f"StudentSpec.load_balance_weight must be >= 0 (0 turns it off), got {self.load_balance_weight!r}."
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(
@@ -145,6 +142,7 @@ class StudentSpec:
 
     @classmethod
     def from_dict(cls, data: dict) -> "StudentSpec":
+        _refuse_moved_fields(data)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -214,6 +212,15 @@ def parse_shape(text: str) -> dict | None:
     return fields
 
 
+def _refuse_moved_fields(fields) -> None:
+    moved = sorted(set(fields) & set(MOVED_FIELDS))
+    if moved:
+        raise ValueError(
+            f"StudentSpec.{moved[0]} is no longer a student setting: it moved to {MOVED_FIELDS[moved[0]]}; "
+            f"remove it from the student spec and set it there."
+        )
+
+
 def spec_from_name(name: str, **overrides) -> StudentSpec:
     """Build a spec from a preset name or a shape string, then apply ``overrides``.
 
@@ -228,6 +235,7 @@ def spec_from_name(name: str, **overrides) -> StudentSpec:
         fields = dict(PRESETS[m["base"]], attn_experts=int(m["x"]), ffn_experts=int(m["y"]))
     else:
         fields = parse_shape(name)
+    _refuse_moved_fields(overrides)
     if fields is None:
         raise ValueError(
             f"Unknown student {name!r}: use a preset ({', '.join(sorted(PRESETS))}) or a shape like "

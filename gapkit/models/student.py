@@ -52,7 +52,7 @@ class StudentOutput:
         hidden_states: L + 1 tensors (B, T, H), embeddings first, when asked for.
         routing: per layer and block, the routing of every token (empty lists for a dense student).
         load_balance: the aggregated load balance (1.0 for a dense student), as the authors define it.
-        aux_loss: ``spec.load_balance_weight * load_balance``, the term added to the training loss.
+            Its weight in the training loss is the run's (``LossWeights.load_balance``), not the model's.
         qkv: (Q, K, V), each (B, T, A), of layer ``qkv_layer`` when asked for (relation distillation).
         logits: task-head output when the student has a head: (B, C) or (B, T, C).
     """
@@ -62,7 +62,6 @@ class StudentOutput:
     hidden_states: tuple[torch.Tensor, ...] | None
     routing: RoutingRecord
     load_balance: torch.Tensor
-    aux_loss: torch.Tensor
     qkv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
     logits: torch.Tensor | None = None
 
@@ -409,7 +408,25 @@ class Student(nn.Module):
         if num_labels:
             self.head_dropout = nn.Dropout(spec.dropout)
             self.classifier = nn.Linear(spec.hidden, num_labels)
+        # The MiniMoE relation projection (see add_relation_projection): absent until distillation asks.
+        self.relation: nn.ModuleDict | None = None
         self.reset_parameters(moefy=moefy)
+
+    # -- read-only facts (the trainer's model protocol) ---------------------------------------------
+    @property
+    def hidden_size(self) -> int:
+        """H, the width of the hidden states."""
+        return self.spec.hidden
+
+    @property
+    def max_positions(self) -> int:
+        """The longest sequence the position embeddings allow."""
+        return self.spec.max_positions
+
+    @property
+    def is_moe(self) -> bool:
+        """Whether any block has more than one expert."""
+        return self.spec.is_moe
 
     # -- initialisation --------------------------------------------------------------------------
     def reset_parameters(self, moefy: bool = True, generator: torch.Generator | None = None):
@@ -434,6 +451,60 @@ class Student(nn.Module):
             from .moefy import moefy_init
 
             moefy_init(self, generator=generator)
+
+    # -- the MiniMoE relation projection ----------------------------------------------------------
+    def add_relation_projection(self) -> nn.ModuleDict:
+        """The extra Q/K/V projection of the final hidden states that MiniMoE distils relations from.
+
+        The authors' MiniMoE student does not take its relations from its last attention layer (with
+        attention experts, that layer's Q/K/V mix experts); it projects the encoder's output with three
+        H -> H linear maps (``MoEBertMiniLM.self`` in their code) used only by the distillation loss.
+        Created once, with BERT's initialisation (normal(0, initializer_range) weights, zero biases), on
+        the student's device and dtype; later calls return the same modules. It is saved and loaded
+        with the student (tensor names ``self.query.weight`` ..., the authors' layout).
+
+        Returns:
+            ``nn.ModuleDict`` with ``query``, ``key``, ``value``, each ``nn.Linear(H, H)``.
+        """
+        if self.relation is None:
+            H, std = self.spec.hidden, self.spec.initializer_range
+            param = self.embeddings.word_embeddings.weight
+            relation = nn.ModuleDict({k: nn.Linear(H, H) for k in ("query", "key", "value")})
+            for lin in relation.values():
+                nn.init.normal_(lin.weight, 0.0, std)
+                nn.init.zeros_(lin.bias)
+            self.relation = relation.to(device=param.device, dtype=param.dtype)
+        return self.relation
+
+    def relation_qkv(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V of the relation projection: ``hidden`` (B, T, H) -> three (B, T, H).
+
+        Raises:
+            ModelError: the student has no relation projection (call :meth:`add_relation_projection`).
+        """
+        if self.relation is None:
+            from ..errors import ModelError
+
+            raise ModelError(
+                "This student has no relation projection: call student.add_relation_projection() before "
+                "asking for relation_qkv, or take Q/K/V from the last layer (forward(output_qkv=True))."
+            )
+        r = self.relation
+        return r["query"](hidden), r["key"](hidden), r["value"](hidden)  # (B, T, H) each
+
+    # -- Hugging Face-style persistence --------------------------------------------------------------
+    def save_pretrained(self, folder, label_names=None):
+        """Write this student as a Hugging Face folder: :func:`gapkit.models.checkpoint.save_pretrained`."""
+        from .checkpoint import save_pretrained
+
+        return save_pretrained(self, folder, label_names=label_names)
+
+    @classmethod
+    def from_pretrained(cls, folder, **kwargs):
+        """Load a student: :func:`gapkit.models.checkpoint.load_student` (same arguments and return)."""
+        from .checkpoint import load_student
+
+        return load_student(folder, **kwargs)
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(
@@ -504,16 +575,21 @@ class Student(nn.Module):
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             routing=record,
             load_balance=load_balance,
-            aux_loss=self.spec.load_balance_weight * load_balance,
             qkv=qkv,
             logits=logits,
         )
 
     # -- accounting ------------------------------------------------------------------------------
     def num_parameters(self, active: bool = False, embeddings: bool = True) -> int:
-        """Parameter count; ``active`` counts one expert per block plus the gates (what one token uses)."""
+        """Parameter count; ``active`` counts one expert per block plus the gates (what one token uses).
+
+        The relation projection (:meth:`add_relation_projection`) is left out of both counts: it serves
+        only the distillation loss and never runs at inference.
+        """
         total = 0
         for name, p in self.named_parameters():
+            if name.startswith("relation."):
+                continue
             if not embeddings and name.startswith("embeddings."):
                 continue
             n = p.numel()
