@@ -6,13 +6,14 @@ A FLOP figure is meaningless without its convention, so every count here names o
     Multiply-accumulates of every matmul-type op the model runs: linear layers (Q/K/V/O, FFN, gates,
     pooler, heads), the attention scores Q K^T and the attention-times-values product. This is
     fvcore's unit (it counts one multiply-add as one "flop"). Only matmul-type ops are counted
-    (linear, addmm, mm, bmm, baddbmm, matmul, einsum, convolution, scaled_dot_product_attention):
-    embeddings lookups, LayerNorm, GELU, softmax, masking and MoE bookkeeping (argsort, bincount,
-    index_select, index_copy, ...) are left out, quietly.
+    (linear, addmm, mm, bmm, baddbmm, matmul, einsum, convolution, scaled_dot_product_attention,
+    _grouped_mm): embeddings lookups, LayerNorm, GELU, softmax, masking and MoE bookkeeping (argsort,
+    bincount, index_select, index_copy, ...) are left out, quietly. A matmul-type op the trace meets
+    and no handle counts (:func:`is_matmul_like`) is an error, never a silent zero.
 ``flops``
     2 x ``macs`` (one multiply plus one add), the unit of ``torch.utils.flop_counter``.
 ``paper``
-    The x-axis of the MiniMoE paper (reference/minimoe_facts.md): MACs of the encoder's linear layers
+    The x-axis of the MiniMoE paper (docs/flops.md): MACs of the encoder's linear layers
     only, Q/K/V/O and FFN, for one expert per block. No attention scores, embeddings, pooler, heads,
     and *no gate*, so a 1,4E MiniMoE has exactly the number of its dense twin on this axis. It is
     computed in closed form from the model's shape; nothing is traced.
@@ -63,6 +64,8 @@ __all__ = [
     "count_flops",
     "count_params",
     "describe",
+    "grouped_mm_macs_jit",
+    "is_matmul_like",
     "model_spec",
     "resolve_model",
 ]
@@ -175,6 +178,58 @@ def baddbmm_macs_jit(inputs: list, outputs: list) -> int:
     return n * t * c * p
 
 
+def grouped_mm_macs(a: list[int], b: list[int]) -> int:
+    """MACs of ``torch._grouped_mm(a, b, offs)`` from the operand shapes.
+
+    The four layouts (G groups; ``offs`` splits the dimension the 2-D operand shares):
+
+    * a (M, K) 2-D, b (G, K, N) 3-D: the rows of a are split among groups (MoE experts over
+      expert-sorted tokens, the student's grouped FFN); every row meets one K x N matrix: M K N.
+    * a (G, M, K) 3-D, b (K, N) 2-D: the columns of b are split: M K N.
+    * a (M, K) 2-D, b (K, N) 2-D: K is split, out (G, M, N): M K N.
+    * a (G, M, K), b (G, K, N), no offsets: a batched matmul, G M K N.
+
+    With offsets the groups partition M (or N or K), so the sum over groups of rows x K x N is the
+    total, whatever the split; rows past the last offset (padding) are counted as if computed.
+    """
+    if len(a) == 3 and len(b) == 3:
+        return a[0] * a[1] * a[2] * b[2]
+    M, K = (a[-2], a[-1])
+    return M * K * b[-1]
+
+
+def grouped_mm_macs_jit(inputs: list, outputs: list) -> int:
+    """fvcore handle of ``aten::_grouped_mm`` (fvcore has none): :func:`grouped_mm_macs` of its operands."""
+    return grouped_mm_macs(_shape(inputs[0]), _shape(inputs[1]))
+
+
+# aten ops that multiply matrices. When a trace meets one of these without a handle, the count would
+# silently drop it, so counting stops instead (see _trace_macs). Names as they appear in a TorchScript
+# trace ("aten::" + op); the attention and convolution families also match by pattern below.
+MATMUL_LIKE_OPS = frozenset({
+    "mm", "bmm", "addmm", "addbmm", "baddbmm", "addmv", "mv", "addr", "matmul", "linear", "bilinear", "einsum",
+    "dot", "vdot", "inner", "outer", "ger", "tensordot", "chain_matmul", "linalg_multi_dot", "linalg_matmul",
+    "_grouped_mm", "_scaled_mm", "_scaled_grouped_mm", "_int_mm", "_weight_int8pack_mm", "_sparse_mm", "sspaddmm",
+    "convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_tbc", "conv_transpose1d",
+    "conv_transpose2d", "conv_transpose3d", "cudnn_convolution", "mkldnn_convolution",
+    "scaled_dot_product_attention", "_scaled_dot_product_attention_math", "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention", "_scaled_dot_product_cudnn_attention",
+    "_flash_attention_forward", "_efficient_attention_forward", "_native_multi_head_attention",
+    "_transformer_encoder_layer_fwd", "lstm", "gru", "rnn_tanh", "rnn_relu",
+})
+
+
+def is_matmul_like(op: str) -> bool:
+    """Does ``op`` (``aten::mm``, ``aten::_scaled_dot_product_flash_attention`` ...) multiply matrices?
+
+    Listed names (:data:`MATMUL_LIKE_OPS`), plus any op whose name says attention or convolution, or
+    ends in ``mm`` (matrix-matrix). Interpolations (``upsample_bilinear2d``) and ``cummax`` are not.
+    """
+    name = op.split("::", 1)[-1].rstrip("_")
+    convolution = name.startswith(("conv", "_conv", "cudnn_conv", "mkldnn_conv")) and "convert" not in name
+    return name in MATMUL_LIKE_OPS or "attention" in name or convolution or name.endswith("mm")
+
+
 def _matmul_handles() -> dict:
     """Op name -> handle for every matmul-type op; anything else is not counted."""
     from fvcore.nn.jit_handles import (addmm_flop_jit, bmm_flop_jit, conv_flop_jit, einsum_flop_jit,
@@ -190,6 +245,7 @@ def _matmul_handles() -> dict:
         "aten::einsum": einsum_flop_jit,
         "aten::_convolution": conv_flop_jit,
         "aten::scaled_dot_product_attention": sdpa_macs_jit,
+        "aten::_grouped_mm": grouped_mm_macs_jit,
     }
 
 
@@ -298,6 +354,13 @@ def _trace_macs(model: nn.Module, seq_len: int, batch: int):
             uncounted = dict(analysis.unsupported_ops())
     finally:
         model.train(was_training)
+    skipped = sorted(op for op in uncounted if is_matmul_like(op))
+    if skipped:
+        raise ModelError(
+            f"Cannot count the FLOPs of {type(model).__name__}: its forward pass runs {', '.join(skipped)}, a "
+            f"matrix multiply that no FLOP handle counts, so the total would silently leave it out; add a "
+            f"handle for it in gapkit.flops._matmul_handles."
+        )
     prefix = "model."
     by_module = {
         ("" if name == "model" else name[len(prefix):]): count
@@ -312,7 +375,8 @@ def count_flops(model: nn.Module, seq_len: int = PAPER_SEQ_LEN, batch: int = 1,
     """Count the FLOPs of one forward pass of ``model`` on a dummy batch, in ``convention``.
 
     ``macs`` and ``flops`` trace the model with ``fvcore.nn.FlopCountAnalysis`` (handles registered
-    for scaled_dot_product_attention and baddbmm, which fvcore lacks; non-matmul ops not counted).
+    for scaled_dot_product_attention, baddbmm and _grouped_mm, which fvcore lacks; non-matmul ops not
+    counted; a matmul-type op without a handle raises).
     ``paper`` is the closed form of the model's shape (:func:`analytic_count`); nothing runs.
 
     Args:
@@ -324,6 +388,8 @@ def count_flops(model: nn.Module, seq_len: int = PAPER_SEQ_LEN, batch: int = 1,
         convention: ``macs``, ``flops`` (2 x macs) or ``paper``.
     Returns:
         A :class:`FlopCount`.
+    Raises:
+        ModelError: the trace runs a matmul-type op that no handle counts (see :func:`is_matmul_like`).
     """
     _check_convention(convention)
     _check_sizes(seq_len, batch)

@@ -322,3 +322,79 @@ def test_describe_row_fields():
                          "gflops", "convention", "seq_len"]
     assert row["gflops"] * 1e9 == analytic_macs(spec_from_name("2L-192H"), 8)["total"]
     assert describe("2L-192H", seq_len=8, convention="flops")["gflops"] == pytest.approx(2 * row["gflops"])
+
+
+# ----------------------------------------------------------------------------------------------------
+# torch._grouped_mm (the student's bf16 FFN experts on Hopper) and matmuls no handle counts
+# ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    "a, b, expected",
+    [
+        ([10, 8], [3, 8, 4], 10 * 8 * 4),  # tokens sorted by expert: each row meets one (K, N) matrix
+        ([3, 6, 8], [8, 4], 6 * 8 * 4),  # offsets split N
+        ([6, 9], [9, 4], 6 * 9 * 4),  # offsets split K
+        ([3, 6, 8], [3, 8, 4], 3 * 6 * 8 * 4),  # batched, no offsets
+    ],
+)
+def test_grouped_mm_macs_by_hand(a, b, expected):
+    from gapkit.flops import grouped_mm_macs
+
+    assert grouped_mm_macs(a, b) == expected
+
+
+class _GroupedFFN(torch.nn.Module):
+    """Two grouped GEMMs over expert-sorted tokens, as Layer.grouped_ffn computes the FFN experts."""
+
+    def __init__(self, experts=3, hidden=8, ffn=16):
+        super().__init__()
+        self.w1 = torch.nn.Parameter(torch.randn(experts, ffn, hidden))
+        self.w2 = torch.nn.Parameter(torch.randn(experts, hidden, ffn))
+        self.embed = torch.nn.Embedding(101, hidden)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embed(input_ids).reshape(-1, self.w1.shape[-1])  # (N, H)
+        n = x.shape[0]
+        offsets = torch.tensor([n // 3, 2 * n // 3, n], dtype=torch.int32)
+        h = torch._grouped_mm(x, self.w1.transpose(1, 2), offs=offsets)  # (N, F)
+        return torch._grouped_mm(torch.relu(h), self.w2.transpose(1, 2), offs=offsets)  # (N, H)
+
+
+def test_grouped_mm_is_counted_in_a_trace():
+    torch.manual_seed(0)
+    model = _GroupedFFN()
+    ids = torch.randint(101, (2, 6))
+    try:
+        model(ids, torch.ones_like(ids))
+    except (RuntimeError, NotImplementedError) as err:  # a CPU build without the fp32 kernel
+        pytest.skip(f"torch._grouped_mm does not run on this CPU build ({err})")
+    count = count_flops(model, seq_len=6, batch=2)
+    N = 12
+    assert count.by_operator == {"_grouped_mm": 2 * N * 8 * 16}
+    assert count.total == 2 * N * 8 * 16 and "aten::_grouped_mm" not in count.uncounted_ops
+
+
+class _AddBmm(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(101, 8)
+        self.w = torch.nn.Parameter(torch.randn(4, 8, 8))
+
+    def forward(self, input_ids, attention_mask):
+        x = self.embed(input_ids)[0]  # (T, 8)
+        return torch.addbmm(x, x.expand(4, -1, -1), self.w)  # (T, 8): a sum of 4 matmuls, no handle
+
+
+def test_a_matmul_without_a_handle_is_an_error_not_a_zero():
+    with pytest.raises(ModelError, match=r"runs aten::addbmm, a matrix multiply that no FLOP handle counts"):
+        count_flops(_AddBmm(), seq_len=6, batch=1)
+
+
+def test_non_matmul_ops_stay_ignored_and_names_are_classified():
+    from gapkit.flops import is_matmul_like
+
+    for op in ("aten::mm", "aten::_grouped_mm", "aten::_scaled_mm", "aten::conv2d", "aten::addbmm",
+               "aten::_scaled_dot_product_flash_attention_for_cpu", "aten::einsum"):
+        assert is_matmul_like(op), op
+    for op in ("aten::add", "aten::softmax", "aten::layer_norm", "aten::cummax", "aten::upsample_bilinear2d",
+               "aten::index_select", "aten::gelu", "aten::embedding"):
+        assert not is_matmul_like(op), op

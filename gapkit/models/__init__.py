@@ -17,6 +17,8 @@ __all__ = [
 ]
 
 from .checkpoint import load_student, save_pretrained, student_from_hf  # noqa: E402
+from .hf_loading import LoadReport, load_hf_model  # noqa: E402
 from .teacher import Teacher, TeacherOutput  # noqa: E402
 
-__all__ += ["load_student", "save_pretrained", "student_from_hf", "Teacher", "TeacherOutput"]
+__all__ += ["load_student", "save_pretrained", "student_from_hf", "LoadReport", "load_hf_model", "Teacher",
+            "TeacherOutput"]
