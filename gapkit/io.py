@@ -29,22 +29,22 @@ _passes: dict[str, int] = {}
 
 
 def kill_point(name: str) -> None:
-    """Fault injection for gapkit's kill tests: with ``GAPKIT_KILL_AT=NAME:N`` in the environment the
-    process SIGKILLs itself the N-th time it passes point NAME (no cleanup, like a real kill). Points:
+    """Fault injection for gapkit's kill tests: with ``GAPKIT_KILL_AT=NAME:N[,NAME:N ...]`` in the
+    environment the process SIGKILLs itself the N-th time it passes point NAME (no cleanup, like a real
+    kill), at the first of the listed points it reaches. Points:
     ``<file>.tmp`` (a file written beside its name, not yet renamed), ``<folder>.written`` and
     ``<folder>.between`` (an atomic folder complete, and half-swapped), ``metrics.appended``, ``step``,
     ``finish``. Without the variable this is one dictionary lookup."""
-    target = os.environ.get("GAPKIT_KILL_AT")
-    if not target:
-        return
-    point, _, count = target.rpartition(":")
-    if point != name:
+    targets = os.environ.get("GAPKIT_KILL_AT")
+    if not targets:
         return
     _passes[name] = _passes.get(name, 0) + 1
-    if _passes[name] == int(count):
-        import signal
+    for target in targets.split(","):
+        point, _, count = target.rpartition(":")
+        if point == name and _passes[name] == int(count):
+            import signal
 
-        os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _tmp(path: Path) -> Path:

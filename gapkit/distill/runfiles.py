@@ -69,7 +69,8 @@ class RunFolder:
         d = self.dir
         if d.exists() and not d.is_dir():
             raise ConfigError(f"output_dir {d} is a file, not a folder: choose another output_dir.")
-        if not d.exists() or not any(d.iterdir()):
+        # A file a kill left beside its name (``*.tmp``) was never part of a run.
+        if not d.exists() or all(p.name.endswith(".tmp") for p in d.iterdir()):
             if resume:
                 raise ConfigError(f"There is no run to resume in {d}: drop --resume to start one there.")
             return "fresh"
@@ -124,6 +125,8 @@ class RunFolder:
         if not self.writer:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        for leftover in self.dir.glob("*.tmp"):
+            shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         if wipe:
             for name in LOG_FILES:
                 (self.dir / name).unlink(missing_ok=True)
