@@ -3,7 +3,7 @@
 Independent of gapkit on purpose (it imports only torch): it reads a raw state dict in the authors'
 released layout (every encoder key under ``bert.``, expert weights stacked ``[E, out, in]``,
 ``attn_gate`` / ``ffn_gate`` Linear(H -> E)) and the config dict, and follows
-reference/minimoe_facts.md and the authors' ``MoEBertLayer`` literally:
+docs/method.md and the authors' ``MoEBertLayer`` literally:
 
 * gate logits = Linear(H -> E) of the block input; softmax; argmax (no noise in eval);
 * the chosen expert's output is scaled by its probability after dropout (identity in eval) and

@@ -491,6 +491,13 @@ def test_token_checkpoint_without_pooler_is_reported(tmp_path):
                                     "pooler.dense.bias"}
 
 
+def test_head_of_the_other_kind_is_refused(tmp_path):
+    folder = bert_folder(tmp_path / "tok", AutoModelForTokenClassification, num_labels=3)
+    with pytest.raises(ModelError, match="holds a token-classification head but task='sequence'"):
+        load_student(folder, task="sequence")
+    assert load_student(folder, task="sequence", num_labels=0).num_labels == 0
+
+
 def test_malformed_relation_projection_is_refused(tmp_path):
     state, _ = authors_checkpoint(tmp_path / "ckpt", 1, 4, extras=True)
     del state["self.key.bias"]

@@ -36,7 +36,7 @@ def tiny_bert_config(**overrides) -> BertConfig:
 # ----------------------------------------------------------------------------------------------------
 # The paper's axis
 # ----------------------------------------------------------------------------------------------------
-PAPER_GFLOPS = {  # reference/minimoe_facts.md, "FLOPs convention"
+PAPER_GFLOPS = {  # docs/flops.md, "The paper's axis"
     "2L-192H": 0.11, "2L-384H": 0.45, "3L-384H": 0.68, "4L-384H": 0.91, "6L-384H": 1.36,
     "bert-base": 10.87, "bert-large": 38.65,
 }
@@ -49,7 +49,7 @@ def test_paper_convention_reproduces_the_papers_axis(name):
     row = describe(name, convention="paper")
     assert row["gflops"] == pytest.approx(PAPER_GFLOPS[name], abs=0.005)
     assert row["convention"] == "paper" and row["seq_len"] == 128
-    # The formula stated in minimoe_facts.md: L * 128 * 12 * H^2.
+    # The formula stated in docs/flops.md: L * 128 * 12 * H^2.
     assert analytic_count(spec, 128, convention="paper") == spec.layers * 128 * 12 * spec.hidden ** 2
 
 
@@ -73,7 +73,7 @@ def test_count_flops_paper_convention_needs_no_trace():
 # ----------------------------------------------------------------------------------------------------
 # BERT-base `macs` (all matmuls): HF SDPA, HF eager, gapkit Student
 # ----------------------------------------------------------------------------------------------------
-BERT_BASE_MACS = 11.17e9  # analytic count of all matmuls at length 128 (minimoe_facts.md)
+BERT_BASE_MACS = 11.17e9  # analytic count of all matmuls at length 128 (docs/flops.md)
 
 
 @pytest.mark.parametrize("impl, attention_op", [("sdpa", "scaled_dot_product_attention"), ("eager", "matmul")])

@@ -10,7 +10,7 @@ What lives here:
   reproduce the MiniMoE authors' code (GeneZC/MiniMoE, ``models/bert_minilm.py`` and the ``relation``
   method of ``modules/modeling_bert.py``) number for number: R relation heads, the additive ``-10000``
   key mask, ``+1e-7`` on both distributions and ``batchmean`` over the real query rows of all heads.
-  See reference/minimoe_facts.md, "Distillation objective".
+  See docs/method.md, "The relation objective".
 - task KD: ``soft_label_kd`` (Hinton), ``regression_kd``, ``hidden_mse`` (TinyBERT-style hidden states),
   ``hard_label_loss``;
 - ``LossWeights`` / ``combine`` to form the training objective, and ``check_finite`` to stop a run on a
@@ -438,14 +438,16 @@ class LossWeights:
     """Weights of the distillation objective's terms, and the KD temperature.
 
     Defaults are the MiniMoE task-agnostic stage: relation loss only, plus load balance at 0.01
-    (reference/minimoe_facts.md). Round-trips through ``dataclasses.asdict`` / ``LossWeights(**d)``.
+    (docs/method.md). Round-trips through ``dataclasses.asdict`` / ``LossWeights(**d)``.
 
     Attributes:
         relation: weight of the Q/K/V relation loss.
         soft: weight of soft-label (or regression) KD.
         hard: weight of the ground-truth loss.
         hidden: weight of the hidden-state MSE.
-        load_balance: weight of the MiniMoE load-balance loss (1.0 at perfect balance).
+        load_balance: weight of the MiniMoE load-balance loss (1.0 at perfect balance; computed by
+            ``gapkit.routing.load_balance_of``). This is the one place the weight lives: students
+            return the unweighted ``load_balance``.
         temperature: soft-label KD temperature, > 0.
     """
 

@@ -527,8 +527,13 @@ def load_student(path: str | os.PathLike, num_labels: int | None = None, task: s
     spec, notes = _merge_saved_spec(_spec_from_config(config, where), folder)
     parts = _split_state(_read_weights(folder), where)
     _check_head_labels(config, parts.head, where)
-    student, report = _build_student(spec, parts, where, num_labels, task or _task_from_config(config), dispatch,
-                                     notes=notes)
+    saved_task = _task_from_config(config)
+    if task and saved_task and task != saved_task and parts.head and num_labels != 0:
+        raise ModelError(
+            f"{where} holds a {saved_task}-classification head but task={task!r} was asked for: its classifier "
+            f"was trained for the other kind of task (pass num_labels=0 to load the encoder alone)."
+        )
+    student, report = _build_student(spec, parts, where, num_labels, task or saved_task, dispatch, notes=notes)
     return (student, report) if return_report else student
 
 

@@ -6,7 +6,7 @@ Two kinds of config.json are understood:
   XLM-R, MiniLM, ...), plus DistilBERT's (``n_layers``, ``dim``, ``n_heads``, ``hidden_dim``);
 * the MiniMoE authors' config: a BertConfig plus ``moe`` ("x,y") and ``attention_head_size``, whose
   ``num_attention_heads`` and ``intermediate_size`` are the *wide* sizes (12 * x heads, 4H * y neurons,
-  reference/minimoe_facts.md), so one expert has ``num_attention_heads // x`` heads and
+  docs/checkpoints.md), so one expert has ``num_attention_heads // x`` heads and
   ``intermediate_size // y`` neurons.
 
 The result is a shape: what FLOP accounting, presets and tables need. For a BERT config it also
