@@ -63,3 +63,15 @@ def test_cli_bad_input_is_one_sentence_and_exit_2(tmp_path, capsys, args, words)
     assert main([a.format(cfg=cfg) for a in args]) == 2
     err = capsys.readouterr().err
     assert words in err and err.count("\n") == 1
+
+
+def test_shipped_configs_never_hide_random_weights_behind_a_model_name():
+    """bert-base-uncased as a run's student means the pretrained weights (a preset shape only in gapkit flops)."""
+    teacher = DistillSpec.from_file(CONFIGS[0].with_name("glue_sst2_teacher.yaml"))
+    assert teacher.student_init() == "pretrained" and teacher.student_spec() is None
+    assert DistillSpec.from_file(CONFIGS[0].with_name("synthetic_teacher.yaml")).student_init() == "random"
+
+
+def test_readme_override_example_sets_a_float(tmp_path):
+    spec = DistillSpec.from_file(CONFIGS[0].with_name("synthetic_teacher.yaml"), ["train.lr=1e-3"])
+    assert spec.train.lr == 1e-3 and isinstance(spec.train.lr, float)

@@ -226,11 +226,6 @@ class DistillSpec:
             _check(bool(self.student.strip()), "DistillSpec.student is empty: name a shape (3L-384H), a preset, "
                                                "a model folder or a Hub name.")
             self._fresh_spec()  # a mistyped shape fails here, with the shape's own sentence
-        terms = STAGE_TERMS[self.stage]
-        _check(any(getattr(self.weights, t) > 0 for t in terms),
-               f"Nothing to train: stage {self.stage!r} learns from weights."
-               f"{' / weights.'.join(terms)}, and all are 0; set one > 0 (e.g. weights.{terms[0]}: 1.0).")
-        self._check_output_dir()
         _check(self.student_qkv in STUDENT_QKV,
                f"DistillSpec.student_qkv must be one of {', '.join(STUDENT_QKV)}, got {self.student_qkv!r}.")
         _check(self.stage == "finetune" or bool(self.teacher),
@@ -250,6 +245,11 @@ class DistillSpec:
                f"pairs of layer indices >= 0, got {self.hidden_layers!r}.")
         if isinstance(self.hidden_layers, list):
             self.hidden_layers = [list(pair) for pair in self.hidden_layers]
+        terms = STAGE_TERMS[self.stage]
+        _check(any(getattr(self.weights, t) > 0 for t in terms),
+               f"Nothing to train: stage {self.stage!r} learns from weights."
+               f"{' / weights.'.join(terms)}, and all are 0; set one > 0 (e.g. weights.{terms[0]}: 1.0).")
+        self._check_output_dir()
         if self.name is None:
             path = Path(str(self.student))
             student = self.student.name if isinstance(self.student, StudentSpec) else (
