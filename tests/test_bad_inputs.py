@@ -58,12 +58,17 @@ def folders(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("models")
     student = root / "student100"
     save_pretrained(Student(StudentSpec(layers=1, hidden=32, heads=4, ffn=64, vocab_size=100)), student)
+    distil = root / "distilbert100"  # not a BERT: fine-tuned through transformers, not as a gapkit student
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    DistilBertForSequenceClassification(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=4, hidden_dim=64,
+                                                         num_labels=2)).save_pretrained(distil)
     teacher = root / "teacher100"
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                         intermediate_size=64, num_labels=2, architectures=["BertForSequenceClassification"])
     BertForSequenceClassification(config).save_pretrained(teacher)
     return {"{tok}": _tokenizer_folder() or "{no tokenizer}", "{student100}": str(student),
-            "{teacher100}": str(teacher)}
+            "{teacher100}": str(teacher), "{distilbert100}": str(distil)}
 
 
 def _fill(obj, values: dict[str, str]):
@@ -109,7 +114,7 @@ def both(*setups) -> Callable[[Path], None]:
 
 
 SST2_DEV = "sentence\tlabel\na fine film\t1\na dull film\t0\n"
-SST2_TRAIN = "sentence\tlabel\n" + "".join(f"film number {i}\t{i % 2}\n" for i in range(8))
+SST2_TRAIN = "sentence\tlabel\n" + "".join(f"film number {i}\t{i % 2}\n" for i in range(40))
 STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
 
 
@@ -153,13 +158,15 @@ def pickle_only_checkpoint(rel: str, with_config: bool = True):
     return setup
 
 
-def unfinished_run(tmp: Path) -> None:
-    """The run folder of the case's own config, as a run killed after its first checkpoint leaves it."""
+def unfinished_run(tmp: Path, **files: str) -> None:
+    """The run folder of the case's own config, as a run killed after its first checkpoint leaves it
+    (``files``: relative path -> content, e.g. a corrupt state file)."""
     from gapkit.distill import DistillSpec
 
     spec = DistillSpec.from_file(tmp / "config.yaml")
     write("run/config.json", spec.to_json())(tmp)
-    write("run/checkpoint/state.json", '{"step": 1}')(tmp)
+    for rel, content in ({"checkpoint/state.json": '{"step": 1}'} | files).items():
+        write(f"run/{rel}", content)(tmp)
 
 
 def nothing_unpickled(tmp: Path) -> None:
@@ -182,8 +189,6 @@ def cli(id: str, pattern: str, *extra: str, config: dict | str | bytes | None = 
 
 
 
-ENGINE_RESUME = "engine: run(resume=True) must refuse a folder with no run: 'no run to resume in DIR'"
-ENGINE_STATE = "engine: a corrupt checkpoint/state.json (or result.json, config.json) must be one sentence naming it"
 MODELS_HF = ("models: load_hf_model (the finetune fallback for non-BERT folders) must turn transformers' "
              "UnpicklingError/SafetensorError into one ModelError")
 ENGINE_PIPELINE = "engine: PipelineSpec must check that stages is a list of mappings and defaults a mapping"
@@ -373,15 +378,21 @@ CLI = [
     cli("vocab:teacher-smaller-than-tokenizer", r"The tokenizer has 30522 ids but teacher .*teacher100.* only 100",
         config=dict(stage="task", teacher="{teacher100}", weights=dict(relation=0.0, soft=1.0, hard=0.0),
                     data=dict(task="sst2", data_dir="{tmp}/glue", tokenizer="{tok}")), setup=sst2()),
+    cli("vocab:hf-model-smaller-than-tokenizer", r"vocabulary \(100\) is smaller than the tokenizer's \(30522\)",
+        config=dict(student="{distilbert100}", data=dict(task="sst2", data_dir="{tmp}/glue", tokenizer="{tok}")), setup=sst2(),
+        xfail="engine: check_compatible must compare a Hugging Face model's config.vocab_size with the tokenizer too"),
     cli("vocab:synthetic-larger-than-student", r"student's vocabulary \(100\) is smaller than the tokenizer's \(1000\)",
         config=dict(student="{student100}", data=dict(synthetic=dict(vocab_size=1000)))),
     # -- resume ------------------------------------------------------------------------------------------
-    cli("resume:no-run", r"no run to resume in .*run", "--resume", xfail=ENGINE_RESUME),
-    cli("resume:garbage-state", r"checkpoint.*state\.json", "--resume",
-        setup=write("run/checkpoint/state.json", "{not json"), xfail=ENGINE_STATE),
-    cli("resume:garbage-result", r"result\.json", "--resume", setup=write("run/result.json", "garbage"), xfail=ENGINE_STATE),
+    cli("resume:no-run", r"no run to resume in .*run", "--resume"),
+    cli("resume:garbage-state", r"checkpoint in .*run/checkpoint cannot be resumed \(JSONDecodeError", "--resume",
+        setup=lambda tmp: unfinished_run(tmp, **{"checkpoint/state.json": "{not json"})),
+    cli("resume:state-without-weights", r"checkpoint in .*run/checkpoint cannot be resumed", "--resume",
+        setup=lambda tmp: unfinished_run(tmp)),
+    cli("resume:garbage-result", r"result\.json", "--resume",
+        setup=lambda tmp: unfinished_run(tmp, **{"result.json": "garbage"})),
     cli("resume:garbage-config", r"config\.json", "--resume",
-        setup=both(write("run/config.json", "{oops"), write("run/checkpoint/state.json", '{"step": 1}')), xfail=ENGINE_STATE),
+        setup=both(write("run/config.json", "{oops"), write("run/checkpoint/state.json", '{"step": 1}'))),
     # -- pipelines -----------------------------------------------------------------------------------
     cli("pipeline:stages-not-a-list", r"stages must be a list", args=["pipeline", "{cfg}"], config="stages: 5\n",
         xfail=ENGINE_PIPELINE),
@@ -730,8 +741,7 @@ API = [
         after=no_run_folder),
     api("run:student-vocab", lambda c: _run(c, student="{student100}", data=dict(synthetic=dict(vocab_size=1000))),
         ConfigError, r"vocabulary \(100\) is smaller than the tokenizer's \(1000\)", after=no_run_folder),
-    api("run:resume-nothing", lambda c: _run(c, resume=True), ConfigError, r"no run to resume in .*run", after=no_run_folder,
-        xfail=ENGINE_RESUME),
+    api("run:resume-nothing", lambda c: _run(c, resume=True), ConfigError, r"no run to resume in .*run", after=no_run_folder),
     api("run:pipeline-stages-not-list", lambda c: __import__("gapkit").PipelineSpec(stages="abc"), ConfigError,
         r"stages must be a list", xfail=ENGINE_PIPELINE),
     api("run:pipeline-bad-student", lambda c: __import__("gapkit").PipelineSpec(stages=[dict(name="a", student=5)]),
