@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from gapkit.cli import main
-from gapkit.distill import DistillSpec, PipelineSpec
+from gapkit.distill import DistillSpec, PipelineSpec, ta_chain
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
 
@@ -24,6 +24,24 @@ def test_every_shipped_config_loads(path):
 
 def test_shipped_configs_exist():
     assert len(CONFIGS) >= 3
+
+
+def test_shipped_ta_chain_has_the_stages_of_ta_chain(tmp_path):
+    """configs/synthetic_ta_chain.yaml: a teacher fine-tune, then exactly the four stages ta_chain builds."""
+    path = CONFIGS[0].parent / "synthetic_ta_chain.yaml"
+    spec = PipelineSpec.from_file(path)
+    teacher, *chain = spec.stages
+    assert teacher["stage"] == "finetune" and teacher["name"] == "teacher"
+    # ta_chain with stand-in names; in the file the pre-trained and the task teacher are both @teacher
+    built = ta_chain(teacher="T", assistant=chain[0]["student"], student=chain[2]["student"], task_teacher="TT",
+                     output_dir=str(tmp_path / "ta"))
+    roles = [(s["name"], s["stage"], {"T": "@teacher", "TT": "@teacher"}.get(s["teacher"], s["teacher"]),
+              s["student"]) for s in built.stages]
+    assert [(s["name"], s["stage"], s["teacher"], s["student"]) for s in chain] == roles
+    # CPU-sized: small models on the synthetic task
+    sizes = [spec.resolved()[0].student_spec(), *(s.student_spec() for s in spec.resolved() if s.stage == "agnostic")]
+    assert [s.hidden for s in sizes] == sorted((s.hidden for s in sizes), reverse=True) and sizes[0].hidden <= 128
+    assert spec.defaults["data"]["task"] == "synthetic"
 
 
 def test_config_round_trip_and_overrides(tmp_path):
