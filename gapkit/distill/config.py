@@ -178,8 +178,10 @@ class DistillSpec:
         stage: ``finetune`` (train ``student`` on task labels, no teacher; also how teachers are
             fine-tuned: ``student`` may then be any Hugging Face encoder), ``agnostic`` (MiniLM relation
             distillation on raw text) or ``task`` (task-specific distillation from a fine-tuned teacher).
-        student: a StudentSpec, a preset/shape name (``3L-384H-1,4E``), or a model folder / Hub name
-            (a gapkit or MiniMoE checkpoint, any HF BERT; for ``finetune``, any HF encoder).
+        student: built with random weights: a StudentSpec (or a mapping of its fields), a shape
+            (``3L-384H``, ``2L-192H-1,4E``, ``5L-256H-4A``) or a gapkit preset (``bert-base``); loaded with
+            its pretrained weights: a model folder or Hub name (``bert-base-uncased``, anything with a
+            ``/``; a gapkit or MiniMoE checkpoint, any HF BERT; for ``finetune``, any HF encoder).
         teacher: Hub name or local folder of the teacher (``agnostic`` and ``task``).
         data, train: see DataSpec and TrainSpec.
         weights: loss weights (relation, soft, hard, hidden, load_balance, temperature).
