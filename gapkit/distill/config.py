@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from ..configtools import check_fields, unknown_keys_message
+from ..configtools import check_fields
 from ..data.tasks import check_task_name
 from ..errors import ConfigError
 from ..models.spec import PRESETS, StudentSpec, spec_from_name
@@ -248,9 +248,11 @@ class DistillSpec:
         if isinstance(self.hidden_layers, list):
             self.hidden_layers = [list(pair) for pair in self.hidden_layers]
         terms = STAGE_TERMS[self.stage]
+        names = " / ".join(f"weights.{t}" for t in terms)
         _check(any(getattr(self.weights, t) > 0 for t in terms),
-               f"Nothing to train: stage {self.stage!r} learns from weights."
-               f"{' / weights.'.join(terms)}, and all are 0; set one > 0 (e.g. weights.{terms[0]}: 1.0).")
+               f"Nothing to train: stage {self.stage!r} learns from {names}, "
+               f"{'which is 0' if len(terms) == 1 else 'all 0'}; set {'it' if len(terms) == 1 else 'one'} > 0 "
+               f"(e.g. weights.{terms[0]}: 1.0).")
         self._check_output_dir()
         if self.name is None:
             path = Path(str(self.student))
