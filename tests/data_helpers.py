@@ -27,11 +27,11 @@ def shared_data(sub: str = "") -> Path:
     """
     path = SHARED_DATA / sub
     if not path.is_dir():
-        reason = (f"needs the full real data at {path} (../shared/data beside the checkout, development "
-                  f"machines and CI only)")
         if on_ci():
-            pytest.fail(f"CI=true but {reason}: it is missing", pytrace=False)
-        pytest.skip(reason)
+            pytest.fail(f"CI=true and the real test data {path} is missing: CI must provide ../shared/data "
+                        f"beside the checkout", pytrace=False)
+        pytest.skip(f"needs the full real data at {path} (../shared/data beside the checkout: development "
+                    f"machines and CI have it, a fresh clone does not)")
     return path
 
 
