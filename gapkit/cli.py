@@ -3,6 +3,9 @@
     gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
     gapkit distill CONFIG [--set KEY=VALUE ...] [--resume]
     gapkit pipeline CONFIG [--set KEY=VALUE ...] [--resume]
+    gapkit --version
+
+Every config key is described in docs/config.md (``python -m gapkit.configdoc`` prints it).
 
 To add a verb: write ``_add_<verb>_arguments(parser)`` and ``_run_<verb>(args) -> int`` (exit status)
 and add one entry to :data:`COMMANDS`. Errors gapkit raises on purpose (:class:`GapkitError`) become one
