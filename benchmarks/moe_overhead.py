@@ -54,7 +54,7 @@ def compare(name: str, experts: str, args, device) -> list[dict]:
         def run():
             with amp:
                 out = model(ids, mask)
-                loss = out.last_hidden_state.float().square().mean() + out.aux_loss
+                loss = out.last_hidden_state.float().square().mean() + 0.01 * out.load_balance
             loss.backward()
             opt.step()
             opt.zero_grad(set_to_none=True)

@@ -33,7 +33,7 @@ def spec(out, stage="finetune", student="2L-32H-4A", teacher=None, weights=None,
 def teacher(tmp_path_factory):
     """A tiny synthetic-task teacher (a BertForSequenceClassification folder)."""
     out = tmp_path_factory.mktemp("teacher") / "run"
-    run(spec(out, student="2L-64H-4A", max_steps=40, batch_size=32, eval_every=20, lr=3e-3), progress=False)
+    run(spec(out, student="2L-64H-4A", max_steps=40, batch_size=32, eval_every=20, lr=3e-3, log_every=1), progress=False)
     return str(out / "best")
 
 
@@ -124,28 +124,43 @@ def _losses(out, **kw):
     return seen
 
 
-@pytest.mark.parametrize("case", ["finetune", "agnostic-dense", "agnostic-minimoe", "task-kd", "hidden-mse"])
-def test_loss_goes_down(tmp_path, teacher, case):
-    kw = dict(max_steps=24, eval_every=24, lr=3e-3)
-    if case == "finetune":
-        kw.update(weights=dict(relation=0, hard=1.0))
-    elif case.startswith("agnostic"):
-        kw.update(stage="agnostic", teacher=teacher, weights=dict(relation=1.0),
-                  student="2L-32H-4A" if case.endswith("dense") else "2L-32H-4A-1,4E")
-    elif case == "task-kd":
-        kw.update(stage="task", teacher=teacher, weights=dict(relation=0, soft=1.0, temperature=2.0))
-    else:
-        kw.update(stage="task", teacher=teacher, weights=dict(relation=0, hidden=1.0), student="2L-48H-4A")
-    losses = _losses(tmp_path / case, **kw)
+def test_finetuning_loss_goes_down(teacher):
+    rows = [json.loads(line) for line in (Path(teacher).parent / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["value"] for r in rows if r["split"] == "train" and r["metric"] == "hard"]
     first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
-    assert last < 0.7 * first, (case, first, last)
+    assert len(losses) == 40 and last < 0.7 * first, (first, last)
+
+
+# (stage, student, loss weights, settings, train overrides, the drop asked for: last/first at most).
+# Relation dropout is off so that the relation loss measures the student, not the dropout noise.
+CASES = {
+    "agnostic-dense": ("agnostic", "2L-32H-4A", dict(relation=1.0), dict(relation_dropout=0.0), {}, 0.75),
+    "agnostic-minimoe": ("agnostic", "2L-32H-4A-1,4E", dict(relation=1.0), dict(relation_dropout=0.0), {}, 0.85),
+    "task-kd": ("task", "2L-64H-4A", dict(relation=0, soft=1.0), {}, dict(max_steps=40, batch_size=32), 0.3),
+    "hidden-mse": ("task", "2L-48H-4A", dict(relation=0, hidden=1.0), {}, {}, 0.9),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_distillation_loss_goes_down(tmp_path, teacher, case):
+    stage, student, weights, settings, train, ratio = CASES[case]
+    s = spec(tmp_path / case, stage=stage, student=student, teacher=teacher, weights=weights,
+             **dict(dict(max_steps=24, eval_every=40, lr=3e-3), **train))
+    for k, v in settings.items():
+        setattr(s, k, v)
+    losses = []
+    run(s, callback=lambda step, logs, model: losses.append(logs["total"]), progress=False)
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < ratio * first, (case, first, last)
 
 
 # -- hidden-state distillation ---------------------------------------------------------------------------
 def test_hidden_mse_on_a_labeled_task_evaluates_and_maps_layers(tmp_path, teacher):
     # weights.hidden > 0 on a labeled task used to crash at the first evaluation
-    res = run(spec(tmp_path / "r", stage="task", teacher=teacher, student="2L-48H-4A", hidden_layers="uniform",
-                   weights=dict(relation=0, soft=1.0, hidden=1.0), max_steps=2, eval_every=1), progress=False)
+    s = spec(tmp_path / "r", stage="task", teacher=teacher, student="2L-48H-4A",
+             weights=dict(relation=0, soft=1.0, hidden=1.0), max_steps=2, eval_every=1)
+    s.hidden_layers = "uniform"
+    res = run(s, progress=False)
     assert res.status == "completed" and res.metric("score") is not None
     logs = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert any(r["metric"] == "hidden" for r in logs)
@@ -204,7 +219,7 @@ def test_ddp_two_ranks_equal_one_process_and_resume_exactly(tmp_path):
     ddp = weights_of(tmp_path / "nodrop")
     one = weights_of(single.run_dir)
     for k in one:
-        torch.testing.assert_close(ddp[k], one[k], atol=2e-6, rtol=1e-5)
+        torch.testing.assert_close(ddp[k], one[k], atol=2e-5, rtol=1e-4)  # Adam over 6 steps: updates ~6e-3
     # 2) with dropout, killed at step 3 (checkpoint at 2) and resumed: identical to the uninterrupted run
     proc = _torchrun(tmp_path, "cut")
     assert proc.returncode != 0 and not (tmp_path / "cut" / "result.json").exists()

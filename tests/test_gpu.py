@@ -16,8 +16,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 @pytest.mark.parametrize("experts", [(1, 1), (1, 4), (2, 2)])
 def test_student_on_gpu_matches_cpu(experts):
     spec = StudentSpec(layers=2, hidden=128, heads=4, vocab_size=500, attn_experts=experts[0], ffn_experts=experts[1])
-    cpu = Student(spec).eval()
-    gpu = Student(spec).eval().cuda()
+    cpu = Student(spec, moefy=False).eval()  # (2, 2): 4 heads do not split as moefication needs
+    gpu = Student(spec, moefy=False).eval().cuda()
     gpu.load_state_dict(cpu.state_dict())
     ids = torch.randint(1, 500, (4, 64))
     mask = torch.ones_like(ids)
@@ -63,7 +63,7 @@ def test_grouped_gemm_ffn_matches_sorted_dispatch_in_bf16():
         for model in (fast, slow):
             torch.manual_seed(0)  # the same gate noise
             out = model(ids, mask)
-            (out.last_hidden_state.float().square().mean() + out.aux_loss).backward()
+            (out.last_hidden_state.float().square().mean() + 0.01 * out.load_balance).backward()
             outs.append(out)
     for (_, _, a), (_, _, b) in zip(outs[0].routing.blocks(), outs[1].routing.blocks()):
         assert (a.expert == b.expert).float().mean() > 0.99

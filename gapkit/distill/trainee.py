@@ -85,7 +85,7 @@ class HFModel(nn.Module):
         hidden = tuple(out.hidden_states)
         return _output(last_hidden_state=hidden[-1], pooler_output=None,
                        hidden_states=hidden if output_hidden_states else None, routing=RoutingRecord(),
-                       load_balance=torch.ones((), device=hidden[-1].device), aux_loss=None, qkv=None,
+                       load_balance=torch.ones((), device=hidden[-1].device), qkv=None,
                        logits=out.logits)
 
     def num_parameters(self, active: bool = False) -> int:
@@ -98,14 +98,6 @@ class HFModel(nn.Module):
             config.label2id = {name: i for i, name in enumerate(label_names)}
         self.model.save_pretrained(folder)
         return Path(folder)
-
-
-def _student_facts(model: Student) -> None:
-    """Give a Student the protocol's read-only facts when its class does not define them."""
-    for name, value in (("hidden_size", model.spec.hidden), ("max_positions", model.spec.max_positions),
-                        ("is_moe", model.spec.is_moe)):
-        if not hasattr(type(model), name):
-            object.__setattr__(model, name, value)
 
 
 def build_model(spec: DistillSpec, task: TaskData) -> tuple[nn.Module, list[str]]:
@@ -123,29 +115,15 @@ def build_model(spec: DistillSpec, task: TaskData) -> tuple[nn.Module, list[str]
     fresh = spec.student_spec()
     if fresh is not None:
         fields = dict(vocab_size=task.vocab_size, pad_token_id=task.pad_token_id, name=None)
-        model = Student(StudentSpec.from_dict(dict(fresh.to_dict(), **fields)), num_labels=num_labels, task=head)
-        _student_facts(model)
-        return model, []
+        return Student(StudentSpec.from_dict(dict(fresh.to_dict(), **fields)), num_labels=num_labels, task=head), []
     path = str(spec.student)
     try:
-        model = load_student(path, num_labels=num_labels or None, task=task.head)
-        _student_facts(model)
-        new = [f"classifier.{k}" for k in ("weight", "bias")] if num_labels and not _had_head(path) else []
-        return model, new
+        model, report = load_student(path, num_labels=num_labels or None, task=task.head, return_report=True)
+        return model, list(report.new_head)
     except ModelError as student_error:  # not a BERT-family / gapkit folder
         if spec.stage != "finetune":
             raise ModelError(f"Student {path!r} could not be loaded: {student_error}") from None
     return _load_hf_task_model(path, task, num_labels)
-
-
-def _had_head(path: str) -> bool:
-    import json
-
-    config = Path(path) / "config.json"
-    if not config.is_file():
-        return False
-    archs = " ".join(json.loads(config.read_text()).get("architectures") or [])
-    return "ForSequenceClassification" in archs or "ForTokenClassification" in archs
 
 
 def _load_hf_task_model(path: str, task: TaskData, num_labels: int) -> tuple[nn.Module, list[str]]:
@@ -199,6 +177,10 @@ class Trainee(nn.Module):
             if not hasattr(model, "add_relation_projection"):
                 raise ConfigError(f"student_qkv {spec.student_qkv!r} needs a gapkit student.")
             model.add_relation_projection()
+        elif getattr(model, "relation", None) is not None:
+            # Loaded with the student but unused by this run: kept as it is (and saved again), not
+            # trained (DDP also refuses parameters that get no gradient).
+            model.relation.requires_grad_(False)
         self.hidden = None
         self.hidden_pairs: list[tuple[int, int]] = []
         if teacher is not None and w.hidden > 0:
