@@ -17,7 +17,7 @@ from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_
 from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
 from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
 from .synthetic import SyntheticTask
-from .text import iter_text, pack_segment_pairs
+from .text import HELD_OUT_EVERY, segments_needed, text_segments
 
 KINDS = ("sequence", "regression", "token", "unlabeled")
 
@@ -169,20 +169,17 @@ def synthetic_unlabeled(spec, n: int) -> list[dict]:
 
 
 def _text(spec, tokenizer, seed: int) -> TaskData:
-    """Raw text packed into segment pairs; every 20th feature is held out for evaluation."""
+    """Raw text packed into segment pairs, tokenised once into an on-disk cache (``text_segments``);
+    every 20th segment is held out for evaluation. Only the segments the subsets use are packed."""
     n_train = spec.max_train_examples
     n_eval = spec.max_eval_examples or max(1, (n_train or 10**9) // 19)
-    features = []
-    for source in spec.text:
-        docs = iter_text(source, spec.line_mode, config=spec.text_config)
-        features.extend(pack_segment_pairs(docs, tokenizer, spec.max_len, seed))
-        if n_train is not None and len(features) >= (n_train + n_eval) * 1.2:
-            break
-    if len(features) < 2:
-        raise DataError(f"The text in data.text ({', '.join(spec.text)}) gave {len(features)} segment(s); "
+    limit = segments_needed(n_train, n_eval, HELD_OUT_EVERY) if n_train is not None else None
+    segments = text_segments(spec.text, tokenizer, spec.max_len, seed, line_mode=spec.line_mode,
+                             text_config=spec.text_config, limit=limit)
+    if len(segments) < 2:
+        raise DataError(f"The text in data.text ({', '.join(spec.text)}) gave {len(segments)} segment(s); "
                         f"give more text (at least a few sentences).")
-    held_out = features[::20]
-    train = [f for i, f in enumerate(features) if i % 20]
+    train, held_out = segments.split(HELD_OUT_EVERY)  # views of one memory-mapped file, nothing copied
     train = train[:n_train] if n_train else train
     return TaskData(
         task="text", kind="unlabeled", num_labels=0, train=train, evals={"dev": held_out[:n_eval]},
