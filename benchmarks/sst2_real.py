@@ -97,8 +97,8 @@ def main(argv=None) -> int:
     rows.append(dict(task="sst2", model="MiniLM-L6 (teacher)", experts="dense", seeds=1,
                      params_total=teacher.params_total, params_active=teacher.params_active,
                      gflops_paper=round(paper_gflops(t_spec), 3), metric="accuracy",
-                     mean=round(teacher.best["accuracy"], 2), std=0.0, wall_s=round(t_teacher, 1)))
-    print(f"teacher SST-2 dev accuracy {teacher.best['accuracy']:.2f} ({t_teacher:.0f} s)", flush=True)
+                     mean=round(teacher.metric("accuracy"), 2), std=0.0, wall_s=round(t_teacher, 1)))
+    print(f"teacher SST-2 dev accuracy {teacher.metric("accuracy"):.2f} ({t_teacher:.0f} s)", flush=True)
 
     # 2. students: relations on unlabeled text, then task KD ---------------------------------------
     text = dict(task="text", text=[str(corpus)], max_len=64, max_train_examples=64 if q else 8000,
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 output_dir=str(work / f"{shape}_s{seed}_sst2"), data=sst2,
                 train=dict(task_train, seed=seed), weights=dict(relation=0, soft=1.0, hard=1.0)), progress=False)
             walls.append(time.time() - t0)
-            scores.append(result.best["accuracy"])
+            scores.append(result.metric("accuracy"))
             if shape == "2L-192H" and seed == 0:
                 agnostic_dense_seed0 = agn_dir / "best"
             print(f"{shape} seed {seed}: SST-2 dev accuracy {scores[-1]:.2f} ({walls[-1]:.0f} s)", flush=True)
@@ -146,8 +146,8 @@ def main(argv=None) -> int:
                                   ("2L-192H", c_student, t_cs, spec_from_name("2L-192H"))):
         rows.append(dict(task="conll2003", model=name, experts="dense", seeds=1, params_total=res.params_total,
                          params_active=res.params_active, gflops_paper=round(paper_gflops(spec), 3), metric="entity_f1",
-                         mean=round(res.best["f1"], 2), std=0.0, wall_s=round(wall, 1)))
-        print(f"{name} CoNLL-2003 dev entity F1 {res.best['f1']:.2f} ({wall:.0f} s)", flush=True)
+                         mean=round(res.metric("f1"), 2), std=0.0, wall_s=round(wall, 1)))
+        print(f"{name} CoNLL-2003 dev entity F1 {res.metric("f1"):.2f} ({wall:.0f} s)", flush=True)
 
     print()
     header = f"{'task':10s} {'model':22s} {'experts':7s} {'params':>8s} {'active':>8s} {'GFLOPs(paper)':>13s} " \

@@ -37,14 +37,14 @@ def test_bf16_distillation_runs_on_gpu(tmp_path):
     teacher = run(DistillSpec(stage="finetune", student="2L-128H-4A", output_dir=str(tmp_path / "t"), data=data,
                               train=dict(lr=2e-3, max_steps=40, batch_size=32, device="cuda", bf16=True),
                               weights=dict(relation=0, hard=1.0)), progress=False)
-    assert teacher.best["accuracy"] > 60
+    assert teacher.metric("accuracy") > 60
     agn = run(DistillSpec(stage="agnostic", student="2L-64H-4A-1,4E", teacher=str(tmp_path / "t" / "best"),
                           output_dir=str(tmp_path / "a"), data=data, relation_heads=8,
                           train=dict(lr=2e-3, max_steps=20, batch_size=32, device="cuda", bf16=True)), progress=False)
     rows = [json.loads(line) for line in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
     relation = [r["value"] for r in rows if r["metric"] == "relation" and r["split"] == "train"]
     assert relation and all(v == v and v < 10 for v in relation)  # finite
-    assert agn.final["relation"] < relation[0]
+    assert agn.metric("relation", model="final") < relation[0]
 
 
 @needs_cuda

@@ -27,8 +27,8 @@ def test_conll_finetune_scores_entity_f1(tmp_path):
         train=dict(lr=1e-3, max_steps=4, batch_size=16, device="cpu"), weights=dict(relation=0, hard=1.0),
     )
     result = run(spec, progress=False)
-    assert {"f1", "precision", "recall", "accuracy"} <= set(result.final)
-    assert 0 <= result.final["f1"] <= 100 and result.final["accuracy"] > 0
+    assert {"f1", "precision", "recall", "accuracy"} <= set(result.values("final"))
+    assert 0 <= result.metric("f1", model="final") <= 100 and result.metric("accuracy", model="final") > 0
     config = json.loads((tmp_path / "r" / "best" / "config.json").read_text())
     assert config["architectures"] == ["BertForTokenClassification"] and config["id2label"]["1"] == "B-PER"
 
@@ -44,7 +44,7 @@ def test_agnostic_relations_from_real_minilm_on_local_text(tmp_path):
         relation_heads=4, train=dict(lr=1e-3, max_steps=4, batch_size=16, eval_every=2, device="cpu"),
     )
     result = run(spec, progress=False)
-    assert 0 < result.final["relation"] < 10
+    assert 0 < result.metric("relation", model="final") < 10
     table = pd.read_parquet(tmp_path / "r" / "routing.parquet")
     assert set(table.expert) == {0, 1} and set(table.split) == {"train", "dev"}
 

@@ -7,12 +7,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 
 from ..errors import DataError
-from .conll import CONLL_LABELS, load_conll
+from .conll import CONLL_LABELS, CONLL_SPLIT_FILES, load_conll
 from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
 from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
 from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
@@ -31,8 +32,11 @@ class TaskData:
         kind: ``sequence`` (classification of the [CLS]), ``regression`` (STS-B), ``token`` (NER) or
             ``unlabeled`` (raw text).
         num_labels: classes (1 for regression, 0 unlabeled).
-        train: per-example features (python lists), for ``pad_batch``.
+        train: per-example features (python lists, or a memory-mapped ``TokenSegments`` for raw text),
+            for ``pad_batch``.
         evals: evaluation split name -> features (``dev``; MNLI ``dev_matched``, ``dev_mismatched``).
+        tests: labeled test split name -> features (CoNLL-2003 ``test``): scored with the weights that
+            the ``evals`` selected, never used for selection.
         pad_token_id: the padding id of the tokenizer (or the synthetic vocabulary).
         vocab_size: size of the vocabulary the ids come from.
         primary: the metric that selects the best checkpoint (higher is better).
@@ -41,12 +45,13 @@ class TaskData:
     task: str
     kind: str
     num_labels: int
-    train: list[dict]
-    evals: dict[str, list[dict]]
+    train: Sequence[dict]
+    evals: dict[str, Sequence[dict]]
     pad_token_id: int
     vocab_size: int
     label_names: tuple[str, ...] | None = None
     primary: str = "score"
+    tests: dict[str, Sequence[dict]] = field(default_factory=dict)
     _score: Callable | None = field(default=None, repr=False)
 
     @property
@@ -124,6 +129,9 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
 def _conll(spec, tokenizer, seed: int) -> TaskData:
     train = load_conll("train", spec.data_dir, spec.max_train_examples, seed)
     dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, seed)
+    # The test split has labels (Hub and classic files); a local folder without test.txt has none.
+    has_test = spec.data_dir is None or (Path(spec.data_dir) / CONLL_SPLIT_FILES["test"]).is_file()
+    test = load_conll("test", spec.data_dir, spec.max_eval_examples, seed) if has_test else None
 
     def score(split, logits, labels):
         pred_tags, gold_tags = align_predictions(logits, labels, CONLL_LABELS)
@@ -132,6 +140,7 @@ def _conll(spec, tokenizer, seed: int) -> TaskData:
     return TaskData(
         task="conll", kind="token", num_labels=len(CONLL_LABELS),
         train=tokenize_conll(train, tokenizer, spec.max_len), evals={"dev": tokenize_conll(dev, tokenizer, spec.max_len)},
+        tests={"test": tokenize_conll(test, tokenizer, spec.max_len)} if test is not None else {},
         pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
         label_names=CONLL_LABELS, primary="f1", _score=score,
     )
