@@ -16,10 +16,9 @@ import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 
 from ..errors import ConfigError
-from .config import DistillSpec, apply_overrides
+from .config import DistillSpec, apply_overrides, read_config_file
 from .trainer import RunResult, run
 
 
@@ -48,10 +47,20 @@ class PipelineSpec:
     name: str = "pipeline"
 
     def __post_init__(self):
-        if not self.stages:
-            raise ConfigError("A pipeline needs at least one stage under 'stages'.")
+        if not isinstance(self.stages, (list, tuple)) or not self.stages:
+            raise ConfigError(f"A pipeline needs a non-empty list of stages under 'stages' (each a mapping of run "
+                              f"settings with a name), got {self.stages!r}.")
+        if not isinstance(self.defaults, dict):
+            raise ConfigError(f"Pipeline 'defaults' must be a mapping of run settings (e.g. defaults: {{train: "
+                              f"{{lr: 1e-4}}}}), got {self.defaults!r}.")
+        for key in ("output_dir", "name"):
+            if not isinstance(getattr(self, key), str) or not getattr(self, key):
+                raise ConfigError(f"Pipeline '{key}' must be a non-empty string, got {getattr(self, key)!r}.")
         seen: list[str] = []
         for i, stage in enumerate(self.stages):
+            if not isinstance(stage, dict):
+                raise ConfigError(f"Pipeline stage {i + 1} must be a mapping of run settings with a name (e.g. "
+                                  f"{{name: teacher, stage: finetune, student: 4L-128H-4A}}), got {stage!r}.")
             name = stage.get("name")
             if not name or name in seen or "/" in str(name):
                 raise ConfigError(f"Pipeline stage {i + 1} needs a unique name without '/' (got {name!r}).")
@@ -82,11 +91,12 @@ class PipelineSpec:
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "PipelineSpec":
         path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"Pipeline file {path} does not exist: check the path.")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict) or "stages" not in data:
+        data = read_config_file(path, "Pipeline file")
+        if "stages" not in data:
             raise ConfigError(f"{path} is not a pipeline: it needs a 'stages' list.")
+        if not isinstance(data.get("defaults", {}), dict):
+            raise ConfigError(f"Pipeline 'defaults' in {path} must be a mapping of run settings, got "
+                              f"{data['defaults']!r}.")
         # Pipeline-level keys (output_dir, name) are the pipeline's own; every other key goes to the
         # defaults that all stages share.
         top = [o for o in overrides or [] if o.partition("=")[0] in ("output_dir", "name")]

@@ -123,10 +123,11 @@ def check_compatible(spec: DistillSpec, task: TaskData, model: nn.Module, teache
         if task.vocab_size > teacher.config.vocab_size:
             raise ConfigError(f"The tokenizer has {task.vocab_size} ids but teacher {spec.teacher!r} only "
                               f"{teacher.config.vocab_size}: use the teacher's tokenizer (data.tokenizer).")
-    model_vocab = getattr(getattr(model, "spec", None), "vocab_size", None)
+    model_vocab = model.spec.vocab_size if hasattr(model, "spec") else getattr(model.model.config, "vocab_size", None)
     if model_vocab is not None and model_vocab < task.vocab_size:
-        raise ConfigError(f"The student's vocabulary ({model_vocab}) is smaller than the tokenizer's "
-                          f"({task.vocab_size}): distil into a student built for this tokenizer.")
+        raise ConfigError(f"The model's vocabulary ({model_vocab} ids) is smaller than the tokenizer's "
+                          f"({task.vocab_size}): train a model built for this tokenizer (or set data.tokenizer to "
+                          f"the model's own).")
     if teacher is not None and spec.weights.relation > 0:
         R = spec.relation_heads
         student_size = model.hidden_size if spec.student_qkv == "projection" or (
