@@ -64,6 +64,9 @@ def test_finetune_writes_one_run_folder(tmp_path):
     assert model.config.num_labels == 2
     with pytest.raises(ConfigError, match="already holds a finished run"):
         run(finetune_spec(r), progress=False)
+    assert run(finetune_spec(r), resume=True, progress=False).metrics == result.metrics  # read back
+    with pytest.raises(ConfigError, match="finished run of a different config"):
+        run(finetune_spec(r, lr=1e-3), resume=True, progress=False)
 
 
 def test_cpu_runs_are_bitwise_reproducible(tmp_path):

@@ -21,6 +21,7 @@ in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import time
@@ -50,6 +51,8 @@ from .teacher_side import TeacherNeeds, TeacherSide, autocast, to_device
 from .trainee import Trainee, build_model
 
 __all__ = ["Run", "run", "RunResult", "init_distributed"]
+
+logger = logging.getLogger(__name__)
 
 PAPER_SEQ_LEN = 128  # GFLOPs in result.json are per sequence of the paper's length, in every convention
 
@@ -222,6 +225,9 @@ class Run:
         self.teacher = teacher if teacher is not None else TeacherSide.load(spec, task, self.device)
         with self.rng.active():
             self.model, self.new_weights = build_model(spec, task)
+        if self.new_weights and self.rank == 0:  # intended (a task head on an encoder), but never silent
+            logger.warning("Run %s: %s initialised fresh on top of %s (recorded in result.json under "
+                           "student.new_weights).", spec.name, ", ".join(self.new_weights), spec.student)
         check_compatible(spec, task, self.model, self.teacher)
         self.amp = autocast(self.device, train.bf16)
         needs = TeacherNeeds.of(spec)
