@@ -1,8 +1,9 @@
 """The run summary table and the next-steps hint printed after ``gapkit pipeline``."""
 
 import pytest
+import yaml
 
-from gapkit.cli import format_summary_table, next_steps
+from gapkit.cli import format_summary_table, main, next_steps
 
 
 def row(**over):
@@ -55,3 +56,24 @@ def test_next_steps_name_the_runs_models_and_the_reference(tmp_path, convention,
 
 def test_next_steps_without_routing_records_leave_the_routing_line_out():
     assert "routing.parquet" not in next_steps([row(run_dir="/nonexistent/run")])
+
+
+def test_pipeline_ends_with_the_summary_table_and_next_steps(tmp_path, capsys):
+    config = tmp_path / "pipeline.yaml"
+    config.write_text(yaml.safe_dump(dict(
+        output_dir=str(tmp_path / "p"),
+        defaults=dict(data=dict(task="synthetic", max_len=32, max_train_examples=64, max_eval_examples=32),
+                      train=dict(lr=1e-3, max_steps=2, batch_size=16, device="cpu"), relation_heads=4),
+        stages=[dict(name="teacher", stage="finetune", student="2L-32H-4A", weights=dict(relation=0, hard=1)),
+                dict(name="student", stage="task", teacher="@teacher", student="1L-32H-4A-1,2E",
+                     weights=dict(relation=0, soft=1))])))
+    assert main(["pipeline", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    lines = out[out.index("\nstage ") + 1:].splitlines()
+    assert "GFLOPs (" in lines[0] and lines[0].rstrip().endswith("run folder")
+    assert [line.split()[:3] for line in lines[2:4]] == [["finetune", "teacher", "2L-32H-4A"],
+                                                         ["task", "student", "1L-32H-4A-1,2E"]]
+    assert lines[2].split()[-1] == str(tmp_path / "p" / "teacher")
+    steps = out[out.index("Next steps:"):]
+    assert "gapkit flops 2L-32H-4A 1L-32H-4A-1,2E" in steps and "docs/config.md" in steps
+    assert str(tmp_path / "p" / "student" / "routing.parquet") in steps
