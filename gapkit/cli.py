@@ -28,7 +28,7 @@ __all__ = ["COMMANDS", "main"]
 # ----------------------------------------------------------------------------------------------------
 # gapkit flops
 # ----------------------------------------------------------------------------------------------------
-# The paper's students and teachers (reference/minimoe_facts.md), and the default MiniMoE.
+# The paper's students and teachers (docs/method.md), and the default MiniMoE.
 DEFAULT_FLOPS_MODELS = ("2L-192H", "2L-384H", "3L-384H", "4L-384H", "6L-384H", "12L-384H", "bert-base",
                         "bert-large", "3L-384H-1,4E")
 CONVENTION_HELP = {

@@ -189,8 +189,6 @@ def cli(id: str, pattern: str, *extra: str, config: dict | str | bytes | None = 
 
 
 
-MODELS_HF = ("models: load_hf_model (the finetune fallback for non-BERT folders) must turn transformers' "
-             "UnpicklingError/SafetensorError into one ModelError")
 ENGINE_PIPELINE = "engine: PipelineSpec must check that stages is a list of mappings and defaults a mapping"
 
 CLI = [
@@ -362,7 +360,7 @@ CLI = [
     cli("synthetic:longer-than-max-len", r"synthetic\.max_len 64 exceeds data\.max_len 32", "--set", "data.synthetic.max_len=64"),
     # -- checkpoints -------------------------------------------------------------------------------------
     cli("checkpoint:pickle-only-bin", r"pytorch_model\.bin could not be read as a plain dict of tensors with weights_only=True",
-        "--set", "student={tmp}/evil", setup=pickle_only_checkpoint("evil"), xfail=MODELS_HF),
+        "--set", "student={tmp}/evil", setup=pickle_only_checkpoint("evil")),
     cli("checkpoint:no-config", r"evil.*(has no config\.json|not a loadable transformers model)",
         "--set", "student={tmp}/evil", setup=pickle_only_checkpoint("evil", with_config=False)),
     cli("checkpoint:teacher-not-a-folder", r"Teacher .*nope.* (neither a local model folder|not a local folder)",
@@ -371,7 +369,7 @@ CLI = [
         "--set", "student={tmp}/broken",
         setup=both(write("broken/config.json", '{"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, '
                                                '"num_attention_heads": 4, "intermediate_size": 64, "vocab_size": 100}'),
-                   write("broken/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":")), xfail=MODELS_HF),
+                   write("broken/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"))),
     # -- token ids beyond the vocabulary -------------------------------------------------------------
     cli("vocab:student-smaller-than-tokenizer", r"vocabulary \(100 ids\) is smaller than the tokenizer's \(30522\)",
         config=dict(student="{student100}", data=dict(task="sst2", data_dir="{tmp}/glue", tokenizer="{tok}")), setup=sst2()),
@@ -539,6 +537,12 @@ def _load_student(c: Ctx, rel: str):
     return load_student(str(c.tmp / rel) if not rel.startswith("/") else rel)
 
 
+def _load_hf(c: Ctx, rel: str):
+    from gapkit.models import load_hf_model
+
+    return load_hf_model(c.tmp / rel, head="sequence", num_labels=2, allow_new_head=True)
+
+
 def _load_glue(c: Ctx, task: str, split: str = "train"):
     from gapkit.data import load_glue
 
@@ -606,7 +610,6 @@ def _checkpoint(rel: str, drop: str | None = None, reshape: str | None = None, i
 
 
 KEY = "encoder.layer.0.attention.self.query.weight"
-MODELS_INDEX = "models: a malformed model.safetensors.index.json must be one ModelError sentence naming it"
 
 API = [
     # -- StudentSpec --------------------------------------------------------------------------------
@@ -684,8 +687,8 @@ API = [
     api("encoding:conll", lambda c: _read_conll(c), DataError, r"train\.txt is not UTF-8 text at byte 3 \(line 1\)",
         setup=write("conll/train.txt", LATIN1 + b" NN B-NP O\n")),
     api("encoding:text", lambda c: _build_task(c, task="text", text=["{tmp}/latin1.txt"]), DataError,
-        r"latin1\.txt is not UTF-8", setup=write("latin1.txt", b"A sentence.\n" + LATIN1 + b" again.\n"),
-        xfail="data/text.py: a non-UTF-8 text file must be one DataError naming it"),
+        r"latin1\.txt is not UTF-8 text at byte 15 \(line 2\)",
+        setup=write("latin1.txt", b"A sentence.\n" + LATIN1 + b" again.\n")),
     api("labels:stsb-minus-inf", lambda c: _load_glue(c, "stsb"), DataError, r"line 2: score is not a finite number \('-inf'\)",
         setup=stsb(STSB_HEADER + stsb_row("-inf"))),
     api("labels:stsb-word", lambda c: _load_glue(c, "stsb"), DataError, r"line 2: score is not a number \('high'\)",
@@ -716,10 +719,23 @@ API = [
         setup=_checkpoint("ckpt", drop=KEY)),
     api("checkpoint:mis-shaped-weight", lambda c: _load_student(c, "ckpt"), ModelError,
         rf"encoder weight '{re.escape(KEY)}' has shape \[32, 16\], expected \[32, 32\]", setup=_checkpoint("ckpt", reshape=KEY)),
-    api("checkpoint:bad-index", lambda c: _load_student(c, "ckpt"), ModelError, r"model\.safetensors\.index\.json",
-        setup=_checkpoint("ckpt", index="{not json"), xfail=MODELS_INDEX),
-    api("checkpoint:index-without-weight-map", lambda c: _load_student(c, "ckpt"), ModelError, r"model\.safetensors\.index\.json",
-        setup=_checkpoint("ckpt", index='{"metadata": {}}'), xfail=MODELS_INDEX),
+    api("checkpoint:bad-index", lambda c: _load_student(c, "ckpt"), ModelError,
+        r"model\.safetensors\.index\.json is not valid JSON", setup=_checkpoint("ckpt", index="{not json")),
+    api("checkpoint:index-without-weight-map", lambda c: _load_student(c, "ckpt"), ModelError,
+        r"model\.safetensors\.index\.json has no 'weight_map'", setup=_checkpoint("ckpt", index='{"metadata": {}}')),
+    api("checkpoint:index-missing-shard", lambda c: _load_student(c, "ckpt"), ModelError,
+        r"model\.safetensors\.index\.json lists shard\(s\) 'gone\.safetensors' that .*ckpt lacks",
+        setup=_checkpoint("ckpt", index=f'{{"metadata": {{}}, "weight_map": {{"{KEY}": "gone.safetensors"}}}}')),
+    api("checkpoint:hf-pickle-only-bin", lambda c: _load_hf(c, "evil"), ModelError,
+        r"pytorch_model\.bin could not be read as a plain dict of tensors with weights_only=True .*convert it to "
+        r"model\.safetensors", setup=pickle_only_checkpoint("evil"), after=nothing_unpickled),
+    api("checkpoint:hf-truncated-safetensors", lambda c: _load_hf(c, "ckpt"), ModelError,
+        r"ckpt/model\.safetensors is not a readable safetensors file",
+        setup=both(_checkpoint("ckpt"), write("ckpt/model.safetensors", b"\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":"))),
+    api("checkpoint:hf-bad-index", lambda c: _load_hf(c, "ckpt"), ModelError,
+        r"model\.safetensors\.index\.json is not valid JSON", setup=_checkpoint("ckpt", index="{not json")),
+    api("checkpoint:hf-index-without-weight-map", lambda c: _load_hf(c, "ckpt"), ModelError,
+        r"model\.safetensors\.index\.json has no 'weight_map'", setup=_checkpoint("ckpt", index='{"metadata": {}}')),
     api("checkpoint:bad-config", lambda c: _load_student(c, "ckpt"), ModelError, r"config\.json is not valid JSON",
         setup=both(_checkpoint("ckpt"), write("ckpt/config.json", "{oops"))),
     api("checkpoint:not-bert", lambda c: _load_student(c, "ckpt"), ModelError, r"model of type 'gpt2'",

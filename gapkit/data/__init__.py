@@ -21,13 +21,22 @@ from gapkit.data.metrics import (
     primary_metric,
 )
 from gapkit.data.synthetic import SyntheticTask
-from gapkit.data.text import HUB_TEXT, TextCorpus, iter_text, pack_segment_pairs, split_sentences
+from gapkit.data.text import (
+    HUB_TEXT,
+    TextCorpus,
+    TokenSegments,
+    cache_root,
+    iter_text,
+    pack_segment_pairs,
+    split_sentences,
+    text_segments,
+)
 
 __all__ = [
     "CONLL_LABELS", "GLUE_TASKS", "HUB_TEXT", "IGNORE_INDEX",
-    "Example", "GlueTask", "NerExample", "SyntheticTask", "TextCorpus",
-    "align_predictions", "check_max_len", "classification_metrics", "encode_conll", "encode_glue",
+    "Example", "GlueTask", "NerExample", "SyntheticTask", "TextCorpus", "TokenSegments",
+    "align_predictions", "cache_root", "check_max_len", "classification_metrics", "encode_conll", "encode_glue",
     "get_glue_task", "glue_metrics", "glue_score", "iter_text", "load_conll", "load_glue",
     "ner_metrics", "pack_segment_pairs", "pad_batch", "primary_metric", "read_conll_file",
-    "split_sentences", "tokenize_conll", "tokenize_glue",
+    "split_sentences", "text_segments", "tokenize_conll", "tokenize_glue",
 ]

@@ -1,7 +1,7 @@
 """Raw text for task-agnostic distillation: documents from local files or the Hub, packed into
 BERT segment pairs.
 
-The MiniMoE task-agnostic stage (reference/minimoe_facts.md) distils on English Wikipedia as BERT
+The MiniMoE task-agnostic stage (docs/method.md) distils on English Wikipedia as BERT
 segment pairs of length 128 with no masking: the MiniLM relation loss needs only the teacher's and
 the student's attention, so there is no MLM target and no next-sentence label here.
 
@@ -136,7 +136,7 @@ def iter_text(source: str | Path, line_mode: str = "sentence", *, config: str | 
 
     Raises:
         DataError: a missing local path, a folder without ``.txt`` files, an unknown line_mode, or a
-            Hub dataset that cannot be loaded.
+            Hub dataset that cannot be loaded; a local file that is not UTF-8, when it is read.
     """
     _check_line_mode(line_mode)
     path = _local_path(source)
@@ -181,7 +181,29 @@ def _local_documents(path: Path, line_mode: str) -> Iterator[list[str]]:
 
 def _file_documents(file: Path, layout: str) -> Iterator[list[str]]:
     with open(file, encoding="utf-8") as f:  # a file's end is always a document's end
-        yield from lines_to_documents(f, layout)
+        try:
+            yield from lines_to_documents(f, layout)
+        except UnicodeDecodeError:
+            raise _not_utf8(file) from None
+
+
+def _not_utf8(file: Path) -> DataError:
+    """The one sentence for a text file that is not UTF-8: its first bad byte, and the fix.
+
+    The file is scanned line by line, not read whole (``glue.utf8_error`` does that): a corpus need not
+    fit in memory. A newline byte never occurs inside a UTF-8 sequence, so decoding line by line finds
+    the same first bad byte as decoding the whole file.
+    """
+    offset = 0
+    with open(file, "rb") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                line.decode("utf-8")
+            except UnicodeDecodeError as err:
+                return DataError(f"Text file {file} is not UTF-8 text at byte {offset + err.start} (line {number}): "
+                                 f"convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8).")
+            offset += len(line)
+    return DataError(f"Text file {file} is not UTF-8 text: convert it to UTF-8 (e.g. iconv -f latin1 -t utf-8).")
 
 
 def _hub_documents(name: str, config: str | None, split: str, text_field: str | None,
@@ -701,8 +723,8 @@ def text_segments(sources: str | Path | Sequence[str | Path], tokenizer, max_len
         A ``TokenSegments`` over all packed pairs, in packing order (``split`` holds some out).
 
     Raises:
-        DataError: a missing source, an unknown line_mode, a Hub corpus that cannot be loaded; under
-            torch.distributed, on every rank when rank 0 fails.
+        DataError: a missing source, a local file that is not UTF-8, an unknown line_mode, a Hub corpus
+            that cannot be loaded; under torch.distributed, on every rank when rank 0 fails.
     """
     sources = [sources] if isinstance(sources, (str, Path)) else list(sources)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else cache_root()

@@ -44,7 +44,7 @@ import torch.nn as nn
 
 from ..errors import ModelError
 from .hf_config import spec_from_hf_config
-from .hf_loading import LoadReport, name_list, nonfinite_tensors
+from .hf_loading import WEIGHT_FILES, LoadReport, name_list, nonfinite_tensors, read_weight_file, weight_files
 from .spec import StudentSpec
 from .student import Router, Student
 
@@ -55,8 +55,6 @@ logger = logging.getLogger(__name__)
 CONFIG_FILE = "config.json"
 SPEC_FILE = "gapkit_spec.json"
 SAFETENSORS_FILE = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-BIN_FILE = "pytorch_model.bin"
 
 # The Hugging Face prefix of the encoder inside task models (BertForSequenceClassification ...) and of
 # the authors' MoEBertMiniLM wrapper (``self.bert = MoEBertModel(config)``).
@@ -217,38 +215,17 @@ def _read_config(folder: Path) -> dict:
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
-    """All tensors of a folder: model.safetensors (or its sharded index), else pytorch_model.bin."""
-    from safetensors.torch import load_file as _load_file
-
-    def load_file(path: Path) -> dict[str, torch.Tensor]:
-        try:
-            return _load_file(path)
-        except Exception as err:  # SafetensorError (truncated or not safetensors), missing shard
-            raise ModelError(f"{path} is not a readable safetensors file ({type(err).__name__}: {err}).") from None
-
-    if (folder / SAFETENSORS_FILE).is_file():
-        return load_file(folder / SAFETENSORS_FILE)
-    if (folder / SAFETENSORS_INDEX).is_file():
-        shards = sorted(set(json.loads((folder / SAFETENSORS_INDEX).read_text())["weight_map"].values()))
-        state: dict[str, torch.Tensor] = {}
-        for shard in shards:
-            state.update(load_file(folder / shard))
-        return state
-    if (folder / BIN_FILE).is_file():
-        try:
-            # weights_only: a .bin is a pickle, and unpickling arbitrary objects can run arbitrary code.
-            state = torch.load(folder / BIN_FILE, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise ModelError(
-                f"{folder / BIN_FILE} could not be read as a plain dict of tensors with weights_only=True "
-                f"({type(err).__name__}); re-save it as model.safetensors."
-            ) from None
-        if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise ModelError(f"{folder / BIN_FILE} does not hold a dict of tensors (a state dict).")
-        return state
-    raise ModelError(
-        f"{folder} has a config.json but no weights; expected {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} or {BIN_FILE}."
-    )
+    """All tensors of a folder, from the files transformers would read (``hf_loading.weight_files``):
+    model.safetensors, else its sharded index's shards, else pytorch_model.bin (``weights_only=True``
+    only), else its sharded index's shards. Each unreadable file is one ModelError naming it."""
+    files = weight_files(folder)
+    if not files:
+        raise ModelError(f"{folder} has a config.json but no weights; expected {', '.join(WEIGHT_FILES[:-1])} "
+                         f"or {WEIGHT_FILES[-1]}.")
+    state: dict[str, torch.Tensor] = {}
+    for path in files:
+        state.update(read_weight_file(path))
+    return state
 
 
 @dataclass
@@ -517,7 +494,8 @@ def load_student(path: str | os.PathLike, num_labels: int | None = None, task: s
     Returns:
         A :class:`Student` in eval mode, or ``(student, report)`` with ``return_report``.
     Raises:
-        ModelError: not a folder or Hub model, no config.json or weights, not a BERT model, a missing /
+        ModelError: not a folder or Hub model, no config.json or weights, an unreadable weight file or
+            sharded index (named), not a BERT model, a missing /
             unexpected / wrongly shaped / non-finite tensor, or a classifier that disagrees with the
             config's label count or with ``num_labels``.
     """

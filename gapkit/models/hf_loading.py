@@ -17,6 +17,12 @@ rather than the first one raised) and turns it into a decision:
 * a weight holding NaN or inf is an error.
 
 What was allowed is listed in the returned :class:`LoadReport`, for the run to record.
+
+A weight file that cannot be read is one sentence naming it (:func:`weight_files`,
+:func:`read_weight_file`, shared with ``checkpoint.load_student``): a ``pytorch_model.bin`` is a pickle
+and is only ever read with ``weights_only=True`` (transformers does the same), so one holding anything
+but tensors is refused, never unpickled; a truncated ``.safetensors`` or a malformed sharded index is
+named with the fix.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import json
 import logging
 import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterable
 
 import torch
@@ -33,7 +40,8 @@ import torch.nn as nn
 
 from ..errors import ModelError
 
-__all__ = ["HEADS", "LoadReport", "PRETRAINING_HEADS", "load_hf_model", "name_list", "nonfinite_tensors"]
+__all__ = ["HEADS", "LoadReport", "PRETRAINING_HEADS", "load_hf_model", "name_list", "nonfinite_tensors",
+           "read_weight_file", "weight_files"]
 
 HEADS = ("sequence", "token")
 _ARCH_SUFFIX = {"sequence": "ForSequenceClassification", "token": "ForTokenClassification"}
@@ -61,6 +69,9 @@ TASK_HEADS = ("classifier.", "pre_classifier.", "score.", "qa_outputs.", "pooler
 # The final projection to labels; anything else of a task head (a pooler, DistilBERT's pre_classifier,
 # ModernBERT's head transform) may come pre-trained without it.
 CLASSIFIER_PREFIXES = ("classifier.", "score.")
+# The weight files of a checkpoint folder, in the order transformers prefers them; an index lists shards.
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                "pytorch_model.bin.index.json")
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,114 @@ def nonfinite_tensors(tensors: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
         if t.is_floating_point() and t.device.type != "meta" and not bool(torch.isfinite(t).all()):
             bad.append(name)
     return bad
+
+
+# ----------------------------------------------------------------------------------------------------
+# Weight files
+# ----------------------------------------------------------------------------------------------------
+def weight_files(folder: str | os.PathLike) -> list[Path]:
+    """The weight files a checkpoint folder's weights are read from, chosen as transformers chooses.
+
+    The first of :data:`WEIGHT_FILES` that exists wins: ``model.safetensors``, else the shards that
+    ``model.safetensors.index.json`` lists, else ``pytorch_model.bin``, else the shards of
+    ``pytorch_model.bin.index.json``.
+
+    Args:
+        folder: a checkpoint folder.
+    Returns:
+        The files, shards in name order; ``[]`` when the folder has none of these.
+    Raises:
+        ModelError: an index that is not JSON, has no ``weight_map`` of tensor name -> file name, or
+            lists a shard the folder lacks.
+    """
+    path = _first_weight_file(Path(folder))
+    if path is None:
+        return []
+    return _shard_files(path) if path.name.endswith(".index.json") else [path]
+
+
+def _first_weight_file(folder: Path) -> Path | None:
+    return next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
+
+
+def _shard_files(index: Path) -> list[Path]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map")
+    except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ModelError(f"{index} is not valid JSON ({err}): save or download the checkpoint again.") from None
+    except AttributeError:  # valid JSON, but not an object
+        weight_map = None
+    if not (isinstance(weight_map, dict) and weight_map and all(isinstance(v, str) for v in weight_map.values())):
+        raise ModelError(f"{index} has no 'weight_map' (tensor name -> shard file), so its shards are unknown: "
+                         f"save or download the checkpoint again.")
+    shards = [index.parent / name for name in sorted(set(weight_map.values()))]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise ModelError(f"{index} lists shard(s) {name_list(missing)} that {index.parent} lacks: the download or "
+                         f"copy is incomplete.")
+    return shards
+
+
+def read_weight_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of one weight file: ``.safetensors``, or a pickle read with ``weights_only=True``.
+
+    A ``.bin`` is a pickle, and unpickling arbitrary objects can run arbitrary code: with
+    ``weights_only=True`` torch refuses anything but tensors and plain containers, and this is the only
+    way gapkit reads one.
+
+    Raises:
+        ModelError: a truncated or corrupt safetensors file, a pickle that holds more than tensors (or
+            is no pickle), or one that is not a dict of tensors; the sentence names the file.
+    """
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # SafetensorError, UnpicklingError, a zip or EOF error ...
+        raise _weight_file_error(path, err) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"{path} does not hold a dict of tensors (a state dict): save the model's state_dict() "
+                         f"as model.safetensors.")
+    return state
+
+
+def _weight_file_error(path: Path, err: BaseException) -> ModelError:
+    """The one sentence for a weight file that cannot be read: which file, why, and the fix."""
+    if path.suffix == ".safetensors":
+        reason = (str(err).strip().splitlines() or [""])[0].rstrip(".")
+        return ModelError(f"{path} is not a readable safetensors file ({type(err).__name__}: {reason}): it is "
+                          f"truncated or corrupt, so save or download it again.")
+    return ModelError(f"{path} could not be read as a plain dict of tensors with weights_only=True "
+                      f"({type(err).__name__}), so it cannot be loaded safely: convert it to model.safetensors "
+                      f"where its source is trusted.")
+
+
+def _check_weight_files(folder: Path) -> None:
+    """Raise the sentence naming the weight file at fault when transformers could not load ``folder``.
+
+    Called only after transformers failed on a folder with a readable config.json (its exceptions do not
+    name the file): each file is checked the way gapkit reads it, a safetensors file by its header
+    (cheap, and it covers truncation).
+    """
+    for path in weight_files(folder):  # a malformed index raises here
+        if path.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            try:
+                with safe_open(str(path), framework="pt"):
+                    pass
+            except Exception as err:  # SafetensorError
+                raise _weight_file_error(path, err) from None
+        else:
+            read_weight_file(path)
+    index = _first_weight_file(folder)
+    if index is not None and index.name.endswith(".index.json"):
+        if "metadata" not in json.loads(index.read_text(encoding="utf-8")):
+            raise ModelError(f"{index} has no 'metadata' entry, which transformers needs to load a sharded "
+                             f"checkpoint: save it again with save_pretrained.")
 
 
 @contextlib.contextmanager
@@ -195,10 +314,21 @@ def load_hf_model(name_or_path: str | os.PathLike, head: str | None = None, num_
     is_local = os.path.isdir(source)
     try:
         with _quiet_load_report():
+            # A .bin is unpickled by transformers with weights_only=True (every version gapkit supports).
             model, info = auto.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, RuntimeError) as err:
+    except Exception as err:  # OSError, ValueError, SafetensorError, UnpicklingError, KeyError (a bad index) ...
+        if is_local and config is not None:  # past config.json: name the weight file at fault, if one is
+            _check_weight_files(Path(source))
         # transformers' messages run to several lines; the first names the cause.
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0].rstrip(".")
+        if type(err).__name__ == "UnpicklingError":  # its message goes on to explain how to unpickle unsafely
+            reason = "UnpicklingError: a pickle that holds more than tensors, refused with weights_only=True"
+        elif not isinstance(err, (OSError, ValueError, RuntimeError)):  # a bare KeyError says only 'metadata'
+            reason = f"{type(err).__name__}: {reason}"
+        if not is_local and type(err).__name__ in ("SafetensorError", "UnpicklingError"):
+            raise ModelError(f"Model {source!r} is a Hugging Face Hub model whose downloaded weights could not be "
+                             f"read safely ({reason}): delete them from the Hugging Face cache and try again, or "
+                             f"use a version saved as safetensors.") from None
         where = ("is a local folder but not a loadable transformers model" if is_local else
                  "is not a local folder and could not be loaded from the Hugging Face Hub (offline or no such model)")
         raise ModelError(f"Model {source!r} {where} ({reason}).") from None
