@@ -120,9 +120,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _print_result(result) -> None:
-    best = ", ".join(f"{k}={v:.4g}" for k, v in result.best.items() if k != "step" and isinstance(v, (int, float)))
-    print(f"{result.status}: {result.steps} steps in {result.wall_time_s:.0f} s; best ({best}) "
-          f"at step {result.best.get('step')}; run folder {result.run_dir}")
+    """One line per run: status, steps, the selection metric of the best weights, the folder."""
+    metric = result.selection.get("metric")
+    best = ", ".join(f"{r['split']}/{r['metric']}={r['value']:.4g}" for r in result.metrics
+                     if r["model"] == "best" and isinstance(r["value"], (int, float)))
+    print(f"{result.status}: {result.steps} steps in {result.wall_time_s:.0f} s; best {metric} ({best}) at step "
+          f"{result.best_step}; run folder {result.run_dir}")
 
 
 def _run_distill(args: argparse.Namespace) -> int:

@@ -429,7 +429,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
     Returns:
         The folder.
     """
-    from ..io import save_safetensors
+    from ..io import atomic_write, save_safetensors
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -460,26 +460,19 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
         tensors.update({RELATION_PREFIX + k: v for k, v in student.relation.state_dict().items()})
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
 
-    _atomic_write(folder / SAFETENSORS_FILE, lambda p: save_safetensors(tensors, p, metadata={"format": "pt"}))
-    config_text = json.dumps(_hf_config(student, label_names), indent=2, sort_keys=True) + "\n"
-    _atomic_write(folder / CONFIG_FILE, lambda p: p.write_text(config_text))
-    _atomic_write(folder / SPEC_FILE, lambda p: p.write_text(spec.to_json() + "\n"))
+    atomic_write(folder / SAFETENSORS_FILE, lambda p: save_safetensors(tensors, p, metadata={"format": "pt"}))
+    atomic_write(folder / CONFIG_FILE, json.dumps(_hf_config(student, label_names), indent=2, sort_keys=True) + "\n")
+    atomic_write(folder / SPEC_FILE, spec.to_json() + "\n")
     return folder
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
 
 
 def load_student(path: str | os.PathLike, num_labels: int | None = None, task: str | None = None,
                  dispatch: str = "auto", return_report: bool = False) -> Student | tuple[Student, LoadReport]:
     """Load a student from a BERT checkpoint: dense Hugging Face BERT, or the MiniMoE authors' layout.
 
-    The folder may hold ``model.safetensors`` (or a sharded index) or ``pytorch_model.bin`` (read with
-    ``weights_only=True`` only); the encoder's keys may be plain (``BertModel``) or under ``bert.``
-    (task models, the authors' checkpoints). Pre-training heads (``cls.``) are dropped; ``classifier.*``
+    The folder may hold ``model.safetensors`` or ``pytorch_model.bin`` (read with ``weights_only=True``
+    only), whole or sharded under an index; the encoder's keys may be plain (``BertModel``) or under
+    ``bert.`` (task models, the authors' checkpoints). Pre-training heads (``cls.``) are dropped; ``classifier.*``
     loads into the task head and ``self.*`` (the relation projection) into ``Student.relation``.
     Loading is strict (see the module docstring).
 
