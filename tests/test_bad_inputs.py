@@ -189,7 +189,6 @@ def cli(id: str, pattern: str, *extra: str, config: dict | str | bytes | None = 
 
 
 
-ENGINE_PIPELINE = "engine: PipelineSpec must check that stages is a list of mappings and defaults a mapping"
 
 CLI = [
     # -- student fields ------------------------------------------------------------------------------
@@ -361,7 +360,7 @@ CLI = [
     # -- checkpoints -------------------------------------------------------------------------------------
     cli("checkpoint:pickle-only-bin", r"pytorch_model\.bin could not be read as a plain dict of tensors with weights_only=True",
         "--set", "student={tmp}/evil", setup=pickle_only_checkpoint("evil")),
-    cli("checkpoint:no-config", r"evil.*(has no config\.json|not a loadable transformers model)",
+    cli("checkpoint:no-config", r"evil.*(has no config\.json|not a loadable transformers model|cannot be loaded safely)",
         "--set", "student={tmp}/evil", setup=pickle_only_checkpoint("evil", with_config=False)),
     cli("checkpoint:teacher-not-a-folder", r"Teacher .*nope.* (neither a local model folder|not a local folder)",
         config=dict(stage="task", teacher="{tmp}/nope", weights=dict(relation=0.0, soft=1.0, hard=0.0))),
