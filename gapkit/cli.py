@@ -186,7 +186,9 @@ def next_steps(rows: list[dict]) -> str:
     """What a newcomer can do after a pipeline: the commands, filled in with the pipeline's own runs."""
     import shlex
 
-    models = list(dict.fromkeys(str(r["model"]) for r in rows if r.get("model")))
+    # The saved models (their config holds the real vocabulary and heads), not the shape names.
+    models = list(dict.fromkeys(f"{r['run_dir']}/best" for r in rows
+                                if (Path(str(r["run_dir"])) / "best" / "config.json").is_file()))
     conventions = {r.get("convention") for r in rows}
     other = next((c for c in ("paper", "macs") if c not in conventions), "flops")
     lines = ["Next steps:"]

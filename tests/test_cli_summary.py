@@ -43,13 +43,16 @@ def test_missing_numbers_show_as_a_dash_and_mixed_conventions_name_theirs():
 
 @pytest.mark.parametrize("convention, other", [("macs", "paper"), ("paper", "macs")])
 def test_next_steps_name_the_runs_models_and_the_reference(tmp_path, convention, other):
-    moe = tmp_path / "minimoe_task"
-    moe.mkdir()
+    moe, dense = tmp_path / "minimoe_task", tmp_path / "dense"
+    for run_dir in (moe, dense):
+        (run_dir / "best").mkdir(parents=True)
+        (run_dir / "best" / "config.json").write_text("{}")
     (moe / "routing.parquet").write_bytes(b"")
-    text = next_steps([row(convention=convention, model="2L-64H-4A", run_dir=str(tmp_path / "dense")),
-                       row(convention=convention, run_dir=str(moe))])
+    text = next_steps([row(convention=convention, model="2L-64H-4A", run_dir=str(dense)),
+                       row(convention=convention, run_dir=str(moe)), row(run_dir=str(tmp_path / "never_saved"))])
     assert text.splitlines()[0] == "Next steps:"
-    assert f"gapkit flops 2L-64H-4A 2L-64H-4A-1,4E --convention {other}" in text
+    # the saved models (their config has the real vocabulary), not the shape names
+    assert f"gapkit flops {dense}/best {moe}/best --convention {other}" in text
     assert "gapkit distill configs/" in text and "docs/config.md" in text
     assert f"{moe}/routing.parquet" in text
 
@@ -75,5 +78,5 @@ def test_pipeline_ends_with_the_summary_table_and_next_steps(tmp_path, capsys):
                                                          ["task", "student", "1L-32H-4A-1,2E"]]
     assert lines[2].split()[-1] == str(tmp_path / "p" / "teacher")
     steps = out[out.index("Next steps:"):]
-    assert "gapkit flops 2L-32H-4A 1L-32H-4A-1,2E" in steps and "docs/config.md" in steps
+    assert f"gapkit flops {tmp_path}/p/teacher/best {tmp_path}/p/student/best" in steps and "docs/config.md" in steps
     assert str(tmp_path / "p" / "student" / "routing.parquet") in steps

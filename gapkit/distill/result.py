@@ -111,7 +111,20 @@ class RunResult:
         """One line of a summary table: stage, model, params, GFLOPs (named convention), the selection
         metric of the best weights, and the run folder."""
         metric = self.selection.get("metric")
-        return dict(stage=self.stage, name=self.name, model=self.student.get("ref"),
+        model = self.student.get("ref")
+        if self.student.get("spec"):  # the shape reads better than the folder of an earlier stage
+            from ..models.spec import StudentSpec, parse_shape
+
+            spec = StudentSpec.from_dict(self.student["spec"])
+            base = f"{spec.layers}L-{spec.hidden}H"
+            try:
+                default_heads = parse_shape(base)["heads"]
+            except ValueError:  # no default head count for this width: always name the heads
+                default_heads = None
+            if default_heads != spec.heads:
+                base += f"-{spec.heads}A"
+            model = base + (f"-{spec.experts}" if spec.is_moe else "")
+        return dict(stage=self.stage, name=self.name, model=model,
                     params_total=self.params_total, params_active=self.params_active,
                     gflops=(self.student.get("gflops") or {}).get(convention), convention=convention,
                     metric=metric, value=self.metric(metric) if metric else None, run_dir=self.run_dir)
