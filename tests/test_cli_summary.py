@@ -49,7 +49,7 @@ def test_next_steps_name_the_runs_models_and_the_reference(tmp_path, convention,
         (run_dir / "best" / "config.json").write_text("{}")
     (moe / "routing.parquet").write_bytes(b"")
     text = next_steps([row(convention=convention, model="2L-64H-4A", run_dir=str(dense)),
-                       row(convention=convention, run_dir=str(moe)), row(run_dir=str(tmp_path / "never_saved"))])
+                       row(convention=convention, run_dir=str(moe)), row(convention=convention, run_dir=str(tmp_path / "never_saved"))])
     assert text.splitlines()[0] == "Next steps:"
     # the saved models (their config has the real vocabulary), not the shape names
     assert f"gapkit flops {dense}/best {moe}/best --convention {other}" in text
