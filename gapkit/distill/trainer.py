@@ -79,25 +79,59 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def _looks_local(ref: str) -> bool:
+    """A folder reference rather than a Hub id ("org/name"): absolute, relative, nested or existing."""
+    path = Path(ref)
+    return ref.startswith((os.sep, ".", "~")) or ref.count("/") > 1 or path.exists() or (
+        path.parent != Path(".") and path.parent.is_dir())
+
+
+def missing_model_reason(ref: str) -> str | None:
+    """Why ``ref`` (a teacher or student named by folder or Hub id) cannot be loaded at all, in words a
+    user can act on; None when it exists (a local folder, or a Hub id that may be fetched)."""
+    path = Path(ref).expanduser()
+    if path.is_dir():
+        return None
+    if _looks_local(ref):
+        if path.name in ("best", "checkpoint") and path.parent.is_dir():
+            why = ("its run failed (see failure.json)" if (path.parent / "failure.json").exists()
+                   else "its run has not finished")
+            return f"folder {ref} does not exist: {path.parent} holds no {path.name}/ ({why})"
+        return f"folder {ref} does not exist"
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return f"{ref!r} is not a local folder and the Hugging Face Hub is off (HF_HUB_OFFLINE is set)"
+    return None
+
+
 def load_tokenizer(spec: DistillSpec):
+    """The tokenizer of the run: ``data.tokenizer``, else the teacher's, else the model's."""
     from transformers import AutoTokenizer
 
     if spec.data.task == "synthetic":
         return None
-    candidates = [spec.data.tokenizer, spec.teacher]
+    roles = [("data.tokenizer", spec.data.tokenizer), ("teacher", spec.teacher)]
     if spec.student_spec() is None:
-        candidates.append(spec.student)
-    for source in candidates:
+        roles.append(("student", spec.student))
+    tried = []
+    for role, source in roles:
         if not source:
             continue
+        source = str(source)
+        reason = missing_model_reason(source)
+        if reason is not None:  # a missing teacher or model is what is wrong, not its tokenizer
+            if role == "data.tokenizer":
+                raise DataError(f"Cannot load the tokenizer data.tokenizer={source!r}: {reason}.")
+            raise ConfigError(f"The {role} cannot be loaded: {reason}.")
         try:
-            return AutoTokenizer.from_pretrained(str(source))
-        except (OSError, ValueError):
-            if source == spec.data.tokenizer:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as err:
+            if role == "data.tokenizer":
                 raise DataError(f"Cannot load the tokenizer data.tokenizer={source!r}: not a tokenizer folder and "
-                                f"not reachable on the Hub.") from None
-    raise DataError(f"Task {spec.data.task!r} needs a tokenizer and none was found in the teacher or the model; "
-                    f"set data.tokenizer to a tokenizer folder or Hub name.")
+                                f"not reachable on the Hub ({type(err).__name__}).") from None
+            tried.append(f"{role} {source}")
+    raise DataError(f"Task {spec.data.task!r} needs a tokenizer and none was found "
+                    f"({'; '.join(tried) or 'no teacher or model folder to take it from'} holds none): set "
+                    f"data.tokenizer to a tokenizer folder or Hub name.")
 
 
 def load_task(spec: DistillSpec, tokenizer) -> TaskData:
