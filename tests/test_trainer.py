@@ -218,3 +218,27 @@ def test_bad_input_is_reported_before_training(tmp_path, teacher):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # no folder for a run that never started
 
 
+
+
+def test_pipeline_set_reaches_the_pipeline_and_its_stages(tmp_path):
+    config = tmp_path / "p.yaml"
+    config.write_text("output_dir: runs/a\nstages: [{name: t, stage: finetune, student: 2L-32H-4A, weights: {hard: 1.0}}]\n")
+    spec = PipelineSpec.from_file(config, [f"output_dir={tmp_path / 'b'}", "train.lr=1e-3"])
+    (stage,) = spec.resolved()
+    assert stage.output_dir == str(tmp_path / "b" / "t") and stage.train.lr == 1e-3
+
+
+def test_optimizer_and_schedule_follow_the_authors_recipe():
+    from gapkit.distill.trainer import make_optimizer, make_scheduler
+
+    module = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    opt = make_optimizer(module, DistillSpec(stage="finetune", weights=dict(hard=1.0)).train)
+    assert all(g["eps"] == 1e-6 for g in opt.param_groups)
+    assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # decay only on the Linear weight
+    sched = make_scheduler(opt, total_steps=10, warmup=0.2)
+    lrs = []
+    for _ in range(10):
+        lrs.append(sched.get_last_lr()[0] / opt.defaults["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[:4] == [0.0, 0.5, 1.0, 7 / 8]  # warmup from 0 over 2 steps, then linear decay to 0
