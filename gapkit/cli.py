@@ -3,6 +3,9 @@
     gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
     gapkit distill CONFIG [--set KEY=VALUE ...] [--resume]
     gapkit pipeline CONFIG [--set KEY=VALUE ...] [--resume]
+    gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run]
+    gapkit status DIR
+    gapkit results DIR [--csv]
     gapkit --version
 
 Every config key is described in docs/config.md (``python -m gapkit.configdoc`` prints it).
@@ -205,6 +208,91 @@ def next_steps(rows: list[dict]) -> str:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit sweep / status / results
+# ----------------------------------------------------------------------------------------------------
+def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="a sweep YAML file (see configs/sweeps/ and docs/sweeps.md)")
+    parser.add_argument("--executor", choices=("inline", "local", "slurm"),
+                        help="where the runs go (default: the file's executor.kind, else inline)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the planned runs in dependency order, with sizes and compute; train nothing")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a sweep setting, e.g. --set output_dir=runs/x --set seeds=[0,1]")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepSpec, format_plan, plan, run_sweep
+    from .sweep.table import summary
+
+    spec = SweepSpec.from_file(args.config, args.overrides)
+    nodes = plan(spec)
+    if args.dry_run:
+        print(format_plan(nodes, spec))
+        return 0
+    report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
+    import pandas as pd
+
+    from .sweep.table import build_table
+
+    table = summary(build_table(spec.output_dir))
+    if not table.empty:
+        with pd.option_context("display.width", 200, "display.max_columns", 50):
+            print("\nStudent score (best weights on dev; seeds averaged) per teacher:")
+            print(table.to_string())
+    print(f"\nResults: {spec.output_dir}/results.csv (one row per run, split and metric); "
+          f"gapkit status {spec.output_dir}; gapkit results {spec.output_dir}")
+    if report.failures:
+        print(f"\n{len(report.failures)} run(s) did not finish:", file=sys.stderr)
+        for node_id, status, reason in report.failures:
+            print(f"  {status}: {node_id}: {reason}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _add_dir_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="a sweep's output_dir")
+
+
+def _run_status(args: argparse.Namespace) -> int:
+    from .sweep.execute import node_status
+    from .sweep.plan import read_plan
+
+    sweep, nodes = read_plan(args.dir)
+    states = [(n, *node_status(n, args.dir)) for n in nodes]
+    counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "failed", "pending")}
+    width = 40
+    filled = round(width * counts["done"] / max(1, len(nodes)))
+    print(f"sweep {sweep.get('name')}: [{'#' * filled}{'.' * (width - filled)}] {counts['done']}/{len(nodes)} done, "
+          f"{counts['running']} running or interrupted, {counts['failed']} failed, {counts['pending']} pending")
+    for node, state, reason in states:
+        if state != "done":
+            print(f"  {state:8s} {node.id}" + (f": {reason}" if reason else ""))
+    return 0
+
+
+def _add_results_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir", help="a sweep's output_dir")
+    parser.add_argument("--csv", action="store_true", help="print the whole table as CSV")
+
+
+def _run_results(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sweep.table import summary, write_table
+
+    table = write_table(args.dir)  # rebuilt from the run folders, whatever happened before
+    if args.csv:
+        print(table.to_csv(index=False), end="")
+        return 0
+    grid = summary(table)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print(grid.to_string() if not grid.empty else "No finished student run yet.")
+    print(f"\n{len(table)} rows in {args.dir}/results.csv and results.parquet (one per run, split and metric).")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 class Command(NamedTuple):
@@ -220,6 +308,11 @@ COMMANDS: dict[str, Command] = {
                        _add_run_arguments, _run_distill),
     "pipeline": Command("run several stages in order (e.g. a teacher-assistant chain) from a config file",
                         _add_run_arguments, _run_pipeline),
+    "sweep": Command("run a teacher x student x method grid (or --dry-run to see its plan)",
+                     _add_sweep_arguments, _run_sweep),
+    "status": Command("how far a sweep is: done, running, failed, pending", _add_dir_arguments, _run_status),
+    "results": Command("a sweep's results table, rebuilt from its run folders", _add_results_arguments,
+                       _run_results),
 }
 
 

@@ -127,12 +127,18 @@ class TeacherSide:
                              hidden_states=out.hidden_states, logits=out.logits if self.needs.logits else None)
 
     @torch.no_grad()
-    def cache_logits(self, features, batch_size: int, pad_token_id: int) -> list[torch.Tensor]:
+    def cache_logits(self, features, batch_size: int, pad_token_id: int, key: str | None = None) -> list[torch.Tensor]:
         """Teacher logits of every example of ``features``, computed once.
 
+        Args:
+            key: names the features (e.g. the run's data settings and data seed), so that several runs
+                sharing this teacher side share one pass; None computes afresh.
         Returns:
             One (C,) or, for token tasks, (T_i, C) float tensor per example.
         """
+        memo = self.__dict__.setdefault("_logit_cache", {})
+        if key is not None and key in memo:
+            return memo[key]
         cached = []
         for start in range(0, len(features), batch_size):
             chunk = [features[i] for i in range(start, min(start + batch_size, len(features)))]
@@ -140,6 +146,8 @@ class TeacherSide:
             logits = self(batch).logits.float().cpu()
             for i, f in enumerate(chunk):
                 cached.append(logits[i, :len(f["input_ids"])].clone() if logits.dim() == 3 else logits[i].clone())
+        if key is not None:
+            memo[key] = cached
         return cached
 
 

@@ -21,6 +21,7 @@ in the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
@@ -266,9 +267,11 @@ class Run:
         self.amp = autocast(self.device, train.bf16)
         needs = TeacherNeeds.of(spec)
         teacher_logits = None
-        if self.teacher is not None and needs.logits_only and teacher is None:
-            # Task KD from logits alone: one teacher pass over the training set instead of one per step.
-            teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id)
+        if self.teacher is not None and needs.logits_only:
+            # Task KD from logits alone: one teacher pass over the training set instead of one per step
+            # (and one for all the runs that share this teacher side and these examples).
+            key = json.dumps([spec.data.__dict__, train.data_seed, train.eval_batch_size], sort_keys=True, default=str)
+            teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key)
         self.batches = Batches(task.train, train.batch_size, train.grad_accum, train.data_seed, task.pad_token_id,
                                self.rank, self.world, teacher_logits)
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.batches.per_epoch))
@@ -589,8 +592,6 @@ def _loop_state(state: dict) -> dict:
 
 
 def _jsonable(config: dict) -> dict:
-    import json
-
     return json.loads(json.dumps(config))
 
 

@@ -1,0 +1,309 @@
+"""Running a sweep: a scheduler over the plan, and three executors that run its units unchanged.
+
+A unit is a prepare step or a group of runs (:func:`gapkit.sweep.group.run_group`). The scheduler
+submits every unit whose dependencies have finished, waits for any to end, and goes on; a run that
+fails (bad input, NaN) is recorded with its reason, the runs that need it are marked blocked, and the
+rest of the sweep continues. Rerunning a sweep skips finished runs and resumes interrupted ones (each
+run folder keeps its own state; see :mod:`gapkit.distill.runfiles`).
+
+Executors (``executor: {kind: ...}`` in the sweep file, or ``--executor``):
+
+* ``inline``: one process, units one after another.
+* ``local``: a process pool over slots: one slot per visible GPU (``CUDA_VISIBLE_DEVICES`` set per
+  worker), or ``workers`` CPU slots sharing the cores.
+* ``slurm``: each unit a Slurm job through submitit (``submitit.AutoExecutor``; ready units are
+  submitted together as a job array), requeued on preemption (a job's checkpoint is its run folders).
+  ``cluster: local`` runs the same jobs as local processes (how it is tested); ``slurm: {...}`` are
+  submitit's parameters (``timeout_min``, ``gpus_per_node``, ``slurm_partition``, ...). With
+  ``tasks_per_node`` > 1 every task joins one torch.distributed group (submitit's environment), so the
+  runs of a job train data-parallel.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..distill.config import DistillSpec
+from ..errors import ConfigError
+from ..io import atomic_write, json_dumps
+from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_group
+from .plan import Node, estimate, plan, plan_json
+from .spec import EXECUTORS, SweepSpec
+
+__all__ = ["run_sweep", "SweepReport", "Unit", "node_status"]
+
+
+class Unit:
+    """What one worker runs: a prepare step, or a group of runs. Picklable (submitit, process pools)."""
+
+    def __init__(self, node_ids: list[str], kind: str, payload: list[dict], progress: bool = False):
+        self.node_ids, self.kind, self.payload, self.progress = node_ids, kind, payload, progress
+
+    def __call__(self) -> list[dict]:
+        _maybe_distributed()
+        if self.kind == "prepare":
+            out = []
+            for cfg in self.payload:
+                try:
+                    prepare_truncated(cfg["ref"], cfg["layers"], cfg["folder"])
+                    out.append(asdict(Outcome(cfg["folder"], "completed")))
+                except Exception as err:  # noqa: BLE001 - recorded for the user, the sweep goes on
+                    out.append(asdict(Outcome(cfg["folder"], "failed", f"{type(err).__name__}: {err}")))
+            return out
+        specs = [DistillSpec.from_dict(cfg) for cfg in self.payload]
+        return [asdict(o) for o in run_group(specs, progress=self.progress)]
+
+    def checkpoint(self, *args, **kwargs):
+        """submitit's requeue hook: the same unit again; each run resumes from its own folder."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(Unit(self.node_ids, self.kind, self.payload, self.progress))
+
+
+def _maybe_distributed() -> None:
+    """Inside a multi-task submitit job, export torch.distributed's environment (rank, world, master)."""
+    try:
+        import submitit
+
+        env = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return
+    if env.num_tasks > 1:
+        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Executors: submit(unit) -> a handle with done() and result()
+# ----------------------------------------------------------------------------------------------------
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def done(self) -> bool:
+        return True
+
+    def result(self):
+        return self.value
+
+
+class InlineExecutor:
+    def submit_all(self, units: list[Unit]) -> list:
+        return [_Done(unit()) for unit in units]
+
+    def close(self) -> None:
+        pass
+
+
+def _init_slot(slots, threads: int) -> None:
+    slot = slots.get()
+    if slot is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class LocalExecutor:
+    """A process pool: one worker per GPU, or ``workers`` CPU workers splitting the cores."""
+
+    def __init__(self, workers: int | None = None):
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        import torch
+
+        gpus = torch.cuda.device_count()
+        n = gpus if gpus else (workers or 1)
+        ctx = mp.get_context("spawn")
+        slots = ctx.Queue()
+        for i in range(n):
+            slots.put(i if gpus else None)
+        threads = max(1, (os.cpu_count() or 1) // n)
+        self.pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_slot,
+                                        initargs=(slots, threads))
+
+    def submit_all(self, units: list[Unit]) -> list:
+        return [self.pool.submit(unit) for unit in units]
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+class SlurmExecutor:
+    """submitit: a job per unit, submitted as an array; ``cluster: local`` for local processes."""
+
+    def __init__(self, folder: Path, cluster: str | None = None, parameters: dict | None = None):
+        try:
+            import submitit
+        except ImportError:
+            raise ConfigError("executor kind 'slurm' needs submitit: pip install 'gapkit[slurm]'.") from None
+        self.executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+        self.executor.update_parameters(**(parameters or {}))
+
+    def submit_all(self, units: list[Unit]) -> list:
+        with self.executor.batch():
+            jobs = [self.executor.submit(unit) for unit in units]
+        return jobs
+
+    def close(self) -> None:
+        pass
+
+
+def make_executor(spec: SweepSpec, kind: str | None = None):
+    settings = dict(spec.executor)
+    kind = kind or settings.pop("kind", "inline")
+    settings.pop("kind", None)
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor must be one of {', '.join(EXECUTORS)}, got {kind!r}.")
+    if kind == "inline":
+        return InlineExecutor()
+    if kind == "local":
+        return LocalExecutor(settings.get("workers"))
+    return SlurmExecutor(Path(spec.output_dir) / "slurm", settings.get("cluster"), settings.get("slurm"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Status of a node, from its folder
+# ----------------------------------------------------------------------------------------------------
+def node_status(node: Node, output_dir: str | Path) -> tuple[str, str | None]:
+    """``done``, ``failed``, ``running`` (started, not ended: running now or interrupted) or ``pending``,
+    and the reason of a failure."""
+    folder = node.folder(output_dir)
+    failure = Path(output_dir) / "failures" / f"{node.id}.json"
+    if node.kind == "prepare":
+        if (folder / "best" / "config.json").is_file():
+            return "done", None
+    else:
+        result = folder / "result.json"
+        if result.is_file():
+            try:
+                saved = json.loads(result.read_text())
+            except ValueError:
+                return "failed", f"{result} is not readable"
+            return ("failed", saved.get("reason")) if saved.get("status") == "failed" else ("done", None)
+    if failure.is_file():
+        return "failed", json.loads(failure.read_text()).get("reason")
+    if folder.is_dir() and any(folder.iterdir()):
+        return "running", None
+    return "pending", None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The scheduler
+# ----------------------------------------------------------------------------------------------------
+class SweepReport:
+    """How a sweep ended: per node ``done``/``failed``/``blocked``/``pending``, with reasons."""
+
+    def __init__(self, nodes: list[Node], status: dict[str, tuple[str, str | None]], output_dir: str):
+        self.nodes, self.status, self.output_dir = nodes, status, output_dir
+
+    @property
+    def failures(self) -> list[tuple[str, str, str | None]]:
+        return [(n.id, *self.status[n.id]) for n in self.nodes if self.status[n.id][0] in ("failed", "blocked")]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures and all(self.status[n.id][0] == "done" for n in self.nodes)
+
+
+def _units(ready: list[Node], output_dir: str, budget_bytes: float, progress: bool) -> list[Unit]:
+    """Ready nodes packed into units: prepare steps together; runs grouped by teacher pass, each group
+    cut where its students' memory would pass the budget."""
+    units, groups = [], {}
+    prepares = [n for n in ready if n.kind == "prepare"]
+    if prepares:
+        units.append(Unit([n.id for n in prepares], "prepare",
+                          [dict(n.config, folder=str(n.folder(output_dir))) for n in prepares], progress))
+    rows = {r["id"]: r for r in estimate([n for n in ready if n.kind != "prepare"])}
+    for node in ready:
+        if node.kind != "prepare":
+            groups.setdefault(group_key(node.spec()), []).append(node)
+    for members in groups.values():
+        chunk, used = [], 0.0
+        for node in members:
+            spec = node.spec()
+            r = rows.get(node.id) or {}
+            need = memory_estimate(spec, r.get("params_total") or 0, 1024, 12) if r.get("params_total") else 0
+            if chunk and used + need > budget_bytes:
+                units.append(Unit([n.id for n in chunk], "runs", [n.config for n in chunk], progress))
+                chunk, used = [], 0.0
+            chunk.append(node)
+            used += need
+        if chunk:
+            units.append(Unit([n.id for n in chunk], "runs", [n.config for n in chunk], progress))
+    return units
+
+
+def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = True, log=print) -> SweepReport:
+    """Run (or continue) a sweep: every run of its plan, in dependency order, on the chosen executor.
+
+    Args:
+        spec: the sweep.
+        executor: ``inline``, ``local`` or ``slurm`` (default: the spec's ``executor.kind``).
+        progress: progress bars of the runs (inline) and a line per finished unit.
+        log: where the scheduler's lines go.
+    Returns:
+        A :class:`SweepReport`; the results table is written to ``output_dir/results.{parquet,csv}``.
+    """
+    from .table import write_table
+
+    nodes = plan(spec)
+    out = Path(spec.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "plan.json", plan_json(nodes, spec))
+    status = {n.id: node_status(n, out) for n in nodes}
+    for n in nodes:  # a failure recorded by an earlier attempt of bad input is tried again
+        if status[n.id][0] == "failed" and (out / "failures" / f"{n.id}.json").is_file():
+            (out / "failures" / f"{n.id}.json").unlink()
+            status[n.id] = node_status(n, out)
+    ex = make_executor(spec, executor)
+    by_id = {n.id: n for n in nodes}
+    in_flight: list[tuple[Unit, object]] = []
+    submitted: set[str] = set()
+    budget = spec.group_memory_gb * 1e9
+    done_count = sum(1 for s, _ in status.values() if s == "done")
+    log(f"sweep {spec.name}: {len(nodes)} runs, {done_count} already done; folder {out}")
+    try:
+        while True:
+            for n in nodes:  # a run whose input failed cannot run
+                if status[n.id][0] in ("pending", "running") and any(status[d][0] in ("failed", "blocked")
+                                                                    for d in n.deps):
+                    bad = next(d for d in n.deps if status[d][0] in ("failed", "blocked"))
+                    status[n.id] = ("blocked", f"needs {bad}, which {status[bad][0]}")
+            ready = [n for n in nodes if n.id not in submitted and status[n.id][0] in ("pending", "running")
+                     and all(status[d][0] == "done" for d in n.deps)]
+            if ready:
+                units = _units(ready, str(out), budget, progress and isinstance(ex, InlineExecutor))
+                submitted.update(n.id for n in ready)
+                in_flight += list(zip(units, ex.submit_all(units)))
+            if not in_flight:
+                break
+            finished = [(u, h) for u, h in in_flight if h.done()]
+            if not finished:
+                time.sleep(0.5)
+                continue
+            in_flight = [(u, h) for u, h in in_flight if not h.done()]
+            for unit, handle in finished:
+                try:
+                    outcomes = handle.result()
+                except Exception as err:  # noqa: BLE001 - a crashed worker or job: its runs are failed
+                    outcomes = [dict(run_dir=str(by_id[i].folder(out)), status="failed",
+                                     reason=f"{type(err).__name__}: {err}") for i in unit.node_ids]
+                for node_id, o in zip(unit.node_ids, outcomes):
+                    node = by_id[node_id]
+                    if o["status"] == "failed" and not (node.folder(out) / "result.json").is_file():
+                        (out / "failures").mkdir(exist_ok=True)
+                        atomic_write(out / "failures" / f"{node_id}.json", json_dumps(o, indent=2))
+                    status[node_id] = node_status(node, out)
+                    if status[node_id][0] not in ("done", "failed"):  # a job that ended without its run ending
+                        status[node_id] = ("failed", o.get("reason") or "the job ended before the run did")
+                done_count = sum(1 for s, _ in status.values() if s == "done")
+                log(f"[{done_count}/{len(nodes)}] " + ", ".join(f"{i}: {status[i][0]}" for i in unit.node_ids))
+    finally:
+        ex.close()
+    write_table(out)
+    return SweepReport(nodes, status, str(out))

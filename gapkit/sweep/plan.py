@@ -1,0 +1,353 @@
+"""From a sweep spec to the runs it needs, in dependency order, each shared stage once.
+
+Every run is a node: a ``DistillSpec`` (or, for a truncated teacher, a "prepare" step that writes the
+first k layers of a model), the nodes it depends on (their ``best/`` folders are its teacher or
+student), and the labels the results table needs (teacher, student shape, method, experts, task,
+seed). A node's folder is ``<output_dir>/runs/<slug>-<hash>``, the hash being that of its resolved
+config, so a stage shared by several students (a teacher's fine-tuning, an assistant, a task-agnostic
+student used on several tasks) is one node, and a changed setting is a new folder, never a reused one.
+
+Order: prepare -> teacher fine-tuning -> assistant (agnostic, task) -> student agnostic -> student task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..distill.config import DistillSpec
+from ..errors import ConfigError
+from ..models.spec import StudentSpec, spec_from_name
+from .spec import MethodSpec, SweepSpec, TeacherEntry
+
+__all__ = ["Node", "plan", "format_plan", "estimate", "KNOWN_TRAIN_SIZES"]
+
+# Training-set sizes of the tasks (GLUE's official train splits, CoNLL-2003 sentences), for the
+# compute estimate of a dry run before any data is read.
+KNOWN_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
+                     "qnli": 104743, "rte": 2490, "wnli": 635, "conll": 14041}
+DEFAULT_WEIGHTS = {
+    "finetune": dict(relation=0.0, soft=0.0, hard=1.0, hidden=0.0),
+    "agnostic": dict(relation=1.0, soft=0.0, hard=0.0, hidden=0.0),
+    "task": dict(relation=0.0, soft=1.0, hard=0.0, hidden=0.0),
+    "kd": dict(relation=0.0, soft=1.0, hard=0.0, hidden=0.0),
+}
+
+
+@dataclass
+class Node:
+    """One run of the sweep (or a prepare step).
+
+    Attributes:
+        id: the run folder's name under ``runs/``.
+        kind: ``prepare``, ``finetune``, ``agnostic`` or ``task``.
+        config: the run's ``DistillSpec`` as a dict (``output_dir`` set), or ``{ref, layers}`` for a prepare step.
+        deps: ids of the nodes whose folders this one reads.
+        meta: the table's labels (role, teacher, teacher_kind, student, method, experts, task, seed ...).
+    """
+
+    id: str
+    kind: str
+    config: dict
+    deps: list = field(default_factory=list)
+    meta: dict = field(default_factory=dict)
+
+    def folder(self, output_dir: str | Path) -> Path:
+        return Path(output_dir) / "runs" / self.id
+
+    def spec(self) -> DistillSpec:
+        return DistillSpec.from_dict(self.config)
+
+
+def _hash(config: dict) -> str:
+    keyed = {k: v for k, v in config.items() if k not in ("output_dir", "name")}
+    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
+
+
+class _Planner:
+    def __init__(self, spec: SweepSpec):
+        self.spec = spec
+        self.nodes: dict[str, Node] = {}
+        self.runs = Path(spec.output_dir) / "runs"
+
+    def add(self, kind: str, slug: str, config: dict, deps: list[str], meta: dict) -> Node:
+        node_id = f"{slug}-{_hash(config)}"
+        if node_id not in self.nodes:
+            if kind != "prepare":
+                config = dict(config, output_dir=str(self.runs / node_id), name=node_id)
+                DistillSpec.from_dict(config)  # every run must build: a bad combination fails the plan
+            self.nodes[node_id] = Node(node_id, kind, config, sorted(set(deps)), dict(meta, kind=kind))
+        return self.nodes[node_id]
+
+    def best(self, node: Node) -> str:
+        return str(self.runs / node.id / "best")
+
+    # -- pieces ----------------------------------------------------------------------------------------
+    def train(self, stage: str, seed: int) -> dict:
+        budgets = self.spec.budgets
+        return dict(budgets.get("all", {}), **budgets.get(stage, {}), seed=seed)
+
+    def weights(self, stage: str, method: MethodSpec | None = None) -> dict:
+        w = dict(DEFAULT_WEIGHTS[stage], **self.spec.weights.get(stage, {}))
+        if method is not None and method.option("load_balance") is not None:
+            w["load_balance"] = float(method.option("load_balance"))
+        return w
+
+    def run_config(self, stage: str, student, teacher, data: dict, seed: int, method: MethodSpec | None = None,
+                   weights_stage: str | None = None) -> dict:
+        return dict(stage=stage, student=student, teacher=teacher, data=data, train=self.train(
+            "finetune" if stage == "finetune" else stage, seed), weights=self.weights(weights_stage or stage, method),
+            relation_heads=self.spec.relation_heads)
+
+    def agnostic_data(self, task: dict) -> dict:
+        return dict(self.spec.agnostic_data) if self.spec.agnostic_data is not None else dict(task)
+
+    # -- teachers --------------------------------------------------------------------------------------
+    def prepared(self, t: TeacherEntry) -> tuple[str, list[str]]:
+        """The teacher's pre-trained weights as a reference (and the nodes that make them)."""
+        if t.kind == "truncate":
+            node = self.add("prepare", f"prepare-{_slug(t.name)}", dict(ref=t.ref, layers=t.layers), [],
+                            dict(role="teacher", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family))
+            return self.best(node), [node.id]
+        return t.ref, []
+
+    def finetuned(self, t: TeacherEntry, task: dict) -> Node:
+        ref, deps = self.prepared(t)
+        student = t.ref if t.kind == "scratch" else ref
+        config = self.run_config("finetune", student, None, task, self.spec.teacher_seed)
+        return self.add("finetune", f"teacher-{_slug(t.name)}-{task['task']}", config, deps,
+                        dict(role="teacher", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family,
+                             student=t.name, method="finetune", task=task["task"], seed=self.spec.teacher_seed,
+                             stage="finetune"))
+
+    def relation_teacher(self, t: TeacherEntry, task: dict) -> tuple[str, list[str]]:
+        """The teacher of the task-agnostic stage: the pre-trained model, or (trained from scratch,
+        there is no other) the fine-tuned one."""
+        if t.kind == "scratch":
+            node = self.finetuned(t, task)
+            return self.best(node), [node.id]
+        return self.prepared(t)
+
+    # -- students --------------------------------------------------------------------------------------
+    def student(self, t: TeacherEntry, task: dict, shape: str, method: MethodSpec, seed: int) -> None:
+        spec, stages = self.spec, self.spec.stages
+        ft = self.finetuned(t, task)
+        variant, experts = _variant(shape, method)
+        meta = dict(role="student", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family, student=shape,
+                    method=method.label, method_name=method.name, experts=experts, task=task["task"], seed=seed,
+                    routing=method.option("routing", "learned") if method.name == "minimoe" else None)
+        slug = f"{_slug(t.name)}-{_slug(shape)}-{_slug(method.label)}-s{seed}"
+        if method.name == "kd" or "agnostic" not in stages:
+            if "task" in stages:
+                self.add("task", f"task-{slug}-{task['task']}", self.run_config(
+                    "task", variant, self.best(ft), task, seed, method, "kd" if method.name == "kd" else "task"),
+                    [ft.id], dict(meta, stage="task"))
+            return
+        teacher_agn, deps_agn = self.relation_teacher(t, task)
+        teacher_task, deps_task = self.best(ft), [ft.id]
+        if method.name == "minilm_ta":
+            assistant = str(method.option("assistant"))
+            a_meta = dict(meta, role="assistant", student=assistant, experts="dense", seed=spec.teacher_seed)
+            a_agn = self.add("agnostic", f"assistant-{_slug(t.name)}-{_slug(assistant)}", self.run_config(
+                "agnostic", assistant, teacher_agn, self.agnostic_data(task), spec.teacher_seed), deps_agn,
+                dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
+            a_task = self.add("task", f"assistant-{_slug(t.name)}-{_slug(assistant)}-{task['task']}", self.run_config(
+                "task", self.best(a_agn), teacher_task, task, spec.teacher_seed), deps_task + [a_agn.id],
+                dict(a_meta, stage="task"))
+            teacher_agn, deps_agn = self.best(a_agn), [a_agn.id]
+            teacher_task, deps_task = self.best(a_task), [a_task.id]
+        agn = self.add("agnostic", f"agn-{slug}" + ("" if spec.agnostic_data else f"-{task['task']}"),
+                       self.run_config("agnostic", variant, teacher_agn, self.agnostic_data(task), seed, method),
+                       deps_agn, dict(meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
+        if "task" in stages:
+            self.add("task", f"task-{slug}-{task['task']}", self.run_config(
+                "task", self.best(agn), teacher_task, task, seed, method), deps_task + [agn.id],
+                dict(meta, stage="task"))
+
+
+def plan(spec: SweepSpec) -> list[Node]:
+    """The sweep's runs in dependency order (each node after everything it reads), each shared stage once.
+
+    Raises:
+        ConfigError: a combination that cannot build (e.g. relation heads not dividing a size is found
+            later, at build; a bad shape or setting here).
+    """
+    p = _Planner(spec)
+    for task in spec.tasks:
+        for t in spec.teacher_entries():
+            p.finetuned(t, task)
+    for task in spec.tasks:
+        for t in spec.teacher_entries():
+            for shape in spec.student_specs():
+                for method in spec.method_variants():
+                    for seed in spec.seeds:
+                        p.student(t, task, shape, method, seed)
+    order = {"prepare": 0, "finetune": 1}
+    nodes = list(p.nodes.values())
+    # A stable topological order: by kind rank, then declaration order, with every dependency first.
+    done: dict[str, Node] = {}
+
+    def visit(node: Node) -> None:
+        if node.id in done:
+            return
+        for dep in node.deps:
+            visit(p.nodes[dep])
+        done[node.id] = node
+
+    for node in sorted(nodes, key=lambda n: order.get(n.kind, 2)):
+        visit(node)
+    return list(done.values())
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(text)).strip("_")[:48]
+
+
+def _variant(shape: str, method: MethodSpec):
+    """The student a method trains from a dense shape: (the run config's ``student`` value, experts label)."""
+    if method.name != "minimoe":
+        return shape, "dense"
+    x, y = method.experts
+    name = f"{shape}-{x},{y}E"
+    extra = {k: method.option(k) for k in ("routing", "gate_noise") if method.option(k) is not None}
+    if not extra:
+        return name, f"{x},{y}E"
+    # Ablations of the router are spec fields: the run gets the whole spec (still a random init).
+    return StudentSpec.from_dict(dict(spec_from_name(name).to_dict(), **extra, name=None)).to_dict(), f"{x},{y}E"
+
+
+# ----------------------------------------------------------------------------------------------------
+# What a plan costs
+# ----------------------------------------------------------------------------------------------------
+def _model_spec(ref) -> StudentSpec | None:
+    """The shape behind a run's ``student``/``teacher`` value, without weights or network; None when
+    unknown offline (a Hub name that is not a preset)."""
+    from ..flops import resolve_model
+
+    if isinstance(ref, dict):
+        return StudentSpec.from_dict(ref)
+    try:
+        return resolve_model(str(ref)).spec
+    except Exception:  # noqa: BLE001 - unknown offline, or a folder a dependency has not written yet
+        return None
+
+
+def node_shape(node: Node, nodes: dict[str, Node]) -> StudentSpec | None:
+    """The architecture a node trains, following ``@best`` references back to where it was declared."""
+    if node.kind == "prepare":
+        base = _model_spec(node.config["ref"])
+        return None if base is None else StudentSpec.from_dict(dict(base.to_dict(), layers=node.config["layers"],
+                                                                    name=None))
+    student = node.config["student"]
+    for other in nodes.values():
+        if isinstance(student, str) and student.endswith(f"/{other.id}/best"):
+            return node_shape(other, nodes)
+    return _model_spec(student)
+
+
+def estimate(nodes: list[Node]) -> list[dict]:
+    """Per node: params (total, active), GFLOPs per sequence (paper convention), training steps and the
+    training compute in PFLOPs (flops convention: 2 x MACs; 3 passes per step for the trained model, one
+    teacher forward), where the shapes and data sizes are known."""
+    from ..flops import analytic_count, count_params
+    from ..flops import ResolvedModel
+
+    by_id = {n.id: n for n in nodes}
+    rows = []
+    for node in nodes:
+        spec = node_shape(node, by_id)
+        data = node.config.get("data") or {}
+        if spec is not None and data.get("task") == "synthetic":  # the task's own vocabulary, as the run builds it
+            vocab = (data.get("synthetic") or {}).get("vocab_size", 128)
+            spec = StudentSpec.from_dict(dict(spec.to_dict(), vocab_size=vocab, name=None))
+        row = dict(id=node.id, kind=node.kind, params_total=None, params_active=None, gflops_paper=None,
+                   steps=None, pflops=None)
+        if spec is not None:
+            params = count_params(ResolvedModel(node.id, spec).build("meta"))
+            row.update(params_total=params["total"], params_active=params["active"],
+                       gflops_paper=analytic_count(spec, convention="paper") / 1e9)
+        if node.kind != "prepare":
+            cfg = node.config
+            data, train = cfg["data"], dict(cfg.get("train") or {})
+            ts = DistillSpec.from_dict(cfg).train
+            n = data.get("max_train_examples") or KNOWN_TRAIN_SIZES.get(data.get("task"))
+            if data.get("task") == "synthetic":
+                n = n or (data.get("synthetic") or {}).get("n_train", 2048)
+            steps = ts.max_steps or (math.ceil(ts.epochs * (n // ts.batch_size)) if n else None)
+            row["steps"] = steps
+            teacher = by_id.get(cfg["teacher"].split("/")[-2]) if cfg.get("teacher") and "/" in cfg["teacher"] else None
+            t_spec = node_shape(teacher, by_id) if teacher is not None else (
+                _model_spec(cfg["teacher"]) if cfg.get("teacher") else None)
+            L = data.get("max_len", 128)
+            if steps and spec is not None:
+                per_step = 3 * analytic_count(spec, seq_len=L, batch=ts.batch_size, convention="flops")
+                if t_spec is not None:
+                    per_step += analytic_count(t_spec, seq_len=L, batch=ts.batch_size, convention="flops")
+                row["pflops"] = steps * per_step / 1e15
+        rows.append(row)
+    return rows
+
+
+def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
+    """The dry-run table: runs in order, with what they train, their size, cost and dependencies."""
+    rows = estimate(nodes)
+    header = ("#", "kind", "teacher", "student", "method", "task", "seed", "params (M) total/active",
+              "GFLOPs (paper)", "steps", "PFLOPs (flops)", "after")
+    index = {n.id: i + 1 for i, n in enumerate(nodes)}
+    body = []
+    for i, (node, row) in enumerate(zip(nodes, rows), 1):
+        m = node.meta
+        student = m.get("student") or ""
+        if m.get("experts") not in (None, "dense"):
+            student = f"{student}-{m['experts']}"
+        params = ("-" if row["params_total"] is None else
+                  f"{row['params_total'] / 1e6:.1f}/{row['params_active'] / 1e6:.1f}")
+        body.append((str(i), node.kind, str(m.get("teacher", "")), student, str(m.get("method", "")),
+                     str(m.get("task") or "-"), str(m.get("seed", "-")), params,
+                     "-" if row["gflops_paper"] is None else _number(row["gflops_paper"]),
+                     "-" if row["steps"] is None else str(row["steps"]),
+                     "-" if row["pflops"] is None else f"{row['pflops']:.3g}",
+                     ",".join(str(index[d]) for d in node.deps) or "-"))
+    widths = [max(len(r[k]) for r in (header, *body)) for k in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (header, *body)]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    known = [r["pflops"] for r in rows if r["pflops"] is not None]
+    unknown = sum(1 for r in rows if r["pflops"] is None and r["kind"] != "prepare")
+    kinds = {k: sum(1 for n in nodes if n.kind == k) for k in ("prepare", "finetune", "agnostic", "task")}
+    lines += ["", f"Sweep {spec.name!r}: {len(nodes)} runs ({', '.join(f'{v} {k}' for k, v in kinds.items() if v)}) "
+                  f"into {Path(spec.output_dir) / 'runs'}.",
+              f"Training compute: about {sum(known):.3g} PFLOPs (flops convention, 2 x MACs: 3 passes per step "
+              f"for the trained model plus one teacher forward)"
+              + (f"; {unknown} run(s) of unknown size or data left out." if unknown else ".")]
+    paper_axis = sorted({float(_number(r["gflops_paper"])) for n, r in zip(nodes, rows)
+                         if n.meta.get("role") == "student" and r["gflops_paper"] is not None})
+    if paper_axis:
+        lines.append("Student GFLOPs on the paper's axis (linear layers, sequence length 128): "
+                     + ", ".join(_number(g) for g in paper_axis) + ".")
+    return "\n".join(lines)
+
+
+def _number(value: float) -> str:
+    """Two decimals, or three significant digits for the small values of tiny models."""
+    return f"{value:.2f}" if value >= 0.01 or value == 0 else f"{value:.3g}"
+
+
+def plan_json(nodes: list[Node], spec: SweepSpec) -> str:
+    return json.dumps(dict(sweep=spec.to_dict(), nodes=[asdict(n) for n in nodes]), indent=1)
+
+
+def read_plan(output_dir: str | Path) -> tuple[dict, list[Node]]:
+    """The plan a sweep wrote into its folder (``plan.json``)."""
+    path = Path(output_dir) / "plan.json"
+    if not path.is_file():
+        raise ConfigError(f"{output_dir} holds no sweep (no plan.json): run `gapkit sweep CONFIG` first, or give "
+                          f"the sweep's output_dir.")
+    try:
+        data = json.loads(path.read_text())
+        return data["sweep"], [Node(**n) for n in data["nodes"]]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ConfigError(f"{path} is not a readable sweep plan ({type(err).__name__}): rerun the sweep to write "
+                          f"it again.") from None

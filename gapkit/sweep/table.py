@@ -1,0 +1,117 @@
+"""The sweep's results as one tidy table, rebuilt from the run folders at any time.
+
+One row per run x split x metric (a run that failed before it had metrics: one row with its reason):
+
+    sweep, run, role, stage, teacher, teacher_kind, teacher_family, teacher_params, teacher_gflops,
+    student, experts, method, params_total, params_active, gflops, convention, task, split, metric,
+    value, model, step, seed, status, reason, wall_time_s, git_revision, run_dir
+
+``teacher_params``/``teacher_gflops`` are the sweep teacher's (the fine-tuned one), also for the
+students of an assistant chain; ``gflops`` are per sequence of length 128 in the ``convention``
+column's convention (``paper``: the paper's axis). Written as ``results.parquet`` and ``results.csv``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..io import atomic_write
+from .execute import node_status
+from .plan import read_plan
+
+__all__ = ["build_table", "write_table", "COLUMNS"]
+
+COLUMNS = ["sweep", "run", "role", "stage", "teacher", "teacher_kind", "teacher_family", "teacher_params",
+           "teacher_gflops", "student", "experts", "method", "params_total", "params_active", "gflops",
+           "convention", "task", "split", "metric", "value", "model", "step", "seed", "status", "reason",
+           "wall_time_s", "git_revision", "run_dir"]
+
+
+def build_table(output_dir: str | Path, convention: str = "paper"):
+    """The results table of the sweep in ``output_dir`` (a pandas DataFrame with :data:`COLUMNS`).
+
+    Raises:
+        ConfigError: the folder holds no sweep plan, or a result file is unreadable.
+    """
+    import pandas as pd
+
+    from ..distill.result import RunResult
+
+    sweep, nodes = read_plan(output_dir)
+    results = {}
+    for node in nodes:
+        path = node.folder(output_dir) / "result.json"
+        if node.kind != "prepare" and path.is_file():
+            results[node.id] = RunResult.read(path)
+    teachers = {}  # (teacher name, task) -> the fine-tuned teacher's result
+    for node in nodes:
+        if node.kind == "finetune" and node.id in results:
+            teachers[(node.meta.get("teacher"), node.meta.get("task"))] = results[node.id]
+    rows = []
+    for node in nodes:
+        if node.kind == "prepare":
+            continue
+        m = node.meta
+        teacher = teachers.get((m.get("teacher"), m.get("task"))) or next(
+            (r for (name, _), r in teachers.items() if name == m.get("teacher")), None)
+        base = dict(sweep=sweep.get("name"), run=node.id, role=m.get("role"), stage=node.kind,
+                    teacher=m.get("teacher"), teacher_kind=m.get("teacher_kind"),
+                    teacher_family=m.get("teacher_family"),
+                    teacher_params=teacher.params_total if teacher else None,
+                    teacher_gflops=(teacher.student.get("gflops") or {}).get(convention) if teacher else None,
+                    student=m.get("student"), experts=m.get("experts"), method=m.get("method"),
+                    convention=convention, task=m.get("task"), seed=m.get("seed"),
+                    run_dir=str(node.folder(output_dir)))
+        result = results.get(node.id)
+        if result is None:
+            status, reason = node_status(node, output_dir)
+            if status == "failed":
+                rows.append(dict(base, status="failed", reason=reason))
+            continue
+        base.update(params_total=result.params_total, params_active=result.params_active,
+                    gflops=(result.student.get("gflops") or {}).get(convention), status=result.status,
+                    reason=result.reason, wall_time_s=result.wall_time_s, git_revision=result.git_revision)
+        if not result.metrics:
+            rows.append(base)
+        for metric in result.metrics:
+            rows.append(dict(base, split=metric["split"], metric=metric["metric"], value=metric["value"],
+                             model=metric["model"], step=metric["step"]))
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("teacher_params", "params_total", "params_active", "step", "seed"):
+        table[col] = table[col].astype("Int64")
+    for col in ("value", "gflops", "teacher_gflops", "wall_time_s"):
+        table[col] = table[col].astype("float64")
+    return table
+
+
+def write_table(output_dir: str | Path):
+    """Rebuild the table and write ``results.parquet`` and ``results.csv`` atomically; returns it."""
+    table = build_table(output_dir)
+    out = Path(output_dir)
+    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write(out / "results.csv", table.to_csv(index=False))
+    return table
+
+
+def summary(table, metric: str | None = None):
+    """The gap table: the selection metric of each student's best weights on dev, one column per
+    teacher (teachers' own scores in the first row), seeds averaged."""
+    import pandas as pd
+
+    dev = table[(table.model == "best") & (table.split == "dev")]
+    if metric is None:
+        preferred = [m for m in ("score", "f1", "accuracy", "relation") if m in set(dev.metric)]
+        metric = preferred[0] if preferred else None
+    dev = dev[dev.metric == metric]
+    teachers = dev[dev.role == "teacher"].groupby("teacher")["value"].mean()
+    students = dev[(dev.role == "student") & (dev.stage == "task")]
+    if students.empty:
+        return pd.DataFrame()
+    grid = students.pivot_table(index=["student", "experts", "method"], columns="teacher", values="value",
+                                aggfunc="mean")
+    order = [t for t in teachers.sort_values().index if t in grid.columns] + [
+        t for t in grid.columns if t not in teachers.index]
+    grid = grid[order]
+    head = pd.DataFrame([teachers.reindex(order).values], columns=order,
+                        index=pd.MultiIndex.from_tuples([("(teacher itself)", "", "")], names=grid.index.names))
+    return pd.concat([head, grid]).round(2)
