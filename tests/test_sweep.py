@@ -209,8 +209,11 @@ def test_failed_runs_are_recorded_the_rest_goes_on_and_the_exit_is_not_zero(tmp_
 
 
 @pytest.mark.parametrize("executor", ["local", "slurm"])
-def test_executors_give_the_inline_table(finished, tmp_path, executor):
-    spec, _ = finished
+def test_executors_give_the_inline_table(tmp_path, executor):
+    # a two-stage sweep (a teacher, then a student distilled from it): each executor process imports torch
+    spec = SweepSpec(**tiny(tmp_path / "inline", teachers=[dict(family="scratch", shapes=["1L-32H-4A"])],
+                            methods=["kd", dict(name="minimoe", experts="1,2E")], stages=["task"]))
+    assert run_sweep(spec, progress=False, log=lambda *_: None).ok
     settings = dict(kind=executor, workers=2) if executor == "local" else dict(kind="slurm", cluster="local",
                                                                                 slurm=dict(timeout_min=10))
     other = SweepSpec(**dict(spec.to_dict(), output_dir=str(tmp_path / executor), executor=settings))
