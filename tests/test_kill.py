@@ -49,14 +49,14 @@ class Launcher:
         self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("kill_zygote.py"))], env=env,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def start(self, folder: Path, kill_at: str | None = None) -> int:
-        """Start one run (``--resume`` once the folder has a config); returns its pid."""
+    def start(self, folder: Path, kill_at: str | None = None, args: list[str] | None = None) -> int:
+        """Start one run (``--resume`` once the folder has a config), or the command ``args``; returns its pid."""
         env = dict(self.env, **({"GAPKIT_KILL_AT": kill_at} if kill_at else {}))
         resume = ["--resume"] if (folder / "config.json").exists() else []
         self.count += 1
         self.log = self.tmp / f"log{self.count}.txt"
-        request = dict(args=["distill", str(folder.with_suffix(".yaml")), "--quiet", *resume], env=env,
-                       log=str(self.log))
+        args = args or ["distill", str(folder.with_suffix(".yaml")), "--quiet", *resume]
+        request = dict(args=args, env=env, log=str(self.log))
         self.proc.stdin.write(json.dumps(request) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())["pid"]
@@ -66,8 +66,8 @@ class Launcher:
         assert rc in (0, -signal.SIGKILL), self.log.read_text()[-3000:]
         return rc
 
-    def run(self, folder: Path, kill_at: str | None = None) -> int:
-        self.start(folder, kill_at)
+    def run(self, folder: Path, kill_at: str | None = None, args: list[str] | None = None) -> int:
+        self.start(folder, kill_at, args)
         return self.wait()
 
     def close(self) -> None:
@@ -107,7 +107,10 @@ def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
             if kill_at == "random":
                 pid = launcher.start(cut)
                 time.sleep(rng.uniform(0.2, 1.5))
-                os.kill(pid, signal.SIGKILL)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:  # it ended first
+                    pass
                 rc = launcher.wait()
             else:
                 rc = launcher.run(cut, kill_at)
