@@ -236,3 +236,16 @@ def test_cli_results_and_status(finished, capsys):
 def test_cli_refuses_a_folder_without_a_sweep(tmp_path, capsys):
     assert main(["status", str(tmp_path)]) == 2
     assert "holds no sweep" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_sweep_loads_and_plans(config):
+    spec = SweepSpec.from_file(config)
+    nodes = plan(spec)
+    assert nodes and format_plan(nodes, spec)
+
+
+def test_one_data_dir_for_every_task(tmp_path):
+    spec = SweepSpec(**tiny(tmp_path, tasks=[dict(task="sst2"), dict(task="conll", data_dir="own")], stages=["task"],
+                            data_dir="glue_data", methods=["kd"]))
+    assert [t["data_dir"] for t in spec.tasks] == ["glue_data", "own"]

@@ -119,6 +119,8 @@ class SweepSpec:
         weights: loss weights per stage (``agnostic``, ``task``, ``kd``) over gapkit's defaults.
         relation_heads: R of the relation loss.
         seeds: student seeds; ``teacher_seed``: the seed of teacher fine-tuning.
+        data_dir: a local data folder (``glue_data/``-style, or the CoNLL files) for every task that
+            does not name its own; None loads from the Hub.
         executor: ``{kind: inline|local|slurm, ...}`` (see gapkit.sweep.execute).
         group_memory_gb: memory budget of one group of students trained on one teacher pass.
     """
@@ -136,12 +138,16 @@ class SweepSpec:
     relation_heads: int = 32
     seeds: list = field(default_factory=lambda: [0])
     teacher_seed: int = 0
+    data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
 
     def __post_init__(self):
         check_fields(self, "sweep")
         _check(bool(self.tasks), "sweep.tasks is empty: list at least one task, e.g. tasks: [{task: sst2}].")
+        if self.data_dir is not None:  # one folder for the tasks that name none
+            self.tasks = [dict(t, data_dir=t.get("data_dir") or self.data_dir) if isinstance(t, dict) else t
+                          for t in self.tasks]
         for i, t in enumerate(self.tasks):
             _check(isinstance(t, dict), f"sweep.tasks[{i}] must be a mapping of data settings (e.g. {{task: sst2}}), "
                                         f"got {t!r}.")
