@@ -36,6 +36,7 @@ def _sections() -> list[Section]:
     from .distill.losses import LossWeights
     from .distill.pipeline import PipelineSpec
     from .models.spec import StudentSpec
+    from .sweep.spec import SweepSpec
 
     return [
         Section("", "Run config (`gapkit distill`)", DistillSpec,
@@ -51,6 +52,9 @@ def _sections() -> list[Section]:
         Section("", "Pipeline file (`gapkit pipeline`)", PipelineSpec,
                 "A YAML mapping; each stage is a run config plus a `name`, merged over `defaults`; "
                 "`--set key=value` overrides a key of `defaults`."),
+        Section("", "Sweep file (`gapkit sweep`)", SweepSpec,
+                "A YAML mapping (see configs/sweeps/ and docs/sweeps.md); `--set key=value` overrides a key "
+                "(values are YAML: `--set seeds=[0,1]`)."),
     ]
 
 

@@ -31,7 +31,7 @@ from ..distill.config import DistillSpec
 from ..errors import ConfigError
 from ..io import atomic_write, json_dumps
 from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_group
-from .plan import Node, estimate, plan, plan_json
+from .plan import Node, estimate, node_shape, plan, plan_json
 from .spec import EXECUTORS, SweepSpec
 
 __all__ = ["run_sweep", "SweepReport", "Unit", "node_status"]
@@ -210,7 +210,7 @@ class SweepReport:
         return not self.failures and all(self.status[n.id][0] == "done" for n in self.nodes)
 
 
-def _units(ready: list[Node], output_dir: str, budget_bytes: float, progress: bool) -> list[Unit]:
+def _units(ready: list[Node], nodes: list[Node], output_dir: str, budget_bytes: float, progress: bool) -> list[Unit]:
     """Ready nodes packed into units: prepare steps together; runs grouped by teacher pass, each group
     cut where its students' memory would pass the budget."""
     units, groups = [], {}
@@ -218,6 +218,7 @@ def _units(ready: list[Node], output_dir: str, budget_bytes: float, progress: bo
     if prepares:
         units.append(Unit([n.id for n in prepares], "prepare",
                           [dict(n.config, folder=str(n.folder(output_dir))) for n in prepares], progress))
+    by_id = {n.id: n for n in nodes}
     rows = {r["id"]: r for r in estimate([n for n in ready if n.kind != "prepare"])}
     for node in ready:
         if node.kind != "prepare":
@@ -225,9 +226,9 @@ def _units(ready: list[Node], output_dir: str, budget_bytes: float, progress: bo
     for members in groups.values():
         chunk, used = [], 0.0
         for node in members:
-            spec = node.spec()
-            r = rows.get(node.id) or {}
-            need = memory_estimate(spec, r.get("params_total") or 0, 1024, 12) if r.get("params_total") else 0
+            spec, shape = node.spec(), node_shape(node, by_id)
+            params = (rows.get(node.id) or {}).get("params_total")
+            need = memory_estimate(spec, params, shape.hidden, shape.layers) if params and shape else 0
             if chunk and used + need > budget_bytes:
                 units.append(Unit([n.id for n in chunk], "runs", [n.config for n in chunk], progress))
                 chunk, used = [], 0.0
@@ -277,7 +278,7 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
             ready = [n for n in nodes if n.id not in submitted and status[n.id][0] in ("pending", "running")
                      and all(status[d][0] == "done" for d in n.deps)]
             if ready:
-                units = _units(ready, str(out), budget, progress and isinstance(ex, InlineExecutor))
+                units = _units(ready, nodes, str(out), budget, progress and isinstance(ex, InlineExecutor))
                 submitted.update(n.id for n in ready)
                 in_flight += list(zip(units, ex.submit_all(units)))
             if not in_flight:

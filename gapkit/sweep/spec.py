@@ -108,7 +108,7 @@ class SweepSpec:
         tasks: run data settings (``DataSpec`` fields), one per task.
         teachers: teacher entries: ``{name?, ref}``; ``{family: sizes, refs: [...]}``;
             ``{family: truncate, ref, layers: [...]}``; ``{family: scratch, shapes: [...]}``.
-        students: ``{layers: [...], hidden: [...], heads?, ffn?}`` (a grid) or ``{shapes: [...]}``.
+        students: ``{layers: [...], hidden: [...], heads?}`` (a grid) or ``{shapes: [...]}``.
         methods: names or ``{name, <option>: value or list}`` (options: experts, routing,
             load_balance, gate_noise, assistant).
         stages: ``[agnostic, task]`` (the paper's two stages), ``[task]`` or ``[agnostic]``.
@@ -118,7 +118,8 @@ class SweepSpec:
             ``agnostic``, ``task``; ``all`` applies to every stage.
         weights: loss weights per stage (``agnostic``, ``task``, ``kd``) over gapkit's defaults.
         relation_heads: R of the relation loss.
-        seeds: student seeds; ``teacher_seed``: the seed of teacher fine-tuning.
+        seeds: student seeds (each seed sets a student's init and data order).
+        teacher_seed: the seed of teacher (and assistant) fine-tuning and distillation.
         data_dir: a local data folder (``glue_data/``-style, or the CoNLL files) for every task that
             does not name its own; None loads from the Hub.
         executor: ``{kind: inline|local|slurm, ...}`` (see gapkit.sweep.execute).
