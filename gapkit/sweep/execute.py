@@ -221,8 +221,9 @@ def _units(ready: list[Node], nodes: list[Node], output_dir: str, budget_bytes: 
     by_id = {n.id: n for n in nodes}
     rows = {r["id"]: r for r in estimate([n for n in ready if n.kind != "prepare"])}
     for node in ready:
-        if node.kind != "prepare":
-            groups.setdefault(group_key(node.spec()), []).append(node)
+        if node.kind != "prepare":  # runs without a teacher share nothing: each is its own unit
+            spec = node.spec()
+            groups.setdefault(group_key(spec) if spec.teacher else node.id, []).append(node)
     for members in groups.values():
         chunk, used = [], 0.0
         for node in members:
