@@ -260,11 +260,13 @@ def _run_status(args: argparse.Namespace) -> int:
 
     sweep, nodes = read_plan(args.dir)
     states = [(n, *node_status(n, args.dir)) for n in nodes]
-    counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "failed", "pending")}
+    counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "interrupted", "failed",
+                                                                     "pending")}
     width = 40
     filled = round(width * counts["done"] / max(1, len(nodes)))
     print(f"sweep {sweep.get('name')}: [{'#' * filled}{'.' * (width - filled)}] {counts['done']}/{len(nodes)} done, "
-          f"{counts['running']} running or interrupted, {counts['failed']} failed, {counts['pending']} pending")
+          f"{counts['running']} running, {counts['interrupted']} interrupted, {counts['failed']} failed, "
+          f"{counts['pending']} pending")
     for node, state, reason in states:
         if state != "done":
             print(f"  {state:8s} {node.id}" + (f": {reason}" if reason else ""))

@@ -231,3 +231,18 @@ def test_ddp_two_ranks_equal_one_process_and_resume_exactly(tmp_path):
     # each rank's stream was saved, and they differ (dropout masks are the rank's own)
     rng = load_file(tmp_path / "cut" / "checkpoint" / "rng.safetensors")
     assert {"rank0.cpu", "rank1.cpu"} <= set(rng) and not torch.equal(rng["rank0.cpu"], rng["rank1.cpu"])
+
+
+def test_one_process_at_a_time_in_a_run_folder(tmp_path):
+    from gapkit.distill.runfiles import in_use
+
+    first = Run(spec(tmp_path / "r"), progress=False)
+    first.step()
+    first.checkpoint()
+    assert in_use(tmp_path / "r")
+    with pytest.raises(ConfigError, match="in use by another gapkit process"):
+        Run(spec(tmp_path / "r"), resume=True, progress=False)
+    first.close()  # as a killed process would: the kernel drops the lock
+    assert not in_use(tmp_path / "r")
+    assert run(spec(tmp_path / "r"), resume=True, progress=False).steps == 6
+    assert not any(p.name.startswith(".") for p in (tmp_path / "r").iterdir())

@@ -18,6 +18,7 @@ row after it is dropped (the resumed run writes them again, identically). ``chec
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from ..io import atomic_dir, atomic_write, json_dumps, kill_point, recover_dir
 from .checkpointing import has_training_state
 from .result import RunResult
 
-__all__ = ["RunFolder"]
+__all__ = ["RunFolder", "in_use"]
 
 LOG_FILES = ("metrics.jsonl", "routing.parquet", "result.json", "failure.json")
 LOG_DIRS = ("checkpoint", "best", "tensorboard")
@@ -40,6 +41,7 @@ class RunFolder:
         self.writer = writer
         self.routing: list[dict] = []
         self.tensorboard = None
+        self._lock: int | None = None
 
     # -- paths ---------------------------------------------------------------------------------------
     @property
@@ -69,6 +71,8 @@ class RunFolder:
         d = self.dir
         if d.exists() and not d.is_dir():
             raise ConfigError(f"output_dir {d} is a file, not a folder: choose another output_dir.")
+        if d.is_dir():
+            self.acquire()
         # A file a kill left beside its name (``*.tmp``) was never part of a run.
         if not d.exists() or all(p.name.endswith(".tmp") for p in d.iterdir()):
             if resume:
@@ -125,6 +129,11 @@ class RunFolder:
         if not self.writer:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        if self._lock is None:
+            self.acquire()
+            if (self.dir / "config.json").exists():  # another process started a run here meanwhile
+                raise ConfigError(f"Run folder {self.dir} was taken by another run while this one was being "
+                                  f"built: choose another output_dir.")
         for leftover in self.dir.glob("*.tmp"):
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
         if wipe:
@@ -197,10 +206,54 @@ class RunFolder:
         if self.writer:
             atomic_write(self.dir / "failure.json", json_dumps(failure, indent=2))
 
+    # -- one writer at a time ----------------------------------------------------------------------
+    def acquire(self) -> None:
+        """Hold the folder for this process: an exclusive ``flock`` on the folder itself, which the kernel
+        releases when the process ends, however it ends (a SIGKILL included), so a crash never leaves it
+        held. (Advisory, and local: on a network file system two machines may not see each other's.)
+
+        Raises:
+            ConfigError: another process holds it (the same run started twice).
+        """
+        if not self.writer or self._lock is not None:
+            return
+        import fcntl
+
+        fd = os.open(self.dir, os.O_RDONLY)  # the folder itself: nothing is written to take the lock
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(f"Run folder {self.dir} is in use by another gapkit process: let it finish (or stop "
+                              f"it), then run again.") from None
+        self._lock = fd
+
+    def release(self) -> None:
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
+
     def close(self) -> None:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        self.release()
+
+
+def in_use(folder: str | Path) -> bool:
+    """Does a live process hold this run folder (see :meth:`RunFolder.acquire`)?"""
+    import fcntl
+
+    if not Path(folder).is_dir():
+        return False
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock taken here
+    return False
 
 
 def _comparable(config: dict) -> str:

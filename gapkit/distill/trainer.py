@@ -235,6 +235,15 @@ class Run:
 
     def __init__(self, spec: DistillSpec, resume: bool = False, teacher: TeacherSide | None = None,
                  progress: bool = True):
+        try:
+            self._build(spec, resume, teacher, progress)
+        except BaseException:
+            folder = getattr(self, "folder", None)
+            if folder is not None:  # the folder's lock goes with a run that could not start
+                folder.close()
+            raise
+
+    def _build(self, spec: DistillSpec, resume: bool, teacher: TeacherSide | None, progress: bool) -> None:
         self.t_start = time.time()
         self.spec, self.train_spec = spec, spec.train
         train = spec.train
@@ -251,6 +260,7 @@ class Run:
         self.result: RunResult | None = None
         if self.finished:
             self.result = RunResult.read(self.folder.result_file)
+            self.folder.close()
             return
 
         # Everything that can be wrong is found here, before a single step.
@@ -540,6 +550,13 @@ class Run:
         self.folder.close()
         return self.result
 
+    def close(self) -> None:
+        """Let go of the run folder without finishing (an interrupted run; resumable)."""
+        bar = getattr(self, "bar", None)
+        if bar is not None:
+            bar.close()
+        self.folder.close()
+
     def fail(self, err: NonFiniteLossError) -> TrainingFailed:
         """Record a NaN/inf stop (``failure.json``, ``result.json``); returns the error to raise."""
         self.bar.close()
@@ -622,4 +639,7 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
             r.after_step()
     except NonFiniteLossError as err:
         raise r.fail(err) from None
+    except BaseException:
+        r.close()  # interrupted: the folder is left as its last checkpoint says, and free to resume
+        raise
     return r.finish()

@@ -170,8 +170,8 @@ def make_executor(spec: SweepSpec, kind: str | None = None):
 # Status of a node, from its folder
 # ----------------------------------------------------------------------------------------------------
 def node_status(node: Node, output_dir: str | Path) -> tuple[str, str | None]:
-    """``done``, ``failed``, ``running`` (started, not ended: running now or interrupted) or ``pending``,
-    and the reason of a failure."""
+    """``done``, ``failed``, ``running`` (a live process holds it), ``interrupted`` (started, not ended, no
+    process on it: the next run of the sweep resumes it) or ``pending``, and the reason of a failure."""
     folder = node.folder(output_dir)
     failure = Path(output_dir) / "failures" / f"{node.id}.json"
     if node.kind == "prepare":
@@ -188,7 +188,9 @@ def node_status(node: Node, output_dir: str | Path) -> tuple[str, str | None]:
     if failure.is_file():
         return "failed", json.loads(failure.read_text()).get("reason")
     if folder.is_dir() and any(folder.iterdir()):
-        return "running", None
+        from ..distill.runfiles import in_use
+
+        return ("running", None) if in_use(folder) else ("interrupted", None)
     return "pending", None
 
 
@@ -272,11 +274,11 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
     try:
         while True:
             for n in nodes:  # a run whose input failed cannot run
-                if status[n.id][0] in ("pending", "running") and any(status[d][0] in ("failed", "blocked")
+                if status[n.id][0] in ("pending", "interrupted") and any(status[d][0] in ("failed", "blocked")
                                                                     for d in n.deps):
                     bad = next(d for d in n.deps if status[d][0] in ("failed", "blocked"))
                     status[n.id] = ("blocked", f"needs {bad}, which {status[bad][0]}")
-            ready = [n for n in nodes if n.id not in submitted and status[n.id][0] in ("pending", "running")
+            ready = [n for n in nodes if n.id not in submitted and status[n.id][0] in ("pending", "interrupted")
                      and all(status[d][0] == "done" for d in n.deps)]
             if ready:
                 units = _units(ready, nodes, str(out), budget, progress and isinstance(ex, InlineExecutor))

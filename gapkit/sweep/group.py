@@ -73,6 +73,20 @@ def run_group(specs: list[DistillSpec], progress: bool = False) -> list[Outcome]
             continue
         shared = shared if shared is not None else r.teacher
         runs.append(r)
+    try:
+        _train_together(runs, shared, outcomes)
+    except BaseException:
+        for r in runs:
+            r.close()
+        raise
+    for r in runs:
+        result = r.finish()
+        outcomes[r.spec.output_dir] = Outcome(r.spec.output_dir, result.status, result.reason)
+    return [outcomes[s.output_dir] for s in specs]
+
+
+def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
+    """Step ``runs`` to their ends on one teacher pass per step (lagging runs first)."""
     while True:
         active = [r for r in runs if not r.done]
         if not active:
@@ -102,10 +116,6 @@ def run_group(specs: list[DistillSpec], progress: bool = False) -> list[Outcome]
         for r in stepping:
             if r.checkpoint_due:
                 r.checkpoint()
-    for r in runs:
-        result = r.finish()
-        outcomes[r.spec.output_dir] = Outcome(r.spec.output_dir, result.status, result.reason)
-    return [outcomes[s.output_dir] for s in specs]
 
 
 def prepare_truncated(ref: str, layers: int, folder: str | Path) -> Path:
