@@ -176,6 +176,7 @@ def relation_loss(
     num_relation_heads: int = 32,
     relation_dropout: float = 0.0,
     training: bool = False,
+    teacher_cache: dict | None = None,
 ) -> RelationLoss:
     """MiniLM self-attention relation distillation loss, as in the MiniMoE authors' code.
 
@@ -196,6 +197,10 @@ def relation_loss(
             training; the teacher is in eval mode, so only the student is affected. Default 0: the
             distillation driver decides.
         training: dropout is applied only when ``training`` and ``relation_dropout > 0``.
+        teacher_cache: a dict that belongs to this batch's teacher outputs, shared by the students of a
+            group: the teacher's relation rows are computed by the first student and reused by the
+            others (the same numbers, so each student's loss is bitwise what it would be alone; the
+            three (N_rows, T) tensors stay alive while the dict does).
 
     Returns:
         ``RelationLoss(total, qq, kk, vv)`` of scalar tensors, ``total = (qq + kk + vv) / 3``.
@@ -227,12 +232,20 @@ def relation_loss(
     if not bool(query_mask.any()):
         raise ValueError("attention_mask marks no real token in the batch; the relation loss would be 0/0.")
 
+    key = num_relation_heads  # the cache belongs to one batch's teacher outputs: its mask is this one
+    shared = teacher_cache.get(key) if teacher_cache is not None else None
+    computed = []
     parts = []
-    for t_x, s_x in zip(teacher_qkv, student_qkv):
-        with torch.no_grad():
-            t_rel = relations(t_x.detach().to(device), mask, num_relation_heads, name="teacher")
-            t_rows = _real_rows(t_rel, query_mask)  # (N_rows, T)
-            del t_rel
+    for i, (t_x, s_x) in enumerate(zip(teacher_qkv, student_qkv)):
+        if shared is not None:
+            t_rows = shared[i]
+        else:
+            with torch.no_grad():
+                t_rel = relations(t_x.detach().to(device), mask, num_relation_heads, name="teacher")
+                t_rows = _real_rows(t_rel, query_mask)  # (N_rows, T)
+                del t_rel
+            if teacher_cache is not None:
+                computed.append(t_rows)
         s_rel = relations(s_x, mask, num_relation_heads, name="student")  # (B, R, T, T)
         if training and relation_dropout > 0.0:
             # Authors' detail: relation probabilities go through the attention dropout; it zeroes
@@ -246,6 +259,8 @@ def relation_loss(
                 F.kl_div(torch.log(s_rows + KL_EPS), t_rows + KL_EPS, reduction="batchmean")
             )
         del s_rows, t_rows
+    if teacher_cache is not None and shared is None:
+        teacher_cache[key] = computed
     qq, kk, vv = parts
     return RelationLoss(total=(qq + kk + vv) / 3.0, qq=qq, kk=kk, vv=vv)
 

@@ -204,7 +204,8 @@ class Trainee(nn.Module):
             student_qkv = self.model.relation_qkv(out.last_hidden_state) if self.uses_projection else out.qkv
             terms["relation"] = relation_loss(
                 teacher_out.qkv, student_qkv, mask, spec.relation_heads,
-                relation_dropout=spec.relation_dropout, training=self.training).total
+                relation_dropout=spec.relation_dropout, training=self.training,
+                teacher_cache=getattr(teacher_out, "relation_cache", None)).total
         labels = batch.get("labels")
         logits = out.logits
         regression = self.task.kind == "regression"

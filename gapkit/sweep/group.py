@@ -98,6 +98,8 @@ def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
         if shared is not None and not TeacherNeeds.of(stepping[0].spec).logits_only:
             outputs = [shared(to_device({k: v for k, v in b.items() if k != "teacher_logits"}, shared.device))
                        for b in micro]
+            for out in outputs:  # the teacher's relation rows too: computed by the first student, reused
+                out.relation_cache = {}
         for r in stepping:
             try:
                 r.step(micro, outputs)
@@ -111,6 +113,9 @@ def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
             pairs = None
             if shared is not None and due[0].task.kind == "unlabeled":  # the relation loss needs the teacher
                 pairs = {split: list(due[0].eval_pairs(split)) for split in due[0].task.evals}
+                for split_pairs in pairs.values():
+                    for _, out in split_pairs:
+                        out.relation_cache = {}
             for r in due:
                 r.evaluate_all(pairs)
         for r in stepping:
