@@ -152,10 +152,7 @@ class SweepSpec:
         for i, t in enumerate(self.tasks):
             _check(isinstance(t, dict), f"sweep.tasks[{i}] must be a mapping of data settings (e.g. {{task: sst2}}), "
                                         f"got {t!r}.")
-            try:
-                DataSpec(**t)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"sweep.tasks[{i}]: {err}") from None
+            _validate(DataSpec, t, f"sweep.tasks[{i}]")
         _check(bool(self.teachers), "sweep.teachers is empty: name at least one teacher (a Hub name, folder or family).")
         _check(bool(self.stages) and all(s in STAGES for s in self.stages),
                f"sweep.stages must be a non-empty list of {', '.join(STAGES)}, got {self.stages!r}.")
@@ -169,25 +166,14 @@ class SweepSpec:
         _check(not unknown, f"sweep.budgets has unknown stage(s) {', '.join(sorted(unknown))}: use finetune, agnostic, "
                             f"task or all.")
         for stage, settings in self.budgets.items():
-            _check(isinstance(settings, dict), f"sweep.budgets.{stage} must be a mapping of train settings, got "
-                                               f"{settings!r}.")
-            try:
-                TrainSpec(**settings)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"sweep.budgets.{stage}: {err}") from None
+            _validate(TrainSpec, settings, f"sweep.budgets.{stage}")
         unknown = set(self.weights) - {"agnostic", "task", "kd", "finetune"}
         _check(not unknown, f"sweep.weights has unknown stage(s) {', '.join(sorted(unknown))}: use agnostic, task, kd "
                             f"or finetune.")
         for stage, w in self.weights.items():
-            try:
-                LossWeights(**w)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"sweep.weights.{stage}: {err}") from None
+            _validate(LossWeights, w, f"sweep.weights.{stage}")
         if self.agnostic_data is not None:
-            try:
-                DataSpec(**self.agnostic_data)
-            except (TypeError, ValueError) as err:
-                raise ConfigError(f"sweep.agnostic_data: {err}") from None
+            _validate(DataSpec, self.agnostic_data, "sweep.agnostic_data")
         needs_text = "agnostic" in self.stages and any(m.name != "kd" for m in self.method_variants())
         if needs_text and self.agnostic_data is None:
             real = [t["task"] for t in self.tasks if t.get("task", "synthetic") != "synthetic"]
@@ -311,6 +297,15 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         return copy.deepcopy(dataclasses.asdict(self))
+
+
+def _validate(cls, settings, where: str) -> None:
+    """Build ``cls(**settings)`` once, so a bad setting fails here with ``where`` in its sentence."""
+    _check(isinstance(settings, dict), f"{where} must be a mapping of settings, got {settings!r}.")
+    try:
+        cls(**settings)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"{where}: {err}") from None
 
 
 def _short(ref: str) -> str:
