@@ -98,7 +98,20 @@ class InlineExecutor:
         pass
 
 
+def _die_with_parent() -> None:
+    """Linux: a pool worker gets SIGKILL when the sweep process dies, however it dies, so no orphan
+    goes on writing (and holding) run folders that the next start of the sweep will resume."""
+    try:
+        import ctypes
+        import signal
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def _init_slot(slots, threads: int) -> None:
+    _die_with_parent()
     slot = slots.get()
     if slot is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
