@@ -6,6 +6,7 @@
     gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run]
     gapkit status DIR
     gapkit results DIR [--csv]
+    gapkit report DIR|FILE [--out DIR] [--metric M] [--split S] [--baseline METHOD] [--resamples N]
     gapkit --version
 
 Every config key is described in docs/config.md (``python -m gapkit.configdoc`` prints it).
@@ -295,6 +296,38 @@ def _run_results(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit report
+# ----------------------------------------------------------------------------------------------------
+def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "The definitions (best teacher, curse onset, recovered fraction, intervals): docs/analysis.md."
+    parser.add_argument("dir", metavar="DIR",
+                        help="a sweep's output_dir (its results.parquet), or a results .parquet/.csv file")
+    parser.add_argument("--out", help="folder for the CSV files (default: DIR/report, or report/ beside the file)")
+    parser.add_argument("--metric", help="the metric to score (default: each task's primary metric)")
+    parser.add_argument("--split", help="the split to score (default: dev, dev_matched for MNLI)")
+    parser.add_argument("--baseline", default="minilm",
+                        help="the dense method whose curse the others recover (default minilm)")
+    parser.add_argument("--family", help="only the teachers of this teacher_family (default: all teachers of a task)")
+    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
+    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
+    parser.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+
+
+def _run_report(args: argparse.Namespace) -> int:
+    from .analysis import format_report, load_table, report, write_report
+
+    table = load_table(args.dir)
+    tables = report(table, metric=args.metric, split=args.split, baseline=args.baseline, family=args.family,
+                    n_resamples=args.resamples, seed=args.seed, level=args.level)
+    where = Path(args.dir)
+    out = Path(args.out) if args.out else (where if where.is_dir() else where.parent) / "report"
+    print(format_report(tables, level=args.level, baseline=args.baseline, n_resamples=args.resamples, seed=args.seed))
+    paths = write_report(tables, out)
+    print(f"\nWrote {len(paths)} tables to {out}/: {', '.join(p.name for p in paths)}.")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 class Command(NamedTuple):
@@ -315,6 +348,8 @@ COMMANDS: dict[str, Command] = {
     "status": Command("how far a sweep is: done, running, failed, pending", _add_dir_arguments, _run_status),
     "results": Command("a sweep's results table, rebuilt from its run folders", _add_results_arguments,
                        _run_results),
+    "report": Command("statistics of a results table: scores over seeds, gap curves, curse onset, recovered gap",
+                      _add_report_arguments, _run_report),
 }
 
 
