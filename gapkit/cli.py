@@ -6,6 +6,7 @@
     gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run]
     gapkit status DIR
     gapkit results DIR [--csv]
+    gapkit plot DIR [--out DIR] [--routing representative|all|none] [--paper]
     gapkit report DIR|FILE [--out DIR] [--metric M] [--split S] [--baseline METHOD] [--resamples N]
     gapkit --version
 
@@ -296,6 +297,36 @@ def _run_results(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit plot
+# ----------------------------------------------------------------------------------------------------
+def _add_plot_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "What each figure shows and which results it needs: docs/figures.md."
+    parser.add_argument("dir", metavar="DIR", help="a sweep's output_dir (its results.parquet)")
+    parser.add_argument("--out", help="folder for the figures (default: DIR/figures)")
+    parser.add_argument("--routing", choices=("representative", "all", "none"), default="representative",
+                        help="MiniMoE runs that get routing figures: one per MiniMoE method (largest teacher and "
+                             "student, first seed; the default), all, or none")
+    parser.add_argument("--paper", action="store_true",
+                        help="overlay the MiniMoE paper's published numbers on the curse figure")
+
+
+def _run_plot(args: argparse.Namespace) -> int:
+    from .analysis.plots import plot_sweep
+
+    paper = None
+    if args.paper:
+        from .analysis import paper_results
+
+        paper = paper_results()
+    written, skipped = plot_sweep(args.dir, args.out, routing=args.routing, paper=paper)
+    for path in written:
+        print(f"wrote {path}")
+    for name, reason in skipped:
+        print(f"skipped {name}: {reason}")
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # gapkit report
 # ----------------------------------------------------------------------------------------------------
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
@@ -348,6 +379,8 @@ COMMANDS: dict[str, Command] = {
     "status": Command("how far a sweep is: done, running, failed, pending", _add_dir_arguments, _run_status),
     "results": Command("a sweep's results table, rebuilt from its run folders", _add_results_arguments,
                        _run_results),
+    "plot": Command("every figure a sweep's results support (PNG and PDF), naming the ones it skips",
+                    _add_plot_arguments, _run_plot),
     "report": Command("statistics of a results table: scores over seeds, gap curves, curse onset, recovered gap",
                       _add_report_arguments, _run_report),
 }

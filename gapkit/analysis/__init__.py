@@ -12,3 +12,11 @@ __all__ = [
     "teacher_scale_fit", "NOT_ESTIMABLE", "paper_results", "report", "format_report", "write_report", "load_table",
     "REPORT_TABLES",
 ]
+
+# Figures (docs/figures.md): each returns a matplotlib Figure; plot_sweep writes every one a sweep supports.
+from .plots import (plot_ablations, plot_curse, plot_expert_share, plot_moe_vs_dense, plot_pareto,  # noqa: E402
+                    plot_routing_training, plot_sweep, plot_top_tokens, student_points)
+from .style import figure_style, save_figure  # noqa: E402
+
+__all__ += ["plot_curse", "plot_moe_vs_dense", "plot_ablations", "plot_pareto", "plot_expert_share",
+            "plot_routing_training", "plot_top_tokens", "plot_sweep", "student_points", "figure_style", "save_figure"]
