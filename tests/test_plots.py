@@ -125,6 +125,17 @@ def test_curse_figure_draws_seed_means_per_teacher_with_the_papers_points(tmp_pa
     written(fig, tmp_path, "curse")
 
 
+def test_curse_figure_with_the_papers_published_numbers():
+    from gapkit.analysis import paper_results
+
+    fig = plot_curse(results_table(), paper=paper_results())
+    paper = [l for l in fig.axes[0].get_lines() if l.get_label() == "bert-large (paper)"][0]
+    assert list(paper.get_xdata()) == [0.04, 0.11, 0.45, 0.68, 0.91, 1.36]
+    assert paper.get_ydata()[-1] == pytest.approx(85.1)  # the paper's 6L-384H student of BERT-large
+    assert "0.04" in [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    plt.close(fig)
+
+
 def test_colours_follow_methods_and_teachers_across_figures():
     table = results_table()
     curse = plot_curse(table)
