@@ -391,7 +391,8 @@ class Run:
             self.folder.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs.items()])
             self.bar.set_postfix(loss=f"{logs['total']:.4f}", tok_s=f"{logs['tokens_per_s']:.0f}")
         if self.model.is_moe and (step % train.routing_every == 0 or step == 1):
-            self.folder.add_routing(routing_rows(out.routing, batch["attention_mask"], step=step, split="train"))
+            self.folder.add_routing(routing_rows(out.routing, batch["attention_mask"], input_ids=batch["input_ids"],
+                                                 step=step, split="train"))
         return logs
 
     def _check_finite(self, terms: dict, step: int) -> None:
@@ -442,7 +443,7 @@ class Run:
                     else:
                         out = trainee.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
                 if out.routing is not None and self.model.is_moe:
-                    routing.add(out.routing, batch["attention_mask"])
+                    routing.add(out.routing, batch["attention_mask"], batch["input_ids"])
                 if task.kind == "unlabeled":
                     n = batch["input_ids"].shape[0]
                     loss_sum += float(terms["relation"]) * n
