@@ -112,6 +112,10 @@ def _die_with_parent() -> None:
 
 def _init_slot(slots, threads: int) -> None:
     _die_with_parent()
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # as the command line does: no load reports or bars per worker
+    hf_logging.disable_progress_bar()
     slot = slots.get()
     if slot is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot)
