@@ -17,7 +17,7 @@ from .conll import CONLL_LABELS, CONLL_SPLIT_FILES, load_conll
 from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
 from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
 from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
-from .synthetic import SyntheticTask
+from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments
 
 KINDS = ("sequence", "regression", "token", "unlabeled")
@@ -147,9 +147,12 @@ def _conll(spec, tokenizer, seed: int) -> TaskData:
 
 
 def _synthetic_task(spec) -> SyntheticTask:
-    """The SyntheticTask a DataSpec describes (sequence length at most data.max_len, 32 by default)."""
+    """The SyntheticTask a DataSpec describes (sequence length at most data.max_len; by default its rule's
+    longest, 32 for ``counts``, 18 for ``span``)."""
     kwargs = dict(spec.synthetic)
-    kwargs.setdefault("max_len", min(32, spec.max_len))
+    rule = kwargs.get("rule", "counts")
+    longest = RULE_DEFAULTS.get(rule if isinstance(rule, str) else "counts", RULE_DEFAULTS["counts"])["max_len"]
+    kwargs.setdefault("max_len", min(longest, spec.max_len))
     if kwargs["max_len"] > spec.max_len:
         raise DataError(f"synthetic.max_len {kwargs['max_len']} exceeds data.max_len {spec.max_len}; lower one of them.")
     try:
