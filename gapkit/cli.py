@@ -359,6 +359,56 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit quickstart
+# ----------------------------------------------------------------------------------------------------
+QUICKSTART = Path(__file__).with_name("sweep") / "quickstart.yaml"
+
+
+def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default="runs/quickstart", help="the sweep folder (default runs/quickstart)")
+    parser.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
+                        help="where the runs go (default inline: one process)")
+    parser.add_argument("--print-config", action="store_true", help="print the quickstart's sweep file and exit")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _run_quickstart(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .sweep import SweepSpec, build_table, run_sweep
+    from .sweep.table import summary
+
+    if args.print_config:
+        print(QUICKSTART.read_text(), end="")
+        return 0
+    spec = SweepSpec.from_file(QUICKSTART, [f"output_dir={args.out}"])
+    print(f"gapkit quickstart: {spec.name}, a small teacher x student sweep on gapkit's synthetic task, offline on "
+          f"CPU (a few minutes): teachers of {len(spec.teacher_entries())} sizes trained from scratch, then dense "
+          f"and MiniMoE students of {len(spec.student_specs())} sizes distilled from each.\n")
+    report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
+    table = build_table(spec.output_dir)
+    grid = summary(table)
+    with pd.option_context("display.width", 200, "display.max_columns", 50):
+        print("\nStudent dev score (best weights, seeds averaged) per teacher; the first row is each teacher's own:")
+        print(grid.to_string())
+    try:
+        from .analysis.plots import plot_sweep
+
+        written, _ = plot_sweep(spec.output_dir, None, routing="representative")
+        if written:
+            print(f"\nFigures: {Path(written[0]).parent} ({len(written)} files, PNG and PDF).")
+    except Exception as err:  # noqa: BLE001 - the table is the result; a figure failing is said, not fatal
+        print(f"\nFigures were not written: {err}", file=sys.stderr)
+    print(f"\nResults: {spec.output_dir}/results.csv (one row per run, split and metric).\n"
+          f"Next: gapkit report {spec.output_dir}   (best teacher per student, curse onset, fits)\n"
+          f"      gapkit quickstart --print-config > my_sweep.yaml   (then your teachers: docs/sweeps.md)")
+    if report.failures:
+        print(f"\n{len(report.failures)} run(s) did not finish: gapkit status {spec.output_dir}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # Dispatch
 # ----------------------------------------------------------------------------------------------------
 class Command(NamedTuple):
@@ -374,6 +424,9 @@ COMMANDS: dict[str, Command] = {
                        _add_run_arguments, _run_distill),
     "pipeline": Command("run several stages in order (e.g. a teacher-assistant chain) from a config file",
                         _add_run_arguments, _run_pipeline),
+    "quickstart": Command("a complete small sweep on the synthetic task: teachers, dense and MiniMoE students, "
+                          "the gap table and figures (offline, CPU, minutes)", _add_quickstart_arguments,
+                          _run_quickstart),
     "sweep": Command("run a teacher x student x method grid (or --dry-run to see its plan)",
                      _add_sweep_arguments, _run_sweep),
     "status": Command("how far a sweep is: done, running, failed, pending", _add_dir_arguments, _run_status),

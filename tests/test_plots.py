@@ -242,7 +242,7 @@ def one_teacher(table):
 
 
 @pytest.mark.parametrize("figure, change, message", [
-    (plot_curse, one_teacher, r"curse figure needs students distilled with minilm or minilm_ta from at least 2 "
+    (plot_curse, one_teacher, r"curse figure needs students distilled with minilm, minilm_ta or kd from at least 2 "
                               r"teachers; .* minilm: 1, minilm_ta: 1"),
     (plot_curse, lambda t: t.drop(columns=["gflops"]), r"curse figure needs the results table's column\(s\) gflops"),
     (plot_curse, lambda t: t[t.role != "student"], r"no finished task-stage student"),

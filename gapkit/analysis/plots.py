@@ -197,7 +197,8 @@ def _empty(ax, text: str) -> None:
 # ----------------------------------------------------------------------------------------------------
 # 1. The curse of capacity gap
 # ----------------------------------------------------------------------------------------------------
-CURSE_PANELS = (("minilm", "without assistant (MiniLM)"), ("minilm_ta", "with assistant (MiniLM w/ TA)"))
+CURSE_PANELS = (("minilm", "without assistant (MiniLM)"), ("minilm_ta", "with assistant (MiniLM w/ TA)"),
+                ("kd", "plain logit KD"))
 
 
 def _paper_points(paper):
@@ -234,7 +235,7 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
     teachers_per_panel = points.groupby("method").teacher.nunique()
     if teachers_per_panel.empty or teachers_per_panel.max() < 2:
         found = ", ".join(f"{m}: {n}" for m, n in teachers_per_panel.items()) or "none"
-        raise ConfigError(f"The curse figure needs students distilled with minilm or minilm_ta from at least 2 "
+        raise ConfigError(f"The curse figure needs students distilled with minilm, minilm_ta or kd from at least 2 "
                           f"teachers; the table's task-stage students per method come from {found} teacher(s).")
     ours = _paper_points(paper) if paper is not None else None
     panels = [(m, title) for m, title in CURSE_PANELS
@@ -873,7 +874,9 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
             jobs += [(f"moe_vs_dense-{_slug(m)}", lambda task=task, m=m: plot_moe_vs_dense(table, moe=m, task=task))
                      for m in moes]
         else:
-            jobs.append(("moe_vs_dense", lambda task=task: plot_moe_vs_dense(table, task=task)))
+            methods = set(students.method.dropna()) if "method" in students.columns else set()
+            dense = "minilm" if "minilm" in methods or "kd" not in methods else "kd"
+            jobs.append(("moe_vs_dense", lambda task=task: plot_moe_vs_dense(table, dense=dense, task=task)))
         jobs += [("ablations", lambda task=task: plot_ablations(table, task=task)),
                  ("pareto", lambda task=task: plot_pareto(table, task=task))]
         for name, make in jobs:
