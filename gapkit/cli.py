@@ -369,6 +369,8 @@ def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
                         help="where the runs go (default inline: one process)")
     parser.add_argument("--print-config", action="store_true", help="print the quickstart's sweep file and exit")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the quickstart's sweep (as gapkit sweep --set)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -381,7 +383,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
     if args.print_config:
         print(QUICKSTART.read_text(), end="")
         return 0
-    spec = SweepSpec.from_file(QUICKSTART, [f"output_dir={args.out}"])
+    spec = SweepSpec.from_file(QUICKSTART, [f"output_dir={args.out}", *args.overrides])
     print(f"gapkit quickstart: {spec.name}, a small teacher x student sweep on gapkit's synthetic task, offline on "
           f"CPU (a few minutes): teachers of {len(spec.teacher_entries())} sizes trained from scratch, then dense "
           f"and MiniMoE students of {len(spec.student_specs())} sizes distilled from each.\n")

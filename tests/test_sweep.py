@@ -249,3 +249,21 @@ def test_one_data_dir_for_every_task(tmp_path):
     spec = SweepSpec(**tiny(tmp_path, tasks=[dict(task="sst2"), dict(task="conll", data_dir="own")], stages=["task"],
                             data_dir="glue_data", methods=["kd"]))
     assert [t["data_dir"] for t in spec.tasks] == ["glue_data", "own"]
+
+
+def test_quickstart_runs_end_to_end_and_shows_the_gap_table(tmp_path, capsys):
+    """The README's main command, with its budgets cut to a few steps (the real one takes minutes)."""
+    assert main(["quickstart", "--print-config"]) == 0
+    packaged = yaml.safe_load(capsys.readouterr().out)
+    assert packaged["tasks"][0]["synthetic"]["rule"] == "span"
+    tiny_budget = "budgets={all: {lr: 1.0e-3, max_steps: 3, batch_size: 32, eval_every: 3, device: cpu}}"
+    out = tmp_path / "qs"
+    small_task = ("tasks=[{task: synthetic, max_len: 18, synthetic: {rule: span, min_len: 14, max_len: 18, "
+                  "n_train: 256, n_dev: 64}}]")
+    assert main(["quickstart", "--quiet", "--out", str(out), "--set", tiny_budget, "--set", small_task,
+                 "--set", "students={shapes: [1L-16H-4A]}"]) == 0
+    printed = capsys.readouterr().out
+    assert "(teacher itself)" in printed and "4L-128H-4A" in printed and "gapkit report" in printed
+    table = pd.read_csv(out / "results.csv")
+    assert set(table[table.role == "teacher"].teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"}
+    assert (out / "figures" / "pareto.png").is_file()
