@@ -159,6 +159,8 @@ def step_group(teacher: TeacherSide, runs: list[Run]) -> float:
         micro = lead.next_batches()
         t0 = time.perf_counter()
         outs = [teacher({k: v.to(teacher.device) for k, v in b.items()}) for b in micro]
+        for out in outs:  # as gapkit.sweep.group.run_group: the teacher's relation rows once for the group
+            out.relation_cache = {}
         _sync(teacher.device.type)
         teacher_s += time.perf_counter() - t0
         for r in runs:
