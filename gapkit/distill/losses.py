@@ -149,24 +149,35 @@ def relations(
         if x.dtype in (torch.float16, torch.bfloat16):
             x = x.float()
         heads = _split_heads(x, num_heads, name)  # (B, R, T, d_r)
-        mask = _check_mask(attention_mask, x.shape[0], x.shape[1], x.device).to(heads.dtype)
         scores = torch.matmul(heads, heads.transpose(-1, -2))  # (B, R, T, T)
         scores = scores / math.sqrt(heads.shape[-1])
-        # Additive key mask, broadcast over heads and query rows, exactly as BertModel's
-        # extended attention mask in the authors' code.
-        scores = scores + (1.0 - mask)[:, None, None, :] * MASK_VALUE  # (B, R, T, T)
+        if attention_mask is not None:  # no mask: the bias would be 0 everywhere
+            mask = _check_mask(attention_mask, x.shape[0], x.shape[1], x.device).to(heads.dtype)
+            # Additive key mask, broadcast over heads and query rows, exactly as BertModel's
+            # extended attention mask in the authors' code.
+            scores = scores + (1.0 - mask)[:, None, None, :] * MASK_VALUE  # (B, R, T, T)
         return F.softmax(scores, dim=-1)  # (B, R, T, T)
 
 
-def _real_rows(rel: Tensor, query_mask: Tensor) -> Tensor:
+def _rows(rel: Tensor, query_mask: Tensor, full: bool) -> Tensor:
     """Keep the rows of real query tokens: (B, R, T, T) -> (N_rows, T), N_rows = sum_b R * len_b.
 
     Same order as the authors' ``masked_select`` with the mask expanded over heads and keys
-    (batch, then head, then query position).
+    (batch, then head, then query position). ``full`` (no padding anywhere): every row, as a view.
     """
     batch, heads, seq, _ = rel.shape
+    if full:
+        return rel.reshape(batch * heads * seq, seq)
     rows = query_mask[:, None, :].expand(batch, heads, seq)  # (B, R, T)
     return rel[rows]  # (N_rows, T)
+
+
+def _dropout(x: Tensor, p: float) -> Tensor:
+    """Inverted dropout, as ``F.dropout(x, p, training=True)`` does, with its keep mask drawn from the
+    global generator as uniforms (``U >= p``) rather than Bernoulli draws: the same distribution, half
+    the time on CPU, where the (B, R, T, T) relation tensors make the draw the loss's largest cost."""
+    scale = torch.where(torch.empty_like(x).uniform_() >= p, 1.0 / (1.0 - p), 0.0)
+    return x * scale
 
 
 def relation_loss(
@@ -232,33 +243,40 @@ def relation_loss(
     if not bool(query_mask.any()):
         raise ValueError("attention_mask marks no real token in the batch; the relation loss would be 0/0.")
 
+    # Without padding every row is real: rows are a view and the key mask is skipped (adding 0 changes
+    # no bit), which saves two passes over each (B, R, T, T) tensor.
+    full = bool(query_mask.all())
+    rel_mask = None if full else mask
+    n_rows = num_relation_heads * int(query_mask.sum())
     key = num_relation_heads  # the cache belongs to one batch's teacher outputs: its mask is this one
     shared = teacher_cache.get(key) if teacher_cache is not None else None
     computed = []
     parts = []
     for i, (t_x, s_x) in enumerate(zip(teacher_qkv, student_qkv)):
         if shared is not None:
-            t_rows = shared[i]
+            t_eps, t_entropy = shared[i]
         else:
             with torch.no_grad():
-                t_rel = relations(t_x.detach().to(device), mask, num_relation_heads, name="teacher")
-                t_rows = _real_rows(t_rel, query_mask)  # (N_rows, T)
+                t_rel = relations(t_x.detach().to(device), rel_mask, num_relation_heads, name="teacher")
+                t_eps = _rows(t_rel, query_mask, full) + KL_EPS  # (N_rows, T)
                 del t_rel
+                t_entropy = torch.xlogy(t_eps, t_eps).sum(-1)  # (N_rows,): the teacher's half of the KL
             if teacher_cache is not None:
-                computed.append(t_rows)
-        s_rel = relations(s_x, mask, num_relation_heads, name="student")  # (B, R, T, T)
+                computed.append((t_eps, t_entropy))
+        s_rel = relations(s_x, rel_mask, num_relation_heads, name="student")  # (B, R, T, T)
         if training and relation_dropout > 0.0:
             # Authors' detail: relation probabilities go through the attention dropout; it zeroes
             # whole keys and rescales the rest, and the +1e-7 below keeps log() finite.
-            s_rel = F.dropout(s_rel, p=relation_dropout, training=True)
-        s_rows = _real_rows(s_rel, query_mask)  # (N_rows, T)
+            s_rel = _dropout(s_rel, relation_dropout)
+        s_rows = _rows(s_rel, query_mask, full)  # (N_rows, T)
         del s_rel
         with _fp32_no_autocast(device):
-            # batchmean divides by N_rows = real query rows summed over batch and heads.
-            parts.append(
-                F.kl_div(torch.log(s_rows + KL_EPS), t_rows + KL_EPS, reduction="batchmean")
-            )
-        del s_rows, t_rows
+            # F.kl_div(log(s + eps), t + eps, reduction="batchmean") of the authors, written per row
+            # as sum t log t - sum t log s, so that the teacher's half is computed once per batch
+            # for a whole group; the row KLs are summed in float64.
+            cross = (t_eps * torch.log(s_rows + KL_EPS)).sum(-1)  # (N_rows,)
+            parts.append(((t_entropy - cross).sum(dtype=torch.float64) / n_rows).to(s_rows.dtype))
+        del s_rows, t_eps
     if teacher_cache is not None and shared is None:
         teacher_cache[key] = computed
     qq, kk, vv = parts
