@@ -8,6 +8,7 @@
     gapkit results DIR [--csv]
     gapkit plot DIR [--out DIR] [--routing representative|all|none] [--paper]
     gapkit report DIR|FILE [--out DIR] [--metric M] [--split S] [--baseline METHOD] [--resamples N]
+    gapkit inspect STUDENT SENTENCE [SENTENCE ...] [--tokenizer NAME_OR_FOLDER|ids] [--json]
     gapkit --version
 
 Every config key is described in docs/config.md (``python -m gapkit.configdoc`` prints it).
@@ -359,6 +360,64 @@ def _run_report(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------------------------------
+# gapkit inspect
+# ----------------------------------------------------------------------------------------------------
+def _add_inspect_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = ("Eval-mode routing (no gate noise). A sentence longer than the student's positions is truncated, "
+                     "with a warning. The API and an example: docs/analysis.md, 'Inspecting experts'.")
+    parser.add_argument("student", metavar="STUDENT",
+                        help="a run folder (its best/ weights), a saved student folder or a released MiniMoE "
+                             "checkpoint folder")
+    parser.add_argument("sentences", nargs="+", metavar="SENTENCE", help="text to route (several allowed)")
+    parser.add_argument("--tokenizer", metavar="NAME_OR_FOLDER",
+                        help="the tokenizer, when none is saved beside the weights or configured by the run (it "
+                             "overrides those); 'ids' to type token ids")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON row per sentence, token, layer and block: sentence (0-based), position, "
+                             "token, token_id, layer, block, expert, gate_prob, mode")
+
+
+def format_token_table(frame) -> str:
+    """Aligned text tables of :func:`gapkit.analysis.inspect_tokens` rows, one per sentence: tokens as rows,
+    one column per layer and MoE block (``L0.ffn``), each cell the expert and its gate probability."""
+    from .analysis import token_expert_table
+
+    grid = token_expert_table(frame)
+    blocks = [c for c in grid.columns if c not in ("sentence", "position", "token", "token_id")]
+    parts = []
+    for sentence, rows in grid.groupby("sentence", sort=True):
+        header = ("pos", "token", "id", *blocks)
+        body = [(str(position), token, str(token_id), *cells) for position, token, token_id, *cells in
+                rows[["position", "token", "token_id", *blocks]].itertuples(index=False, name=None)]
+        parts.append("\n".join([f"sentence {sentence + 1}:", *_align(header, body, text_columns={1})]))
+    return "\n\n".join(parts)
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    import warnings
+
+    from .analysis import inspect_tokens, load_for_inspection
+
+    inspection = load_for_inspection(args.student, tokenizer=args.tokenizer)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = inspect_tokens(inspection.student, inspection.tokenizer, args.sentences)
+    for warning in caught:
+        print(f"gapkit: warning: {warning.message}", file=sys.stderr)
+    if args.json:
+        for note in inspection.notes:
+            print(f"gapkit: note: {note}", file=sys.stderr)
+        rows = frame.to_dict("records")
+        print("[\n" + ",\n".join(json.dumps(row) for row in rows) + "\n]")  # one row a line, a JSON list
+        return 0
+    print(inspection.describe())
+    print("cells: expert and gate probability (e2 0.91 = expert 2, probability 0.91); attn: attention block, ffn: FFN "
+          "block\n")
+    print(format_token_table(frame))
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------
 # gapkit quickstart
 # ----------------------------------------------------------------------------------------------------
 QUICKSTART = Path(__file__).with_name("sweep") / "quickstart.yaml"
@@ -438,6 +497,8 @@ COMMANDS: dict[str, Command] = {
                     _add_plot_arguments, _run_plot),
     "report": Command("statistics of a results table: scores over seeds, gap curves, curse onset, recovered gap",
                       _add_report_arguments, _run_report),
+    "inspect": Command("each token's expert and gate probability in a MiniMoE student, per layer and block",
+                       _add_inspect_arguments, _run_inspect),
 }
 
 

@@ -20,3 +20,11 @@ from .style import figure_style, save_figure  # noqa: E402
 
 __all__ += ["plot_curse", "plot_moe_vs_dense", "plot_ablations", "plot_pareto", "plot_expert_share",
             "plot_routing_training", "plot_top_tokens", "plot_sweep", "student_points", "figure_style", "save_figure"]
+
+# Which expert each token goes to (docs/analysis.md, "Inspecting experts"), and the notebook views.
+from .explorer import ExpertExplorer  # noqa: E402
+from .inspection import (IdTokenizer, Inspection, inspect_tokens, load_for_inspection,  # noqa: E402
+                         sentence_routing, token_expert_table)
+
+__all__ += ["inspect_tokens", "load_for_inspection", "token_expert_table", "sentence_routing", "Inspection",
+            "IdTokenizer", "ExpertExplorer"]
