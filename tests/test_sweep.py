@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from gapkit.cli import main
 from gapkit.distill import DistillSpec, run
 from gapkit.errors import ConfigError
-from gapkit.sweep import SweepSpec, build_table, format_plan, plan, run_sweep
+from gapkit.sweep import SweepSpec, build_table, format_plan, plan, plan_status, run_sweep
 from gapkit.sweep.group import run_group
 
 REPO = Path(__file__).resolve().parents[1]
@@ -251,18 +251,49 @@ def test_one_data_dir_for_every_task(tmp_path):
     assert [t["data_dir"] for t in spec.tasks] == ["glue_data", "own"]
 
 
-def test_quickstart_runs_end_to_end_and_shows_the_gap_table(tmp_path, capsys):
-    """The README's main command, with its budgets cut to a few steps (the real one takes minutes)."""
+def test_sweep_spec_from_a_mapping_is_the_spec_of_the_same_file(tmp_path):
+    data = tiny(tmp_path / "sw")
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    spec = SweepSpec.from_dict(data, ["seeds=[0, 1]"])
+    assert spec == SweepSpec.from_file(path, ["seeds=[0, 1]"]) and spec.seeds == [0, 1]
+    assert data["seeds"] == [0]  # the mapping given is not modified
+    with pytest.raises(ConfigError, match=r"^notebook: Unknown setting\(s\) sweep.teacher; known settings of sweep"):
+        SweepSpec.from_dict(dict(data, teacher="bert-base-uncased"), where="notebook")
+    with pytest.raises(ConfigError, match=r"^notebook has no 'students': a sweep needs tasks, teachers and students"):
+        SweepSpec.from_dict({k: v for k, v in data.items() if k != "students"}, where="notebook")
+    with pytest.raises(ConfigError, match=r"^sweep must be a mapping of sweep settings, not list"):
+        SweepSpec.from_dict([data])
+
+
+def test_plan_status_reads_each_planned_run_in_a_folder(quickstart_results, tmp_path):
+    from gapkit.cli import QUICKSTART
+
+    spec = SweepSpec.from_file(QUICKSTART, list(quickstart_results.overrides))
+    spec.output_dir = str(quickstart_results.out)  # a run's folder name hashes its config, output folder included
+    nodes = plan(spec)
+    status = plan_status(nodes, quickstart_results.out)
+    assert list(status.id) == [n.id for n in nodes] and set(status.status) == {"done"}
+    assert list(status.kind) == ["finetune"] * 3 + ["task"] * 6
+    assert set(status.teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"} and set(status.method) == {
+        "finetune", "kd", "minimoe"}
+    elsewhere = tmp_path / "nowhere"
+    failed = nodes[-1].folder(elsewhere)
+    failed.mkdir(parents=True)
+    (failed / "result.json").write_text(json.dumps(dict(status="failed", reason="the loss is NaN at step 2")))
+    status = plan_status(nodes, elsewhere)
+    assert list(status.status) == ["pending"] * 8 + ["failed"] and status.reason.iloc[-1] == "the loss is NaN at step 2"
+
+
+def test_quickstart_runs_end_to_end_and_shows_the_gap_table(quickstart_results, capsys):
+    """The README's main command, with its budgets cut to a few steps (the real one takes minutes; the run
+    is the session fixture conftest.quickstart_results, shared with the notebook tests)."""
     assert main(["quickstart", "--print-config"]) == 0
     packaged = yaml.safe_load(capsys.readouterr().out)
     assert packaged["tasks"][0]["synthetic"]["rule"] == "span"
-    tiny_budget = "budgets={all: {lr: 1.0e-3, max_steps: 3, batch_size: 32, eval_every: 3, device: cpu}}"
-    out = tmp_path / "qs"
-    small_task = ("tasks=[{task: synthetic, max_len: 18, synthetic: {rule: span, min_len: 14, max_len: 18, "
-                  "n_train: 256, n_dev: 64}}]")
-    assert main(["quickstart", "--quiet", "--out", str(out), "--set", tiny_budget, "--set", small_task,
-                 "--set", "students={shapes: [1L-16H-4A]}"]) == 0
-    printed = capsys.readouterr().out
+    out = quickstart_results.out
+    assert quickstart_results.status == 0
+    printed = quickstart_results.printed
     assert "(teacher itself)" in printed and "4L-128H-4A" in printed and "gapkit report" in printed
     table = pd.read_csv(out / "results.csv")
     assert set(table[table.role == "teacher"].teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"}

@@ -34,7 +34,7 @@ from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_g
 from .plan import Node, estimate, node_shape, plan, plan_json
 from .spec import EXECUTORS, SweepSpec
 
-__all__ = ["run_sweep", "SweepReport", "Unit", "node_status"]
+__all__ = ["run_sweep", "SweepReport", "Unit", "node_status", "plan_status"]
 
 
 class Unit:
@@ -209,6 +209,25 @@ def node_status(node: Node, output_dir: str | Path) -> tuple[str, str | None]:
 
         return ("running", None) if in_use(folder) else ("interrupted", None)
     return "pending", None
+
+
+def plan_status(nodes: list[Node], output_dir: str | Path):
+    """Where each planned run stands in ``output_dir`` (:func:`node_status`), as a table.
+
+    Args:
+        nodes: a plan (:func:`gapkit.sweep.plan`).
+        output_dir: the sweep folder to look in (it need not exist: every run is then ``pending``).
+    Returns:
+        A DataFrame, one row per node in plan order: ``id``, ``kind``, ``teacher``, ``student``,
+        ``method``, ``seed``, ``status`` (done, running, interrupted, failed, pending) and ``reason``.
+    """
+    import pandas as pd
+
+    rows = [dict(id=n.id, kind=n.kind, teacher=n.meta.get("teacher"), student=n.meta.get("student"),
+                 method=n.meta.get("method"), seed=n.meta.get("seed"), **dict(zip(("status", "reason"),
+                                                                                node_status(n, output_dir))))
+            for n in nodes]
+    return pd.DataFrame(rows, columns=["id", "kind", "teacher", "student", "method", "seed", "status", "reason"])
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -283,17 +283,28 @@ class SweepSpec:
     @classmethod
     def from_file(cls, path: str | Path, overrides: list[str] | None = None) -> "SweepSpec":
         """Load a sweep YAML file, with ``key.sub=value`` overrides."""
-        data = read_config_file(path, "Sweep file")
-        apply_overrides(data, overrides or [])
+        return cls.from_dict(read_config_file(path, "Sweep file"), overrides, where=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict, overrides: list[str] | None = None, where: str = "sweep") -> "SweepSpec":
+        """A sweep from a mapping of the keys a sweep file holds, with ``key.sub=value`` overrides.
+
+        Args:
+            data: the settings (not modified).
+            overrides: ``key.sub=value`` strings (values parsed as YAML), as ``gapkit sweep --set``.
+            where: what to name in error messages (the file's path for :meth:`from_file`).
+        """
+        _check(isinstance(data, dict), f"{where} must be a mapping of sweep settings, not {type(data).__name__}.")
+        data = apply_overrides(copy.deepcopy(data), overrides or [])
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - known
-        _check(not unknown, f"{path}: " + unknown_keys_message("sweep", unknown, known))
+        _check(not unknown, f"{where}: " + unknown_keys_message("sweep", unknown, known))
         for key in ("tasks", "teachers", "students"):
-            _check(key in data, f"{path} has no '{key}': a sweep needs tasks, teachers and students.")
+            _check(key in data, f"{where} has no '{key}': a sweep needs tasks, teachers and students.")
         try:
             return cls(**data)
         except TypeError as err:
-            raise ConfigError(f"{path}: {err}.") from None
+            raise ConfigError(f"{where}: {err}.") from None
 
     def to_dict(self) -> dict:
         return copy.deepcopy(dataclasses.asdict(self))
