@@ -15,6 +15,7 @@ from gapkit.analysis import (
     gap_curve,
     gap_curves,
     load_table,
+    not_estimable,
     paper_results,
     recovered_gap,
     report,
@@ -393,6 +394,23 @@ def test_the_shipped_paper_numbers_are_the_reference_numbers():
 def test_paper_results_without_its_files(tmp_path):
     with pytest.raises(DataError, match=r"paper's reference numbers are not at .*fig1_curse.csv"):
         paper_results(tmp_path)
+
+
+def test_not_estimable_lists_every_estimate_the_notes_refuse_with_its_reason():
+    tables = report(paper_results(), n_resamples=100)
+    missing = not_estimable(tables)
+    assert list(missing.columns) == ["table", "task", "student", "experts", "method", "space", "estimate", "reason"]
+    notes = pd.concat([f.note for f in tables.values() if "note" in f.columns]).dropna()
+    assert len(missing) == notes.str.count(NOT_ESTIMABLE).sum() > 0  # every refusal, once
+    rows = {tuple(r) for r in missing[["table", "student", "method", "estimate", "reason"]].itertuples(index=False)}
+    # the paper's 3L-384H student with an assistant does best with BERT-large: no curse, no onset
+    assert ("curse", "3L-384H", "minilm_ta", "onset",
+            "no curse, the largest teacher (bert-large) gives the best student") in rows
+    # a note without a prefix refuses the table's own estimate; one value per point: no interval
+    assert ("recovered", "table1-student", "kd", "recovered", "no minilm (baseline) runs for this student") in rows
+    assert set(missing[missing.estimate == "intervals"].reason) == {"1 seed for teacher bert-base"}
+    assert not_estimable({"curse": tables["curse"].assign(note="")}).empty
+    assert not_estimable({"gap_curves": tables["gap_curves"]}).empty  # a table without notes
 
 
 def test_report_on_the_paper_numbers_has_every_table():

@@ -3,6 +3,7 @@ values are checked, not just that a file appears), the routing figures on real r
 tables each figure refuses, and ``gapkit plot`` on a real tiny sweep."""
 
 import json
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -17,8 +18,8 @@ import torch  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from gapkit.analysis.plots import (method_options, pareto_front, plot_ablations, plot_curse,  # noqa: E402
-                                   plot_expert_share, plot_moe_vs_dense, plot_pareto, plot_routing_training,
-                                   plot_top_tokens, run_load_balance, student_points)
+                                   plot_expert_share, plot_gap_curve, plot_moe_vs_dense, plot_pareto,
+                                   plot_routing_training, plot_top_tokens, run_load_balance, student_points)
 from gapkit.analysis.style import method_colours, save_figure  # noqa: E402
 from gapkit.cli import main  # noqa: E402
 from gapkit.errors import ConfigError  # noqa: E402
@@ -164,6 +165,59 @@ def test_moe_vs_dense_draws_solid_dense_dashed_moe_and_shades_the_gain(tmp_path)
     assert len(ax.collections) >= len(STUDENTS)  # one shaded band per student
     assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == list(TEACHERS)
     written(fig, tmp_path, "moe_vs_dense")
+
+
+# -- 2b. gap curves ----------------------------------------------------------------------------------
+def with_total_params(table):
+    """results_table() without the routing ablations, with params_total (a 1,4E MiniMoE: twice its active)."""
+    table = table[~table.method.str.contains("routing")].copy()
+    table["params_total"] = table.params_active * table.experts.eq("1,4E").map({True: 2, False: 1}).astype("Int64")
+    return table
+
+
+def test_gap_curve_draws_score_against_teacher_size_and_the_ratio(tmp_path):
+    table = with_total_params(results_table())
+    fig = plot_gap_curve(table, "teacher_params")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "teacher parameters (M, log scale)"
+    lines = errorbar_lines(ax)
+    assert len(lines) == 3 * len(STUDENTS)  # one line per student shape and method
+    dense, moe = lines["3L-384H minilm"], lines["3L-384H-1,4E minimoe"]
+    np.testing.assert_allclose(dense.get_xdata(), [p / 1e6 for p, _ in TEACHERS.values()])
+    np.testing.assert_allclose(moe.get_ydata(), [expected(t, "3L-384H", "minimoe")[0] for t in TEACHERS])
+    assert dense.get_linestyle() == "-" and moe.get_linestyle() == "--" and moe.get_markerfacecolor() == "white"
+    assert dense.get_color() == moe.get_color() != lines["2L-192H minilm"].get_color()  # a colour per shape
+    assert [t.get_text().split("\n")[0] for t in ax.get_xticklabels()] == list(TEACHERS)
+    written(fig, tmp_path, "gap_teacher")
+
+    fig = plot_gap_curve(table, "ratio_params")
+    ax = fig.axes[0]
+    assert ax.get_xlabel() == "teacher / student parameters (capacity gap, log scale)"
+    active = int(STUDENTS["3L-384H"] * 1e8)
+    np.testing.assert_allclose(errorbar_lines(ax)["3L-384H-1,4E minimoe"].get_xdata(),
+                               [p / (2 * active) for p, _ in TEACHERS.values()])
+    written(fig, tmp_path, "gap_ratio")
+
+
+@pytest.mark.parametrize("figure, change, message", [
+    (partial(plot_gap_curve, x="size"), with_total_params, r"Unknown gap-curve axis 'size'; the axes are teacher_params"),
+    (partial(plot_gap_curve, x="ratio_params"), lambda t: t, r"ratio_params gap curve has no point: .* whose "
+                                                               r"ratio_params is known"),
+    (plot_gap_curve, lambda t: pd.concat([t, t.assign(task="mrpc")]), r"several tasks \(mrpc, sst2\): pass task="),
+    (partial(plot_gap_curve, task="mnli"), lambda t: t, r"no student score on task 'mnli' with a known teacher_params"),
+    (plot_gap_curve, lambda t: t.drop(columns=["teacher_params"]), r"lacks column teacher_params"),
+])
+def test_gap_curve_refuses_what_it_cannot_draw(figure, change, message):
+    with pytest.raises(ConfigError, match=message):
+        figure(change(results_table()))
+
+
+def test_curse_figure_refuses_paper_points_counted_in_another_convention():
+    from gapkit.analysis import paper_results
+
+    with pytest.raises(ConfigError, match=r"paper's points are counted in the paper FLOP convention and the table's "
+                                          r"students in macs, so they cannot share the GFLOPs axis"):
+        plot_curse(results_table().assign(convention="macs"), paper=paper_results())
 
 
 # -- 3. ablations ------------------------------------------------------------------------------------

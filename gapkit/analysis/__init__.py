@@ -4,21 +4,21 @@ size fit, and the MiniMoE paper's published numbers. Definitions: docs/analysis.
 
 from .gap import AXES, NOT_ESTIMABLE, curse_onset, gap_curve, gap_curves, recovered_gap, teacher_scale_fit
 from .paper import paper_results
-from .report import REPORT_TABLES, format_report, load_table, report, write_report
+from .report import REPORT_TABLES, format_report, load_table, not_estimable, report, write_report
 from .scores import student_scores, teacher_scores
 
 __all__ = [
     "student_scores", "teacher_scores", "gap_curve", "gap_curves", "AXES", "curse_onset", "recovered_gap",
     "teacher_scale_fit", "NOT_ESTIMABLE", "paper_results", "report", "format_report", "write_report", "load_table",
-    "REPORT_TABLES",
+    "not_estimable", "REPORT_TABLES",
 ]
 
 # Figures (docs/figures.md): each returns a matplotlib Figure; plot_sweep writes every one a sweep supports.
-from .plots import (plot_ablations, plot_curse, plot_expert_share, plot_moe_vs_dense, plot_pareto,  # noqa: E402
-                    plot_routing_training, plot_sweep, plot_top_tokens, student_points)
+from .plots import (plot_ablations, plot_curse, plot_expert_share, plot_gap_curve, plot_moe_vs_dense,  # noqa: E402
+                    plot_pareto, plot_routing_training, plot_sweep, plot_top_tokens, student_points)
 from .style import figure_style, save_figure  # noqa: E402
 
-__all__ += ["plot_curse", "plot_moe_vs_dense", "plot_ablations", "plot_pareto", "plot_expert_share",
+__all__ += ["plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto", "plot_expert_share",
             "plot_routing_training", "plot_top_tokens", "plot_sweep", "student_points", "figure_style", "save_figure"]
 
 # Which expert each token goes to (docs/analysis.md, "Inspecting experts"), and the notebook views.

@@ -9,6 +9,7 @@ seeds (none with one seed). :func:`plot_sweep` writes every figure a sweep's res
 
     plot_curse          score vs student GFLOPs, one line per teacher, without / with assistant
     plot_moe_vs_dense   score vs teacher size per student: dense solid, MiniMoE dashed, the gain shaded
+    plot_gap_curve      score vs one size axis (teacher, student or teacher/student ratio), one line per series
     plot_ablations      score and load balance per MiniMoE setting (experts, routing, load balance, noise)
     plot_pareto         score vs GFLOPs of every student, the Pareto front highlighted
     plot_expert_share   layer x expert token shares of one run (a heatmap per block)
@@ -25,7 +26,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from .style import figure_style, method_colours, method_marker, ordered_colours, save_figure
 
-__all__ = ["student_points", "plot_curse", "plot_moe_vs_dense", "plot_ablations", "plot_pareto",
+__all__ = ["student_points", "plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto",
            "plot_expert_share", "plot_routing_training", "plot_top_tokens", "read_routing", "run_load_balance",
            "plot_sweep"]
 
@@ -237,13 +238,19 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
         found = ", ".join(f"{m}: {n}" for m, n in teachers_per_panel.items()) or "none"
         raise ConfigError(f"The curse figure needs students distilled with minilm, minilm_ta or kd from at least 2 "
                           f"teachers; the table's task-stage students per method come from {found} teacher(s).")
+    convention = _convention(table)
+    if paper is not None and "convention" in paper.columns:  # one GFLOPs axis: one convention
+        theirs = sorted(set(paper.convention.dropna()))
+        if theirs and convention != "unknown" and theirs != [convention]:
+            raise ConfigError(f"The paper's points are counted in the {', '.join(theirs)} FLOP convention and the "
+                              f"table's students in {convention}, so they cannot share the GFLOPs axis: build the "
+                              f"table under {theirs[0]} (gapkit.sweep.build_table(dir, convention={theirs[0]!r})).")
     ours = _paper_points(paper) if paper is not None else None
     panels = [(m, title) for m, title in CURSE_PANELS
               if (points.method == m).any() or (ours is not None and (ours.method == m).any())]
     order = _teacher_order(points)
     extra = [t for t in (sorted(set(ours.teacher)) if ours is not None else []) if t not in order]
     colours = ordered_colours(order + extra)
-    convention = _convention(table)
     with figure_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
         for ax, (method, title) in zip(axes[0], panels):
@@ -347,6 +354,99 @@ def plot_moe_vs_dense(table, dense: str = "minilm", moe: str | None = None, x: s
         ax.set_title(f"Dense ({dense}, solid) vs MiniMoE ({moe}, dashed)\nshaded: what MiniMoE gains over dense")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="student")
         _seed_note(fig, points[points.student.isin(students)])
+        fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------------------
+# 2b. Gap curves on any size axis
+# ----------------------------------------------------------------------------------------------------
+GAP_AXIS_LABELS = {
+    "teacher_params": "teacher parameters (M, log scale)",
+    "teacher_gflops": "teacher GFLOPs ({convention} convention, log scale)",
+    "student_params": "student parameters, total (M, log scale)",
+    "student_params_active": "student parameters, active (M, log scale)",
+    "student_gflops": "student GFLOPs ({convention} convention, active path, log scale)",
+    "ratio_params": "teacher / student parameters (capacity gap, log scale)",
+    "ratio_gflops": "teacher / student GFLOPs (compute gap, log scale)",
+}
+_MILLIONS = ("teacher_params", "student_params", "student_params_active")
+
+
+def plot_gap_curve(table, x: str = "teacher_params", metric: str | None = None, task: str | None = None):
+    """Gap curves on one size axis: student score against ``x`` (log), one line per series of
+    :func:`gapkit.analysis.gap_curve` (per student shape on the teacher and ratio axes, per teacher on the
+    student axes). A colour per student shape (or teacher), in order of size; dense solid, MiniMoE dashed
+    with hollow markers; error bars as in every score figure.
+
+    Args:
+        table: a results table.
+        x: an axis of :data:`gapkit.analysis.AXES` (``teacher_params``, ``ratio_params`` ...).
+        metric: as in :func:`student_points`.
+        task: the task to draw; None when the table holds one (the mean over tasks is not drawn here).
+    Returns:
+        The Figure.
+    Raises:
+        ConfigError: an unknown axis, several tasks without ``task``, or no student with a known ``x``.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..errors import DataError
+    from .gap import AXES, gap_curve
+    from .scores import known
+
+    if x not in AXES:
+        raise ConfigError(f"Unknown gap-curve axis {x!r}; the axes are {', '.join(AXES)}.")
+    _need_columns(table, SCORE_COLUMNS, "gap-curve figure")
+    try:
+        curve = gap_curve(table, x, metric)
+    except DataError as err:
+        raise ConfigError(str(err)) from None
+    tasks = sorted(set(curve.task.dropna()))
+    if task is None and len(tasks) > 1:
+        raise ConfigError(f"The table holds several tasks ({', '.join(tasks)}): pass task= one of them.")
+    if task is not None:
+        if task not in tasks:
+            raise ConfigError(f"The table has no student score on task {task!r} with a known {x} (tasks: "
+                              f"{', '.join(tasks) or 'none'}).")
+        curve = curve[curve.task == task]
+    if curve.empty:
+        raise ConfigError(f"The {x} gap curve has no point: the table has no finished task-stage student (best "
+                          f"weights on dev) whose {AXES[x][0]} is known.")
+    by = AXES[x][1][0]  # the colour key: "student" (teacher and ratio axes) or "teacher" (student axes)
+    size = "gflops" if by == "student" else "teacher_params"
+    first = curve.groupby(by)[size].first()
+    colours = ordered_colours(sorted(first.index, key=lambda k: (_num(first[k]), str(k))))
+    scale = 1e6 if x in _MILLIONS else 1.0
+    with figure_style():
+        fig, ax = plt.subplots(figsize=(5.2, 3.6))
+        order = curve.assign(_size=[_num(v) for v in curve[size]]).sort_values(["_size", "series"], kind="stable")
+        for label in dict.fromkeys(order.series):
+            p = curve[curve.series == label].sort_values("x")
+            moe = known(p.experts.iloc[0]) and p.experts.iloc[0] != "dense"
+            _errorbar(ax, p.x / scale, p, color=colours[p[by].iloc[0]], marker=method_marker(str(p.method.iloc[0])),
+                      linestyle="--" if moe else "-", markerfacecolor="white" if moe else None, label=label)
+        values = curve.x.astype(float) / scale
+        labels = None
+        if by == "student":  # teacher axes: name each teacher at its tick
+            if x in ("teacher_params", "teacher_gflops"):
+                sizes = curve.groupby("teacher").x.first().astype(float) / scale
+                labels = {v: f"{t}\n{_number_label(v)}" for t, v in sizes.items()}
+        distinct = sorted(set(values))
+        if all(b / a >= 1.6 for a, b in zip(distinct, distinct[1:])):  # ticks at the points, labels apart
+            _log_x(ax, values, labels if labels and len(labels) == len(distinct) else None)
+        else:  # close values (e.g. dense and MiniMoE ratios): 1-2-5 ticks, whose labels do not collide
+            from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+            ax.set_xscale("log")
+            ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _number_label(v)))
+            ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(GAP_AXIS_LABELS[x].format(convention=_convention(table)))
+        ax.set_ylabel(_score_label(curve))
+        ax.set_title(f"Gap curve: student score against {GAP_AXIS_LABELS[x].split(' (')[0]}")
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="teacher" if by == "teacher" else "student")
+        _seed_note(fig, curve)
         fig.tight_layout()
     return fig
 

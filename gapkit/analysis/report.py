@@ -7,7 +7,7 @@ from pathlib import Path
 from ..errors import DataError
 from .scores import known as _known
 
-__all__ = ["load_table", "report", "format_report", "write_report", "REPORT_TABLES"]
+__all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES"]
 
 REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "recovered", "teacher_scale_fit", "gap_curves")
 
@@ -33,7 +33,8 @@ def load_table(path: str | Path):
         raise DataError(f"{path} holds no results table (results.parquet or results.csv) and no sweep plan: give a "
                         f"sweep's output_dir or a results file.")
     if not path.exists():
-        raise DataError(f"No results file or sweep folder at {path}.")
+        raise DataError(f"No results file or sweep folder at {path}: give a sweep's output_dir (it holds results once "
+                        f"the sweep has run) or a results .parquet/.csv file.")
     suffix = path.suffix.lower()
     if suffix not in (".parquet", ".csv"):
         raise DataError(f"{path} is neither a .parquet nor a .csv results table.")
@@ -81,6 +82,40 @@ def write_report(tables: dict, out_dir: str | Path) -> list[Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return [atomic_write(out / f"{name}.csv", frame.to_csv(index=False)) for name, frame in tables.items()]
+
+
+# The estimate a table's notes refer to when a note does not name one ("not estimable: 1 teacher ...").
+_ESTIMATES = {"curse": "curse", "recovered": "recovered", "teacher_scale_fit": "fit"}
+
+
+def not_estimable(tables: dict):
+    """Every estimate of a report the data cannot support, with the reason, one row each.
+
+    Args:
+        tables: ``{name: DataFrame}`` as :func:`report` returns (any subset); the ``note`` column of each
+            table is read, its ``; ``-separated parts that say ``not estimable``.
+    Returns:
+        A DataFrame with ``table``, the row's labels (``task``, ``student``, ``experts``, ``method``;
+        ``space`` for the fits), ``estimate`` (what cannot be estimated: ``onset``, ``intervals``,
+        ``recovered``, ``R^2`` ...) and ``reason``; empty when everything was estimable.
+    """
+    import pandas as pd
+
+    from .gap import NOT_ESTIMABLE
+
+    labels = ["task", "student", "experts", "method", "space"]
+    rows = []
+    for name, frame in tables.items():
+        if "note" not in frame.columns:
+            continue
+        for _, r in frame.iterrows():
+            for part in (str(r["note"]).split("; ") if _known(r["note"]) else []):
+                if NOT_ESTIMABLE not in part:
+                    continue
+                what, _, reason = part.partition(f"{NOT_ESTIMABLE}: ")
+                rows.append(dict(table=name, **{c: r.get(c) for c in labels},
+                                 estimate=what.strip() or _ESTIMATES.get(name, name), reason=reason.strip()))
+    return pd.DataFrame(rows, columns=["table", *labels, "estimate", "reason"])
 
 
 # ----------------------------------------------------------------------------------------------------
