@@ -1,0 +1,163 @@
+"""The notebooks in notebooks/ run end to end (papermill, a `python3` kernel) on the paper's numbers and on
+a real (cut-budget) quickstart sweep, write their figures, show the expected tables, and fail on a bad
+parameter with gapkit's one sentence. The committed notebooks carry no outputs."""
+
+import ast
+import json
+import os
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill
+import pytest
+
+import gapkit
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+PAPER_FIGURES = "01_paper_figures.ipynb"
+GAP_CURVE = "02_gap_curve_new_teacher.ipynb"
+QUICKSTART_TEACHERS = ["1L-32H-4A", "2L-64H-4A", "4L-128H-4A"]
+
+
+@pytest.fixture(scope="session")
+def kernel(tmp_path_factory):
+    """A `python3` kernel spec that runs this interpreter and imports the gapkit under test (a kernel spec
+    installed elsewhere may name another Python); found first through JUPYTER_PATH."""
+    home = tmp_path_factory.mktemp("jupyter")
+    spec = home / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    source = str(Path(gapkit.__file__).resolve().parents[1])
+    path = os.pathsep.join(p for p in (source, os.environ.get("PYTHONPATH")) if p)
+    spec.joinpath("kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "Python 3 (gapkit tests)", "language": "python", "env": {"PYTHONPATH": path},
+    }))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("JUPYTER_PATH", str(home))
+        mp.setenv("JUPYTER_RUNTIME_DIR", str(home / "runtime"))
+        mp.setenv("IPYTHONDIR", str(home / "ipython"))
+        yield "python3"
+
+
+def execute(name: str, where: Path, kernel: str, **parameters):
+    """Run a notebook with papermill in ``where``; (the executed notebook, the execution error or None)."""
+    out = where / f"executed-{name}"
+    error = None
+    try:
+        papermill.execute_notebook(str(NOTEBOOKS / name), str(out), parameters=parameters, kernel_name=kernel,
+                                   cwd=str(where), progress_bar=False, log_output=False)
+    except papermill.PapermillExecutionError as err:
+        error = err
+    return nbformat.read(out, as_version=4), error
+
+
+def texts(nb) -> str:
+    """Everything the notebook printed or showed as text."""
+    parts = []
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            if output.output_type == "stream":
+                parts.append(output.text)
+            elif output.output_type in ("execute_result", "display_data"):
+                parts.append(output.data.get("text/plain", ""))
+            elif output.output_type == "error":
+                parts.append(f"{output.ename}: {output.evalue}")
+    return "\n".join(parts)
+
+
+def images(nb) -> int:
+    return sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+
+
+def parameters_cell(nb):
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1, "one cell tagged `parameters` (papermill's convention)"
+    return tagged[0]
+
+
+# -- the committed notebooks ---------------------------------------------------------------------------
+@pytest.mark.parametrize("name, names", [
+    (PAPER_FIGURES, {"paper_dir", "sweep_dir", "task", "out_dir"}),
+    (GAP_CURVE, {"teacher", "students", "task", "methods", "stages", "agnostic_data", "seeds", "config",
+                 "overrides", "sweep_dir", "run_now", "baseline", "n_resamples", "out_dir"}),
+])
+def test_committed_notebooks_carry_no_outputs_and_a_tagged_parameters_cell(name, names):
+    nb = nbformat.read(NOTEBOOKS / name, as_version=4)
+    nbformat.validate(nb)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(c.execution_count is None and c.outputs == [] for c in code), f"{name} was committed with outputs"
+    assert nb.cells[0].cell_type == "markdown" and nb.metadata.kernelspec.name == "python3"
+    cell = parameters_cell(nb)
+    assert cell is code[0], "the parameters come before any code"
+    assigned = {t.id: node.value for node in ast.parse(cell.source).body for t in node.targets}
+    assert set(assigned) == names
+    if name == GAP_CURVE:  # a plan by default, never a training run
+        assert isinstance(assigned["run_now"], ast.Constant) and assigned["run_now"].value is False
+
+
+# -- 01: the paper's figures ---------------------------------------------------------------------------
+def test_paper_figures_notebook_draws_the_paper_alone(tmp_path, kernel):
+    nb, error = execute(PAPER_FIGURES, tmp_path, kernel, out_dir=str(tmp_path / "figs"))
+    assert error is None, error
+    shown = texts(nb)
+    assert (tmp_path / "figs" / "paper_curse.png").is_file() and (tmp_path / "figs" / "paper_curse.pdf").is_file()
+    assert not (tmp_path / "figs" / "curse_overlay.png").exists()
+    assert "No sweep_dir given" in shown and images(nb) == 1
+    # the figure's numbers and the Table 1 excerpt: both teachers, the KD students and their scale
+    assert "bert-base" in shown and "bert-large" in shown and "student_scale" in shown and "GLUE" in shown
+    assert "0.05" in shown and "0.10" in shown  # Table 1's students: 5% of BERT-large, 10% of BERT-base
+    assert "Curse of capacity gap per student" in shown and "not estimable" in shown
+
+
+def test_paper_figures_notebook_overlays_a_sweep(tmp_path, kernel, quickstart_results):
+    nb, error = execute(PAPER_FIGURES, tmp_path, kernel, out_dir="figs", sweep_dir=str(quickstart_results.out))
+    assert error is None, error
+    assert {p.name for p in (tmp_path / "figs").iterdir()} == {
+        "paper_curse.png", "paper_curse.pdf", "curse_overlay.png", "curse_overlay.pdf"}  # out_dir: relative to cwd
+    assert images(nb) == 2 and "No sweep_dir given" not in texts(nb)
+
+
+# -- 02: the gap curve of a new teacher ----------------------------------------------------------------
+def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quickstart_results):
+    """The quickstart's own sweep file and overrides: the notebook plans the same runs, finds them all done
+    (run_now resumes nothing), and draws and estimates from them."""
+    results = sorted(quickstart_results.out.glob("runs/*/result.json"))
+    before = {p: p.stat().st_mtime_ns for p in results}
+    config = Path(gapkit.__file__).parent / "sweep" / "quickstart.yaml"
+    nb, error = execute(GAP_CURVE, tmp_path, kernel, config=str(config), overrides=list(quickstart_results.overrides),
+                        sweep_dir=str(quickstart_results.out), run_now=True, baseline="kd", n_resamples=200,
+                        out_dir=str(tmp_path / "figs"))
+    assert error is None, error
+    shown = texts(nb)
+    assert f"Teachers: {', '.join(QUICKSTART_TEACHERS)}" in shown
+    assert "Sweep 'quickstart': 9 runs (3 finetune, 6 task)" in shown  # the dry-run plan
+    assert "Every planned run finished." in shown
+    assert {p: p.stat().st_mtime_ns for p in results} == before and len(results) == 9  # nothing retrained
+    assert "9 of the 9 planned runs have results" in shown and "0 other run(s)" in shown
+    gap_table = next(o.data["text/plain"] for c in nb.cells for o in c.get("outputs", [])
+                     if o.output_type == "execute_result" and "(teacher itself)" in o.data.get("text/plain", ""))
+    header = gap_table.splitlines()[0].split()
+    assert header == QUICKSTART_TEACHERS  # the gap table's columns: the teachers, smallest first
+    for axis in ("teacher_params", "ratio_params"):
+        assert (tmp_path / "figs" / f"gap_curve-{axis}.png").is_file()
+    assert images(nb) == 2
+    # the estimates, and what the data (one student shape, one seed) cannot support, with the reasons
+    assert "Curse of capacity gap per student" in shown and "against kd" in shown
+    assert "1 student(s) with 2 or more teachers (needs 3)" in shown and "1 seed for teacher" in shown
+    assert "estimate(s) are not estimable from these results." in shown
+
+
+def test_gap_curve_notebook_says_in_one_sentence_that_sweep_dir_holds_nothing(tmp_path, kernel):
+    """The default parameters (a truncated BERT-base family on SST-2) plan offline; reading results from a
+    folder that does not exist stops the notebook with one sentence naming it."""
+    missing = tmp_path / "no_such_sweep"
+    nb, error = execute(GAP_CURVE, tmp_path, kernel, sweep_dir=str(missing))
+    assert error is not None and error.ename == "DataError"
+    assert error.evalue == (f"No results file or sweep folder at {missing}: give a sweep's output_dir (it holds "
+                            f"results once the sweep has run) or a results .parquet/.csv file.")
+    shown = texts(nb)
+    assert "Teachers: bert-base-uncased-L3, bert-base-uncased-L6, bert-base-uncased-L9, bert-base-uncased-L12" in shown
+    assert "152 runs" in shown and "run_now is False: nothing is trained" in shown
+    assert not missing.exists()
