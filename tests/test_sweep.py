@@ -298,3 +298,13 @@ def test_quickstart_runs_end_to_end_and_shows_the_gap_table(quickstart_results, 
     table = pd.read_csv(out / "results.csv")
     assert set(table[table.role == "teacher"].teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"}
     assert (out / "figures" / "pareto.png").is_file()
+
+
+def test_the_plan_does_not_depend_on_how_the_output_folder_is_spelled(tmp_path, monkeypatch):
+    """Student configs name their teacher's folder, so they hash it: 'out' and '/abs/out' must plan the same
+    folders (or a rerun from a relative path would see finished runs as pending and train them again)."""
+    monkeypatch.chdir(tmp_path)
+    relative = plan(SweepSpec(**tiny("out")))
+    absolute = plan(SweepSpec(**tiny(tmp_path / "out")))
+    assert [n.id for n in relative] == [n.id for n in absolute]
+    assert any(n.kind != "finetune" and str(tmp_path / "out") in str(n.config["teacher"]) for n in relative)

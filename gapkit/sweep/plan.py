@@ -71,7 +71,9 @@ class _Planner:
     def __init__(self, spec: SweepSpec):
         self.spec = spec
         self.nodes: dict[str, Node] = {}
-        self.runs = Path(spec.output_dir) / "runs"
+        # Absolute: a student's config names its teacher's folder, and so does its hash; "runs/x" and
+        # "/home/me/runs/x" must plan the same folders, or finished runs would look pending.
+        self.runs = Path(spec.output_dir).resolve() / "runs"
 
     def add(self, kind: str, slug: str, config: dict, deps: list[str], meta: dict) -> Node:
         node_id = f"{slug}-{_hash(config)}"
