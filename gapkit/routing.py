@@ -37,7 +37,7 @@ def load_balance_of(mean_prob: torch.Tensor, fraction: torch.Tensor) -> torch.Te
     return mean_prob.shape[-1] * (mean_prob * fraction).sum()
 
 
-def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor, counted: torch.Tensor | None = None) -> torch.Tensor:
     """Load balance of one MoE block from its gate distribution and routing (:func:`load_balance_of`).
 
     As in the MiniMoE authors' code it runs over every token position, padding included, and the
@@ -46,14 +46,17 @@ def switch_load_balance(probs: torch.Tensor, expert: torch.Tensor) -> torch.Tens
     Args:
         probs: (N, E) gate probabilities.
         expert: (N,) chosen expert per token.
+        counted: (N,) 1 for the tokens to count, 0 for the others (positions a compiled forward added
+            beyond the batch's own padding); None counts every token.
     Returns:
         A scalar tensor.
     """
     num_experts = probs.shape[-1]
+    weight = torch.ones_like(expert, dtype=probs.dtype) if counted is None else counted.to(probs.dtype)  # (N,)
     # scatter_add, not bincount: on a GPU bincount reads the maximum back to the host.
-    counts = torch.zeros(num_experts, dtype=probs.dtype, device=probs.device).scatter_add_(
-        0, expert, torch.ones_like(expert, dtype=probs.dtype))  # (E,)
-    return load_balance_of(probs.mean(0), counts / counts.sum())
+    counts = torch.zeros(num_experts, dtype=probs.dtype, device=probs.device).scatter_add_(0, expert, weight)  # (E,)
+    mean_prob = probs.mean(0) if counted is None else (probs * weight[:, None]).sum(0) / weight.sum()  # (E,)
+    return load_balance_of(mean_prob, counts / counts.sum())
 
 
 @dataclass

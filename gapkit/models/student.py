@@ -8,6 +8,11 @@ head. A block with more than one expert goes router -> dispatch -> experts -> co
   scatters the results back; ``dispatch_loop`` is the plain loop-over-experts reference kept beside it;
   on Hopper GPUs in bf16 the FFN experts run as two grouped GEMMs instead (``Layer.grouped_ffn``),
   which never reads token counts back to the host;
+* the *static* dispatch (``dispatch="static"``, and always under ``torch.compile``) reads nothing back
+  to the host and has no data-dependent shape, attention experts included, so that a whole forward
+  and backward is one graph (CUDA graphs can replay it): grouped GEMMs over expert-sorted tokens where
+  they apply (``grouped_linear``), else every expert on every token keeping each token's own
+  (``gathered_linear``, E times the block's multiply-adds; the portable fallback);
 * an expert (one slice of an ``ExpertLinear`` stack) never sees routing;
 * the chosen expert's output is scaled by its gate probability before the dropout-residual-LayerNorm,
   ``LayerNorm(p * Dropout(expert(x)) + x)``, as the MiniMoE authors do.
@@ -187,18 +192,98 @@ def dispatch_loop(x: torch.Tensor, expert: torch.Tensor, num_experts: int, fn: E
 
 DISPATCH = {"sorted": dispatch_sorted, "loop": dispatch_loop}
 # "auto": the grouped-GEMM FFN path where it applies (see Layer.grouped_ffn), else "sorted".
-DISPATCH_MODES = ("auto", "sorted", "loop")
+# "static": no host sync and static shapes (grouped_linear / gathered_linear), as under torch.compile.
+DISPATCH_MODES = ("auto", "sorted", "loop", "static")
+
+
+@torch.compiler.assume_constant_result
+def _hopper(device_index: int) -> bool:
+    # A fact of the machine: torch.compile folds it into the graph instead of tracing the CUDA query.
+    return torch.cuda.get_device_capability(device_index)[0] >= 9
 
 
 def grouped_mm_applies(x: torch.Tensor, *sizes: int) -> bool:
-    """Can the FFN experts run as two grouped GEMMs (``torch._grouped_mm``)? Only on a CUDA device of
-    compute capability 9.0+ (Hopper) computing in bf16, with sizes that are multiples of 8; that
-    kernel then needs no host synchronisation, which the sorted dispatch's split does."""
+    """Can experts run as grouped GEMMs (``torch._grouped_mm``)? Only on a CUDA device of compute
+    capability 9.0+ (Hopper) computing in bf16, with sizes that are multiples of 8; that kernel then
+    needs no host synchronisation, which the sorted dispatch's split does."""
     if not (x.is_cuda and hasattr(torch, "_grouped_mm")):
         return False
     bf16 = x.dtype == torch.bfloat16 or (torch.is_autocast_enabled("cuda")
                                          and torch.get_autocast_dtype("cuda") == torch.bfloat16)
-    return bf16 and torch.cuda.get_device_capability(x.device)[0] >= 9 and all(n % 8 == 0 for n in sizes)
+    index = x.device.index if x.device.index is not None else torch.cuda.current_device()
+    return bf16 and all(n % 8 == 0 for n in sizes) and _hopper(index)
+
+
+@dataclass
+class ExpertGroups:
+    """Tokens grouped by expert on the device, without reading a count back to the host.
+
+    Attributes:
+        order: (N,) token positions sorted by expert (stable).
+        expert: (N,) the expert of each sorted row.
+        ends: (E,) int32, the end row of each expert's group in sorted order (``torch._grouped_mm``'s
+            ``offs``); an expert without tokens has an empty group.
+    """
+
+    order: torch.Tensor
+    expert: torch.Tensor
+    ends: torch.Tensor
+
+    @classmethod
+    def of(cls, expert: torch.Tensor, num_experts: int) -> "ExpertGroups":
+        order = expert.argsort(stable=True)  # (N,)
+        # scatter_add, not bincount: on a GPU bincount reads the maximum back to the host.
+        counts = torch.zeros(num_experts, dtype=torch.int32, device=expert.device).scatter_add_(
+            0, expert, torch.ones_like(expert, dtype=torch.int32))  # (E,)
+        return cls(order, expert.index_select(0, order), counts.cumsum(0, dtype=torch.int32))
+
+    def sort(self, x: torch.Tensor) -> torch.Tensor:
+        """(N, D) in token order -> (N, D) grouped by expert."""
+        return x.index_select(0, self.order)
+
+    def unsort(self, y: torch.Tensor) -> torch.Tensor:
+        """(N, D) grouped by expert -> (N, D) in token order."""
+        return y.new_empty(y.shape).index_copy(0, self.order, y)
+
+
+def grouped_linear(xs: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, groups: ExpertGroups) -> torch.Tensor:
+    """Every row of ``xs`` (grouped by expert) through its expert's linear map: one grouped GEMM, in bf16.
+
+    Args:
+        xs: (N, D_in) rows grouped by expert (``groups.sort``).
+        weight, bias: (E, D_out, D_in), (E, D_out) expert stacks.
+    Returns:
+        (N, D_out) bf16, rows still grouped by expert.
+    """
+    y = torch._grouped_mm(xs.to(torch.bfloat16), weight.to(torch.bfloat16).transpose(1, 2), offs=groups.ends)
+    return y + bias.to(torch.bfloat16).index_select(0, groups.expert)  # (N, D_out)
+
+
+def gathered_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Every token through its expert's linear map by running all E experts on all tokens (one GEMM of
+    E * D_out columns) and keeping each token's own: static shapes on any device, at E times the
+    multiply-adds of the block (the static dispatch's fallback where grouped GEMMs do not apply).
+
+    Args:
+        x: (N, D_in) tokens in token order.
+        weight, bias: (E, D_out, D_in), (E, D_out) expert stacks.
+        expert: (N,) expert of each token.
+    Returns:
+        (N, D_out).
+    """
+    E, D_out, D_in = weight.shape
+    y = F.linear(x, weight.reshape(E * D_out, D_in), bias.reshape(E * D_out)).view(-1, E, D_out)  # (N, E, D_out)
+    return y.gather(1, expert.view(-1, 1, 1).expand(-1, 1, D_out)).squeeze(1)  # (N, D_out)
+
+
+def static_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, expert: torch.Tensor) -> torch.Tensor:
+    """Each token through its own expert's linear map with the static dispatch: grouped GEMMs where
+    they apply (:func:`grouped_mm_applies`), else :func:`gathered_linear`. x: (N, D_in) -> (N, D_out)."""
+    E, D_out, D_in = weight.shape
+    if grouped_mm_applies(x, D_in, D_out):
+        groups = ExpertGroups.of(expert, E)
+        return groups.unsort(grouped_linear(groups.sort(x), weight, bias, groups))
+    return gathered_linear(x, weight, bias, expert)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -272,7 +357,13 @@ class Layer(nn.Module):
         self.act = ACT_FNS[spec.hidden_act]
         self.dropout = nn.Dropout(spec.dropout)
         self.grouped = dispatch == "auto"
-        self.dispatch = DISPATCH["sorted" if dispatch == "auto" else dispatch]
+        self.static = dispatch == "static"
+        self.dispatch = DISPATCH["sorted" if dispatch in ("auto", "static") else dispatch]
+
+    def uses_static(self) -> bool:
+        """Whether MoE blocks take the static (sync-free) path: asked for, or traced by torch.compile,
+        which cannot capture the sorted dispatch's split by token counts."""
+        return self.static or torch.compiler.is_compiling()
 
     # -- attention -------------------------------------------------------------------------------
     def attend(self, q, k, v, mask) -> torch.Tensor:
@@ -284,8 +375,8 @@ class Layer(nn.Module):
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)  # (B, heads, T, d)
         return ctx.transpose(1, 2).reshape(B, T, heads * d)  # (B, T, A)
 
-    def attention_block(self, h, mask, token_ids):
-        """Returns (output (B, T, H), routing or None, (q, k, v))."""
+    def attention_block(self, h, mask, token_ids, counted=None):
+        """Returns (output (B, T, H), routing or None, (q, k, v)). ``counted``: see :meth:`forward`."""
         qkv, out = self.attention.self, self.attention.output
         if self.attn_gate is None:
             q, k, v = qkv.query(h), qkv.key(h), qkv.value(h)  # (B, T, A)
@@ -297,66 +388,69 @@ class Layer(nn.Module):
         route = self.attn_gate(x, token_ids)
         # Each token's Q, K and V come from its own expert; attention then runs over the whole sequence.
         A = self.spec.attn_size
-        qkv_fn = lambda e, xe: torch.cat([qkv.query(xe, e), qkv.key(xe, e), qkv.value(xe, e)], -1)
         E = self.attn_gate.num_experts
-        q, k, v = self.dispatch(x, route.expert, E, qkv_fn).view(B, T, 3 * A).split(A, -1)
-        ctx = self.attend(q, k, v, mask).reshape(B * T, A)  # (N, A)
-        a = self.dispatch(ctx, route.expert, E, lambda e, ce: out.dense(ce, e))  # (N, H)
+        if self.uses_static():
+            w = torch.cat([qkv.query.weight, qkv.key.weight, qkv.value.weight], 1)  # (E, 3A, H)
+            b = torch.cat([qkv.query.bias, qkv.key.bias, qkv.value.bias], 1)  # (E, 3A)
+            q, k, v = static_linear(x, w, b, route.expert).view(B, T, 3 * A).split(A, -1)
+            ctx = self.attend(q, k, v, mask).reshape(B * T, A)  # (N, A)
+            a = static_linear(ctx, out.dense.weight, out.dense.bias, route.expert)  # (N, H)
+        else:
+            qkv_fn = lambda e, xe: torch.cat([qkv.query(xe, e), qkv.key(xe, e), qkv.value(xe, e)], -1)
+            q, k, v = self.dispatch(x, route.expert, E, qkv_fn).view(B, T, 3 * A).split(A, -1)
+            ctx = self.attend(q, k, v, mask).reshape(B * T, A)  # (N, A)
+            a = self.dispatch(ctx, route.expert, E, lambda e, ce: out.dense(ce, e))  # (N, H)
         a = route.weight[:, None] * self.dropout(a)
-        return out.LayerNorm(a + x).view(B, T, H), self._record(route, B, T), (q, k, v)
+        return out.LayerNorm(a + x).view(B, T, H), self._record(route, B, T, counted), (q, k, v)
 
     # -- feed-forward ----------------------------------------------------------------------------
     def expert_ffn(self, e: int, x: torch.Tensor) -> torch.Tensor:
         """Expert ``e``'s FFN, a plain two-layer MLP; it never sees routing."""
         return self.output.dense(self.act(self.intermediate.dense(x, e)), e)
 
-    def ffn_block(self, h, token_ids):
-        """Returns (output (B, T, H), routing or None)."""
+    def ffn_block(self, h, token_ids, counted=None):
+        """Returns (output (B, T, H), routing or None). ``counted``: see :meth:`forward`."""
         if self.ffn_gate is None:
             return self.output.LayerNorm(self.dropout(self.expert_ffn(0, h)) + h), None
         B, T, H = h.shape
         x = h.reshape(B * T, H)  # (N, H)
         route = self.ffn_gate(x, token_ids)
         E = self.ffn_gate.num_experts
-        if self.grouped and grouped_mm_applies(x, H, self.spec.ffn):
+        if (self.grouped or self.uses_static()) and grouped_mm_applies(x, H, self.spec.ffn):
             y = self.grouped_ffn(x, route.expert, E)
+        elif self.uses_static():
+            up, down = self.intermediate.dense, self.output.dense
+            y = gathered_linear(self.act(gathered_linear(x, up.weight, up.bias, route.expert)),
+                                down.weight, down.bias, route.expert)  # (N, H)
         else:
             y = self.dispatch(x, route.expert, E, self.expert_ffn)  # (N, H)
         y = route.weight[:, None] * self.dropout(y)
-        return self.output.LayerNorm(y + x).view(B, T, H), self._record(route, B, T)
+        return self.output.LayerNorm(y + x).view(B, T, H), self._record(route, B, T, counted)
 
     def grouped_ffn(self, x: torch.Tensor, expert: torch.Tensor, num_experts: int) -> torch.Tensor:
         """The FFN experts as two grouped GEMMs over expert-sorted tokens, in bf16 (GPU fast path).
 
         The same computation as ``dispatch_sorted(x, expert, E, self.expert_ffn)`` (tested against it
-        on GPU), without moving the per-expert token counts to the host.
+        on GPU), without moving the per-expert token counts to the host; tokens are sorted once for both.
         """
-        order = expert.argsort(stable=True)  # (N,)
-        sorted_expert = expert.index_select(0, order)
-        counts = torch.zeros(num_experts, dtype=torch.int32, device=x.device).scatter_add_(
-            0, expert, torch.ones_like(expert, dtype=torch.int32))
-        offsets = counts.cumsum(0, dtype=torch.int32)  # end of each expert's rows
-        xs = x.index_select(0, order).to(torch.bfloat16)  # (N, H) grouped by expert
-        w1, b1 = self.intermediate.dense.weight, self.intermediate.dense.bias  # (E, F, H), (E, F)
-        w2, b2 = self.output.dense.weight, self.output.dense.bias  # (E, H, F), (E, H)
-        h = torch._grouped_mm(xs, w1.to(torch.bfloat16).transpose(1, 2), offs=offsets)  # (N, F)
-        h = self.act(h + b1.to(torch.bfloat16).index_select(0, sorted_expert))
-        y = torch._grouped_mm(h, w2.to(torch.bfloat16).transpose(1, 2), offs=offsets)  # (N, H)
-        y = y + b2.to(torch.bfloat16).index_select(0, sorted_expert)
-        return y.new_empty(y.shape).index_copy(0, order, y)
+        groups = ExpertGroups.of(expert, num_experts)
+        up, down = self.intermediate.dense, self.output.dense  # (E, F, H), (E, H, F) stacks
+        h = self.act(grouped_linear(groups.sort(x), up.weight, up.bias, groups))  # (N, F) grouped by expert
+        return groups.unsort(grouped_linear(h, down.weight, down.bias, groups))  # (N, H)
 
     @staticmethod
-    def _record(route: RouterOutput, B: int, T: int) -> BlockRouting:
+    def _record(route: RouterOutput, B: int, T: int, counted: torch.Tensor | None = None) -> BlockRouting:
         return BlockRouting(
             expert=route.expert.view(B, T),
             prob=route.weight.view(B, T),
             probs=route.probs.view(B, T, -1),
-            load_balance=switch_load_balance(route.probs, route.expert),
+            load_balance=switch_load_balance(route.probs, route.expert,
+                                             counted.reshape(-1) if counted is not None else None),
         )
 
-    def forward(self, h, mask, token_ids=None):
-        h, attn_routing, qkv = self.attention_block(h, mask, token_ids)
-        h, ffn_routing = self.ffn_block(h, token_ids)
+    def forward(self, h, mask, token_ids=None, counted=None):
+        h, attn_routing, qkv = self.attention_block(h, mask, token_ids, counted)
+        h, ffn_routing = self.ffn_block(h, token_ids, counted)
         return h, attn_routing, ffn_routing, qkv
 
 
@@ -387,7 +481,9 @@ class Student(nn.Module):
         task: ``sequence`` (head on the pooled [CLS], like BertForSequenceClassification) or
             ``token`` (head on every token, like BertForTokenClassification).
         dispatch: for MoE blocks, ``auto`` (grouped GEMMs for the FFN experts on Hopper GPUs in bf16,
-            else ``sorted``), ``sorted`` (one sort, a loop over experts) or ``loop`` (the reference).
+            else ``sorted``), ``sorted`` (one sort, a loop over experts), ``loop`` (the reference) or
+            ``static`` (no host sync, static shapes; see the module docstring). Under ``torch.compile``
+            every MoE block takes the static path whatever this says.
         moefy: initialise MoE experts by splitting a wide dense init (the authors' "moefication");
             False gives each expert an independent BERT init.
     """
@@ -517,6 +613,7 @@ class Student(nn.Module):
         output_hidden_states: bool = False,
         output_qkv: bool = False,
         qkv_layer: int = -1,
+        load_balance_mask: torch.Tensor | None = None,
     ) -> StudentOutput:
         """Encode a batch.
 
@@ -526,6 +623,10 @@ class Student(nn.Module):
             token_type_ids, position_ids: (B, T); zeros and 0..T-1 when None.
             output_hidden_states: also return every layer's output.
             output_qkv: also return Q, K, V of layer ``qkv_layer`` (default the last).
+            load_balance_mask: (B, T), 1 for the positions the load balance counts; None counts every
+                position, padding included, as the authors do. A caller that pads a batch further (the
+                compiled, length-bucketed training forward) passes 1 up to the batch's own length, so
+                that the extra padding leaves the value unchanged.
         Returns:
             A :class:`StudentOutput`.
         """
@@ -555,7 +656,7 @@ class Student(nn.Module):
         hidden_states = [h] if output_hidden_states else None
         record, qkv = RoutingRecord(), None
         for i, layer in enumerate(layers):
-            h, attn_routing, ffn_routing, layer_qkv = layer(h, mask, token_ids)
+            h, attn_routing, ffn_routing, layer_qkv = layer(h, mask, token_ids, load_balance_mask)
             record.attn.append(attn_routing)
             record.ffn.append(ffn_routing)
             if output_qkv and i == qkv_index:
@@ -568,7 +669,8 @@ class Student(nn.Module):
         if self.num_labels:
             features = pooled if self.task == "sequence" else h
             logits = self.classifier(self.head_dropout(features))  # (B, C) or (B, T, C)
-        load_balance = record.load_balance().to(h.device)
+        # A dense student's 1.0 is made on the device: a host tensor copied over would be a host sync.
+        load_balance = record.load_balance() if record.is_moe else torch.ones((), device=h.device)
         return StudentOutput(
             last_hidden_state=h,
             pooler_output=pooled,
