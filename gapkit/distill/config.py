@@ -23,6 +23,9 @@ from .losses import LossWeights
 STAGES = ("finetune", "agnostic", "task")
 STUDENT_QKV = ("auto", "last", "projection")
 LINE_MODES = ("sentence", "document")
+# train.compile: off (eager), torch.compile with inductor (default, reduce-overhead = CUDA graphs,
+# max-autotune), or aot_eager (graphs captured, eager kernels: a capture check without a compiler).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "aot_eager")
 # The loss terms each stage can train (the others need a teacher or labels the stage does not have);
 # load balance is an auxiliary term and trains nothing by itself.
 STAGE_TERMS = {"finetune": ("hard",), "agnostic": ("relation", "hidden"),
@@ -117,6 +120,15 @@ class TrainSpec:
         tensorboard: also write TensorBoard logs (needs the ``tensorboard`` extra).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         eval_batch_size: examples per batch when evaluating (and when caching teacher logits).
+        compile: ``off`` (eager, the default and the reference), or compile the student's training
+            forward and backward and the teacher's forward with ``torch.compile``: ``default``,
+            ``reduce-overhead`` (CUDA graphs: the fastest for small students on a GPU),
+            ``max-autotune``, or ``aot_eager`` (graphs captured but run with eager kernels: a check,
+            no speedup). Batches are padded up to ``compile_buckets`` lengths; results agree with eager
+            to floating-point reassociation (see docs/gpu.md). gapkit students only.
+        compile_buckets: the sequence lengths a compiled run pads batches up to (at most one graph per
+            length and batch size); None: the powers of two from 16 below ``data.max_len``, and
+            ``data.max_len``. Lengths above ``data.max_len`` are capped to it.
     """
 
     lr: float = 3e-5
@@ -139,8 +151,14 @@ class TrainSpec:
     tensorboard: bool = False
     device: str = "auto"
     eval_batch_size: int = 64
+    compile: str = "off"
+    compile_buckets: list[int] | None = None
 
     def __post_init__(self):
+        if self.compile is False:  # YAML 1.1 (PyYAML, --set) reads a bare `off` as false
+            self.compile = "off"
+        _check(self.compile is not True, f"TrainSpec.compile must be one of {', '.join(COMPILE_MODES)}, got true (YAML "
+                                         f"reads a bare on/yes/true as true): write the mode, e.g. reduce-overhead.")
         check_fields(self, "TrainSpec")  # types first: also refuses NaN and infinities
         _check(self.lr > 0, f"TrainSpec.lr must be a positive number, got {self.lr!r}.")
         _check(self.weight_decay >= 0, f"TrainSpec.weight_decay must be >= 0, got {self.weight_decay!r}.")
@@ -163,6 +181,16 @@ class TrainSpec:
             v = getattr(self, f)
             _check(v is None or v >= 0, f"TrainSpec.{f} must be an integer >= 0, got {v!r}.")
         _check(self.device in ("auto", "cpu", "cuda"), f"TrainSpec.device must be auto, cpu or cuda, got {self.device!r}.")
+        _check(self.compile in COMPILE_MODES,
+               f"TrainSpec.compile must be one of {', '.join(COMPILE_MODES)}, got {self.compile!r}.")
+        buckets = self.compile_buckets
+        if buckets is not None:
+            _check(len(buckets) > 0 and all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in buckets)
+                   and list(buckets) == sorted(set(buckets)),
+                   f"TrainSpec.compile_buckets must be a non-empty increasing list of sequence lengths >= 1 (or null "
+                   f"for powers of two), got {buckets!r}.")
+            _check(self.compile != "off", "TrainSpec.compile_buckets applies to compiled runs only: set train.compile "
+                                          "(e.g. reduce-overhead) or remove compile_buckets.")
         # One ``seed`` sets both streams; resolved here so config.json records what the run used.
         if self.init_seed is None:
             self.init_seed = self.seed

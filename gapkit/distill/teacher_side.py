@@ -8,6 +8,10 @@ layer (relation loss), every hidden state (hidden-state loss), the logits (soft 
 With logits alone (task KD without relations or hidden states) the teacher's outputs never change
 (it is frozen and in eval mode), so :meth:`TeacherSide.cache_logits` computes them once for the whole
 training set instead of once per step.
+
+With ``train.compile`` the teacher's encoder is compiled (``torch.compile``, see
+:mod:`gapkit.distill.compiling`) and every batch is padded up to a bucket length, its outputs cut back
+to the batch's own length: callers see the shapes they passed.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from ..data.features import pad_batch
 from ..data.tasks import TaskData
 from ..errors import ConfigError, ModelError
 from ..models.teacher import Teacher, TeacherOutput
+from .compiling import SHAPES_PER_BUCKET, bucket_lengths, bucket_of, compile_options, cut, pad_length, raise_recompile_limit
 from .config import DistillSpec
 
 __all__ = ["TeacherSide", "TeacherNeeds", "to_device", "autocast"]
@@ -66,11 +71,21 @@ class TeacherSide:
         ref: its name or folder, as the run config gives it.
         needs: what to compute.
         device, bf16: where, and whether under bf16 autocast (CUDA only).
+        compile: a ``train.compile`` mode: ``off``, or compile the teacher's encoder (in place: the
+            teacher is this side's own) and pad every batch up to a bucket length.
+        buckets: the bucket lengths (:func:`gapkit.distill.compiling.bucket_lengths`); needed with
+            ``compile``.
     """
 
-    def __init__(self, teacher: Teacher, ref: str, needs: TeacherNeeds, device: torch.device, bf16: bool = True):
+    def __init__(self, teacher: Teacher, ref: str, needs: TeacherNeeds, device: torch.device, bf16: bool = True,
+                 compile: str = "off", buckets: tuple[int, ...] | None = None):
         self.teacher = teacher.to(device)
         self.ref, self.needs, self.device, self.bf16 = ref, needs, device, bf16
+        self.compile, self.buckets = compile, tuple(buckets or ())
+        if compile != "off":
+            if not self.buckets:
+                raise ValueError("A compiled TeacherSide needs its bucket lengths (compiling.bucket_lengths).")
+            self._compile_teacher()
 
     @classmethod
     def load(cls, spec: DistillSpec, task: TaskData, device: torch.device,
@@ -89,7 +104,8 @@ class TeacherSide:
         if needs.logits:
             _check_task_head(spec.teacher, task)
         teacher = Teacher.from_pretrained(spec.teacher, num_labels=num_labels, task=head, qkv_layer=spec.teacher_layer)
-        return cls(teacher, str(spec.teacher), needs, device, spec.train.bf16)
+        buckets = bucket_lengths(spec.data.max_len, spec.train.compile_buckets) if spec.train.compile != "off" else None
+        return cls(teacher, str(spec.teacher), needs, device, spec.train.bf16, spec.train.compile, buckets)
 
     # -- facts ---------------------------------------------------------------------------------------
     @property
@@ -120,11 +136,46 @@ class TeacherSide:
     def __call__(self, batch: dict) -> TeacherOutput:
         """Teacher outputs of one batch (already on the device); Q/K/V and hidden states only when
         some run needs them."""
+        if self.compile != "off":
+            return self._compiled_call(batch)
         with autocast(self.device, self.bf16):
             out = self.teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                output_hidden_states=self.needs.hidden)
         return TeacherOutput(last_hidden_state=out.last_hidden_state, qkv=out.qkv if self.needs.qkv else None,
                              hidden_states=out.hidden_states, logits=out.logits if self.needs.logits else None)
+
+    def _compile_teacher(self) -> None:
+        """Compile the teacher's encoder in place. One eager call first: some models finish setting up
+        on their first call (transformers installs its output-capturing hooks then, under a lock that
+        torch.compile cannot trace). The Q/K/V hooks stay outside the compiled code, registered per call
+        as in eager mode; graph breaks are allowed (any Hugging Face family), unlike in the student."""
+        ids = torch.zeros(1, self.buckets[0], dtype=torch.long, device=self.device)
+        with torch.no_grad(), autocast(self.device, self.bf16):
+            self.teacher(ids, torch.ones_like(ids), torch.zeros_like(ids), output_hidden_states=self.needs.hidden)
+        self.teacher.model.compile(dynamic=False, **compile_options(self.compile))
+        raise_recompile_limit(SHAPES_PER_BUCKET * len(self.buckets))
+
+    def _compiled_call(self, batch: dict) -> TeacherOutput:
+        """The compiled teacher on the batch padded to its bucket; outputs cut back to its length (and
+        copied: CUDA-graph outputs are overwritten by the next replay, and a group's students read these
+        one after another)."""
+        ids = batch["input_ids"]
+        T = ids.shape[1]
+        L = bucket_of(T, self.buckets)
+        copy = self.compile in ("reduce-overhead", "max-autotune")
+        types = batch.get("token_type_ids")
+        with autocast(self.device, self.bf16):
+            out = self.teacher(pad_length(ids, L, self.teacher.config.pad_token_id or 0),
+                               pad_length(batch["attention_mask"], L), pad_length(types, L),
+                               output_hidden_states=self.needs.hidden)
+        logits = out.logits if self.needs.logits else None
+        if logits is not None:
+            logits = cut(logits, T, copy) if logits.dim() == 3 else (logits.clone() if copy else logits)
+        return TeacherOutput(
+            last_hidden_state=cut(out.last_hidden_state, T, copy),
+            qkv=tuple(cut(x, T, copy) for x in out.qkv) if self.needs.qkv else None,
+            hidden_states=tuple(cut(h, T, copy) for h in out.hidden_states) if out.hidden_states is not None else None,
+            logits=logits)
 
     @torch.no_grad()
     def cache_logits(self, features, batch_size: int, pad_token_id: int, key: str | None = None) -> list[torch.Tensor]:

@@ -181,6 +181,9 @@ class Trainee(nn.Module):
             # Loaded with the student but unused by this run: kept as it is (and saved again), not
             # trained (DDP also refuses parameters that get no gradient).
             model.relation.requires_grad_(False)
+        # What runs the model in training: None for the model itself, or its compiled, length-bucketed
+        # forward (train.compile; gapkit.distill.compiling.CompiledStudent). Evaluation stays eager.
+        self.model_call = None
         self.hidden = None
         self.hidden_pairs: list[tuple[int, int]] = []
         if teacher is not None and w.hidden > 0:
@@ -195,9 +198,10 @@ class Trainee(nn.Module):
         """Loss terms of one micro-batch: (terms dict of scalar tensors, model output)."""
         spec, w = self.spec, self.spec.weights
         need_qkv = teacher_out is not None and teacher_out.qkv is not None and w.relation > 0
-        out = self.model(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                         output_qkv=need_qkv and not self.uses_projection,
-                         output_hidden_states=self.needs_hidden_states and teacher_out is not None)
+        call = self.model_call if (self.model_call is not None and self.training) else self.model
+        out = call(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
+                   output_qkv=need_qkv and not self.uses_projection,
+                   output_hidden_states=self.needs_hidden_states and teacher_out is not None)
         terms = {}
         mask = batch["attention_mask"]
         if need_qkv:

@@ -42,7 +42,9 @@ from ..io import kill_point
 from ..models.teacher import TeacherOutput
 from ..routing import RoutingAccumulator, routing_rows
 from .batches import Batches, eval_batches
+from ..models.student import Student
 from .checkpointing import load_training_state, save_training_state
+from .compiling import CompiledStudent, bucket_lengths
 from .config import DistillSpec
 from .losses import NonFiniteLossError, check_finite, combine
 from .result import RunResult, git_revision, run_id
@@ -274,6 +276,9 @@ class Run:
             logger.warning("Run %s: %s initialised fresh on top of %s (recorded in result.json under "
                            "student.new_weights).", spec.name, ", ".join(self.new_weights), spec.student)
         check_compatible(spec, task, self.model, self.teacher)
+        if train.compile != "off" and not isinstance(self.model, Student):
+            raise ConfigError(f"train.compile applies to gapkit students, and run {spec.name!r} fine-tunes the Hugging "
+                              f"Face model {spec.student}: set train.compile to off for it.")
         self.amp = autocast(self.device, train.bf16)
         needs = TeacherNeeds.of(spec)
         teacher_logits = None
@@ -292,6 +297,9 @@ class Run:
         self.folder.start(spec.to_json(), wipe=mode == "restart")
         with self.rng.active():
             self.trainee = Trainee(self.model, spec, task, self.teacher).to(self.device)
+        if train.compile != "off":  # the training forward, compiled and length-bucketed (docs/gpu.md)
+            self.trainee.model_call = CompiledStudent(self.model, train.compile,
+                                                      bucket_lengths(spec.data.max_len, train.compile_buckets))
         # Training draws (dropout, gate noise) from a stream of this rank's own.
         self.rng.reseed(derive_seed(train.init_seed, 1 + self.rank))
         self.optimizer = make_optimizer(self.trainee, train)
@@ -359,6 +367,7 @@ class Run:
         logs: dict[str, float] = {}
         with self.rng.active():
             for i, batch in enumerate(micro):
+                tokens = batch["attention_mask"].sum()  # counted where the batch is (on the host: no sync)
                 batch = to_device(batch, self.device)
                 t_out = teacher_outputs[i] if teacher_outputs is not None else self.teacher_output(batch)
                 batch.pop("teacher_logits", None)
@@ -372,7 +381,7 @@ class Run:
                     (loss / len(micro)).backward()
                 for k, v in term_logs.items():
                     logs[k] = logs.get(k, 0.0) + v / len(micro)
-                self._window_tokens += int(batch["attention_mask"].sum())
+                self._window_tokens += int(tokens)
             if self.train_spec.grad_clip > 0:
                 logs["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.trainee.parameters(),
                                                                          self.train_spec.grad_clip))
