@@ -94,7 +94,7 @@ def test_bucket_of_takes_the_shortest_that_holds_the_batch():
 
 
 @pytest.mark.parametrize("settings, sentence", [
-    (dict(compile="fast"), "TrainSpec.compile must be one of off, default, reduce-overhead, max-autotune, aot_eager"),
+    (dict(compile="fast"), "TrainSpec.compile must be one of off, default, reduce-overhead, max-autotune, cudagraphs, aot_eager"),
     (dict(compile=True), "got true (YAML reads a bare on/yes/true as true)"),
     (dict(compile=3), "TrainSpec.compile must be a string"),
     (dict(compile_buckets=[16, 32]), "compile_buckets applies to compiled runs only"),
@@ -295,3 +295,20 @@ def test_compile_refuses_a_hugging_face_model_being_fine_tuned(tmp_path):
     with pytest.raises(ConfigError, match="train.compile applies to gapkit students"):
         Run(spec, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()  # refused before the folder was written
+
+
+def test_every_compiled_forward_makes_room_in_the_shared_recompile_limit():
+    """Students' compiled forwards share one function, whose graphs dynamo counts together: each one
+    raises the limit by what it may need, so a group of many students never hits it."""
+    from gapkit.distill import compiling
+
+    before = torch._dynamo.config.recompile_limit
+    planned = compiling._planned_graphs
+    try:
+        compiling.raise_recompile_limit(5 * 1000)
+        assert torch._dynamo.config.recompile_limit == planned + 5000
+        compiling.raise_recompile_limit(8)
+        assert torch._dynamo.config.recompile_limit == planned + 5008
+    finally:
+        compiling._planned_graphs = planned
+        torch._dynamo.config.recompile_limit = before

@@ -22,8 +22,9 @@ Evaluation stays eager for the student (its batches have other sizes and it runs
 is compiled for every call, training and evaluation batches alike, each padded to a bucket.
 
 Modes: ``default`` (inductor), ``reduce-overhead`` (inductor + CUDA graphs), ``max-autotune``
-(inductor, autotuned kernels, CUDA graphs), ``aot_eager`` (graphs captured, run with eager kernels:
-checks capture without a compiler, no speedup). Under CUDA graphs, outputs live in memory that the
+(inductor, autotuned kernels, CUDA graphs), ``cudagraphs`` (CUDA graphs of the captured graphs' eager
+kernels: no kernel compilation, so seconds instead of minutes, and no launch overhead, but no fusion),
+``aot_eager`` (graphs captured, run with eager kernels: checks capture without a compiler, no speedup). Under CUDA graphs, outputs live in memory that the
 next replay overwrites, so they are copied out (a few small copies per step).
 """
 
@@ -41,6 +42,7 @@ __all__ = ["COMPILE_MODES", "MIN_BUCKET", "bucket_lengths", "bucket_of", "compil
            "cut_student_output", "pad_length", "raise_recompile_limit"]
 
 MIN_BUCKET = 16  # the shortest default bucket: shorter batches pad up to it
+GRAPHED_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # outputs live in CUDA-graph memory
 # Graphs one compiled forward may need per bucket: batch sizes (training micro-batches, evaluation
 # batches and the last, shorter one of each split) times train / eval mode.
 SHAPES_PER_BUCKET = 8
@@ -83,19 +85,30 @@ def compile_options(mode: str) -> dict:
     """``torch.compile`` keyword arguments of a ``train.compile`` mode (not ``off``)."""
     if mode not in COMPILE_MODES or mode == "off":
         raise ValueError(f"compile mode must be one of {', '.join(COMPILE_MODES[1:])}, got {mode!r}.")
-    if mode == "aot_eager":
-        return dict(backend="aot_eager")
+    if mode in ("aot_eager", "cudagraphs"):
+        return dict(backend=mode)
     return dict(backend="inductor", mode=None if mode == "default" else mode)
 
 
+_planned_graphs = 0  # graphs the compiled forwards of this process may need, all together
+
+
 def raise_recompile_limit(graphs: int) -> None:
-    """Let torch.compile keep ``graphs`` graphs per compiled function (its default is 8); past the
-    limit it would fall back to eager (correct, but slow). Never lowers a limit set higher."""
+    """Make room for ``graphs`` more graphs in torch.compile's recompile limit.
+
+    Every student's compiled forward shares one function (and every teacher's, ``nn.Module``'s call),
+    and dynamo counts the graphs of a function together (its default limit is 8): past the limit a
+    ``fullgraph`` function fails and others fall back to eager. So each compiled forward adds what it
+    may need (:data:`SHAPES_PER_BUCKET` per bucket) to a process-wide count that the limit follows;
+    a limit set higher is never lowered.
+    """
+    global _planned_graphs
+    _planned_graphs += graphs
     cfg = torch._dynamo.config
     name = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-    setattr(cfg, name, max(getattr(cfg, name), graphs))
+    setattr(cfg, name, max(getattr(cfg, name), _planned_graphs))
     if hasattr(cfg, "accumulated_recompile_limit"):
-        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 4 * graphs)
+        cfg.accumulated_recompile_limit = max(cfg.accumulated_recompile_limit, 2 * _planned_graphs)
 
 
 def pad_length(x: torch.Tensor | None, length: int, value: int = 0) -> torch.Tensor | None:
@@ -130,7 +143,7 @@ class CompiledStudent:
         self.model, self.mode, self.buckets = model, mode, tuple(buckets)
         self.pad_token_id = model.spec.pad_token_id
         self.compiled = torch.compile(_training_forward, dynamic=False, fullgraph=True, **compile_options(mode))
-        self.copy_outputs = mode in ("reduce-overhead", "max-autotune")  # CUDA-graph outputs get overwritten
+        self.copy_outputs = mode in GRAPHED_MODES  # CUDA-graph outputs are overwritten by the next replay
         raise_recompile_limit(SHAPES_PER_BUCKET * len(self.buckets))
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None,

@@ -24,8 +24,9 @@ STAGES = ("finetune", "agnostic", "task")
 STUDENT_QKV = ("auto", "last", "projection")
 LINE_MODES = ("sentence", "document")
 # train.compile: off (eager), torch.compile with inductor (default, reduce-overhead = CUDA graphs,
-# max-autotune), or aot_eager (graphs captured, eager kernels: a capture check without a compiler).
-COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "aot_eager")
+# max-autotune), cudagraphs (CUDA graphs of the captured graph's eager kernels: compiles in seconds),
+# or aot_eager (graphs captured, eager kernels: a capture check without a compiler).
+COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "cudagraphs", "aot_eager")
 # The loss terms each stage can train (the others need a teacher or labels the stage does not have);
 # load balance is an auxiliary term and trains nothing by itself.
 STAGE_TERMS = {"finetune": ("hard",), "agnostic": ("relation", "hidden"),
@@ -121,10 +122,11 @@ class TrainSpec:
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         eval_batch_size: examples per batch when evaluating (and when caching teacher logits).
         compile: ``off`` (eager, the default and the reference), or compile the student's training
-            forward and backward and the teacher's forward with ``torch.compile``: ``default``,
-            ``reduce-overhead`` (CUDA graphs: the fastest for small students on a GPU),
-            ``max-autotune``, or ``aot_eager`` (graphs captured but run with eager kernels: a check,
-            no speedup). Batches are padded up to ``compile_buckets`` lengths; results agree with eager
+            forward and backward and the teacher's forward with ``torch.compile``: ``default``
+            (inductor), ``reduce-overhead`` (inductor and CUDA graphs: for small students on a GPU),
+            ``max-autotune``, ``cudagraphs`` (CUDA graphs of eager kernels: no kernel compilation, so
+            it compiles in seconds) or ``aot_eager`` (graphs captured, run with eager kernels: a
+            check, no speedup). Batches are padded up to ``compile_buckets`` lengths; results agree with eager
             to floating-point reassociation (see docs/gpu.md). gapkit students only.
         compile_buckets: the sequence lengths a compiled run pads batches up to (at most one graph per
             length and batch size); None: the powers of two from 16 below ``data.max_len``, and

@@ -25,7 +25,8 @@ from ..data.features import pad_batch
 from ..data.tasks import TaskData
 from ..errors import ConfigError, ModelError
 from ..models.teacher import Teacher, TeacherOutput
-from .compiling import SHAPES_PER_BUCKET, bucket_lengths, bucket_of, compile_options, cut, pad_length, raise_recompile_limit
+from .compiling import (GRAPHED_MODES, SHAPES_PER_BUCKET, bucket_lengths, bucket_of, compile_options, cut, pad_length,
+                        raise_recompile_limit)
 from .config import DistillSpec
 
 __all__ = ["TeacherSide", "TeacherNeeds", "to_device", "autocast"]
@@ -162,7 +163,7 @@ class TeacherSide:
         ids = batch["input_ids"]
         T = ids.shape[1]
         L = bucket_of(T, self.buckets)
-        copy = self.compile in ("reduce-overhead", "max-autotune")
+        copy = self.compile in GRAPHED_MODES
         types = batch.get("token_type_ids")
         with autocast(self.device, self.bf16):
             out = self.teacher(pad_length(ids, L, self.teacher.config.pad_token_id or 0),
