@@ -46,3 +46,23 @@ def test_shared_teacher_names_a_missing_data_file(tmp_path):
     bench = load_benchmark("shared_teacher")
     with pytest.raises(SystemExit, match="does not exist: pass --data"):
         bench.main(["--dry-run", "--data", str(tmp_path / "nowhere.tsv"), "--out", str(tmp_path / "work")])
+
+
+def test_distill_throughput_dry_run(tmp_path, capsys, one_thread):
+    """Eager and compiled (aot_eager: captured graphs, no compiler) rows of every kind."""
+    bench = load_benchmark("distill_throughput")
+    assert bench.main(["--dry-run", "--threads", "1", "--compile", "aot_eager", "--no-record",
+                       "--out", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    for mode in ("off", "aot_eager"):
+        assert f"## compile={mode}" in out
+    for kind in ("teacher", "student", "alone", "grouped"):
+        assert sum(line.startswith(kind) for line in out.splitlines()) == (4 if kind == "student" else 2), kind
+
+
+def test_moe_overhead_compiled_rows_beside_eager(capsys, one_thread):
+    bench = load_benchmark("moe_overhead")
+    assert bench.main(["--students", "1L-96H-4A", "--seq-len", "16", "--batch", "2", "--repeats", "1", "--warmup", "1",
+                       "--compile", "aot_eager", "--no-record"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("compile off") == 2 and out.count("compile aot_eager") == 2  # inference and train step each
