@@ -437,9 +437,9 @@ def test_gapkit_plot_writes_what_a_real_sweep_supports_and_names_the_rest(sweep_
     skipped = [line for line in lines if line.startswith("skipped ")]
     no_tokens = [] if tokens else [f"skipped top_tokens of {run.name}"]
     assert [line.split(":")[0] for line in skipped] == [
-        "skipped curse", "skipped moe_vs_dense", "skipped ablations"] + no_tokens
-    assert "from at least 2 teachers" in skipped[0] and "minilm and minimoe students" in skipped[1]
-    assert "differ in one setting" in skipped[2]
+        "skipped curse", "skipped gap_curve", "skipped moe_vs_dense", "skipped ablations"] + no_tokens
+    assert "from at least 2 teachers" in skipped[0] and "at least 2 teachers; the table has 1" in skipped[1]
+    assert "minilm and minimoe students" in skipped[2] and "differ in one setting" in skipped[3]
     # the real run's routing figure reads its routing.parquet: the dev evaluation at the last step
     fig = plot_expert_share(run)
     assert "dev, step 3" in fig._suptitle.get_text()

@@ -297,7 +297,7 @@ def test_quickstart_runs_end_to_end_and_shows_the_gap_table(quickstart_results, 
     assert "(teacher itself)" in printed and "4L-128H-4A" in printed and "gapkit report" in printed
     table = pd.read_csv(out / "results.csv")
     assert set(table[table.role == "teacher"].teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"}
-    assert (out / "figures" / "pareto.png").is_file()
+    assert (out / "figures" / "pareto.png").is_file() and (out / "figures" / "gap_curve.png").is_file()
 
 
 def test_the_plan_does_not_depend_on_how_the_output_folder_is_spelled(tmp_path, monkeypatch):

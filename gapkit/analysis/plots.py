@@ -922,6 +922,16 @@ def routing_runs(table, which: str = "representative") -> list:
     return chosen
 
 
+def _sweep_gap_curve(table, task: str | None):
+    """The gap curve on the teacher-size axis, when the students learned from 2 or more teachers (with one,
+    each line would be a single point)."""
+    students = table[(table.role == "student") & (table.stage == "task")] if "role" in table.columns else table
+    if "teacher" not in students.columns or students.teacher.nunique() < 2:
+        raise ConfigError("The gap curve needs students distilled from at least 2 teachers; the table has "
+                          f"{students.teacher.nunique() if 'teacher' in students.columns else 0}.")
+    return plot_gap_curve(table, "teacher_params", task=task)
+
+
 def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: str = "representative",
                paper=None) -> tuple[list[Path], list[tuple[str, str]]]:
     """Write every figure a sweep's results support, as PNG and PDF.
@@ -969,7 +979,8 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
     moes = sorted({m for m in students.method.dropna() if m.split("[")[0] == "minimoe"}) \
         if "method" in students.columns else []
     for task, suffix in variants:
-        jobs = [("curse", lambda task=task: plot_curse(table, paper=paper, task=task))]
+        jobs = [("curse", lambda task=task: plot_curse(table, paper=paper, task=task)),
+                ("gap_curve", lambda task=task: _sweep_gap_curve(table, task))]
         if len(moes) > 1:  # one figure per MiniMoE variant
             jobs += [(f"moe_vs_dense-{_slug(m)}", lambda task=task, m=m: plot_moe_vs_dense(table, moe=m, task=task))
                      for m in moes]
