@@ -38,13 +38,13 @@ import torch.nn.functional as F
 from ..routing import BlockRouting, RoutingRecord
 from .config import COMPILE_MODES
 
-__all__ = ["COMPILE_MODES", "MIN_BUCKET", "bucket_lengths", "bucket_of", "compile_options", "CompiledStudent",
+__all__ = ["COMPILE_MODES", "GRAPHED_MODES", "MIN_BUCKET", "bucket_lengths", "bucket_of", "compile_options", "CompiledStudent",
            "cut_student_output", "pad_length", "raise_recompile_limit"]
 
 MIN_BUCKET = 16  # the shortest default bucket: shorter batches pad up to it
 GRAPHED_MODES = ("reduce-overhead", "max-autotune", "cudagraphs")  # outputs live in CUDA-graph memory
-# Graphs one compiled forward may need per bucket: batch sizes (training micro-batches, evaluation
-# batches and the last, shorter one of each split) times train / eval mode.
+# Graphs one compiled forward may need per bucket: one per batch size (training micro-batches; for the
+# teacher also evaluation batches and the last, shorter batch of each split), with room to spare.
 SHAPES_PER_BUCKET = 8
 
 

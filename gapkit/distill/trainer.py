@@ -39,10 +39,10 @@ from ..data.features import IGNORE_INDEX
 from ..data.tasks import TaskData, build_task, synthetic_unlabeled
 from ..errors import ConfigError, DataError, TrainingFailed
 from ..io import kill_point
+from ..models.student import Student
 from ..models.teacher import TeacherOutput
 from ..routing import RoutingAccumulator, routing_rows
 from .batches import Batches, eval_batches
-from ..models.student import Student
 from .checkpointing import load_training_state, save_training_state
 from .compiling import CompiledStudent, bucket_lengths
 from .config import DistillSpec
