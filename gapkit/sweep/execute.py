@@ -44,8 +44,10 @@ class Unit:
         self.node_ids, self.kind, self.payload, self.progress = node_ids, kind, payload, progress
 
     def __call__(self) -> list[dict]:
-        _maybe_distributed()
+        rank = _maybe_distributed()
         if self.kind == "prepare":
+            if rank != 0:  # one writer: the other tasks of a multi-task job leave the folder to task 0
+                return []
             out = []
             for cfg in self.payload:
                 try:
@@ -64,16 +66,18 @@ class Unit:
         return submitit.helpers.DelayedSubmission(Unit(self.node_ids, self.kind, self.payload, self.progress))
 
 
-def _maybe_distributed() -> None:
-    """Inside a multi-task submitit job, export torch.distributed's environment (rank, world, master)."""
+def _maybe_distributed() -> int:
+    """Inside a multi-task submitit job, export torch.distributed's environment (rank, world, master);
+    returns this task's global rank (0 outside such a job). submitit returns task 0's result."""
     try:
         import submitit
 
         env = submitit.JobEnvironment()
     except (ImportError, RuntimeError):
-        return
+        return 0
     if env.num_tasks > 1:
         submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return env.global_rank
 
 
 # ----------------------------------------------------------------------------------------------------
