@@ -292,3 +292,17 @@ def test_check_finite_names_term_and_step():
     assert (clone.step, clone.term, str(clone)) == (17, "hard", str(err))
     with pytest.raises(NonFiniteLossError, match="'relation'.*nan"):
         check_finite({"relation": torch.tensor(float("nan"))}, step=0)
+
+
+def test_relation_loss_compiles_whole_with_padding():
+    """No host sync and no data-dependent shape (padded query rows are weighted 0, not selected): the loss is
+    captured as one graph, so it can run inside a compiled training step on a GPU."""
+    mask = _mask()
+    teacher, student = _qkv(H_T, 0), _qkv(H_S, 1, requires_grad=True)
+    compiled = torch.compile(lambda t, s, m: relation_loss(t, s, m, num_relation_heads=4).total,
+                             backend="aot_eager", fullgraph=True)
+    got = compiled(teacher, student, mask)
+    torch.testing.assert_close(got, relation_loss(teacher, student, mask, num_relation_heads=4).total,
+                               rtol=1e-6, atol=1e-7)
+    got.backward()
+    assert all(float(s.grad[2, 2:].abs().max()) == 0.0 for s in student)  # padded queries and keys

@@ -159,19 +159,6 @@ def relations(
         return F.softmax(scores, dim=-1)  # (B, R, T, T)
 
 
-def _rows(rel: Tensor, query_mask: Tensor, full: bool) -> Tensor:
-    """Keep the rows of real query tokens: (B, R, T, T) -> (N_rows, T), N_rows = sum_b R * len_b.
-
-    Same order as the authors' ``masked_select`` with the mask expanded over heads and keys
-    (batch, then head, then query position). ``full`` (no padding anywhere): every row, as a view.
-    """
-    batch, heads, seq, _ = rel.shape
-    if full:
-        return rel.reshape(batch * heads * seq, seq)
-    rows = query_mask[:, None, :].expand(batch, heads, seq)  # (B, R, T)
-    return rel[rows]  # (N_rows, T)
-
-
 def _dropout(x: Tensor, p: float) -> Tensor:
     """Inverted dropout, as ``F.dropout(x, p, training=True)`` does, with its keep mask drawn from the
     global generator as uniforms (``U >= p``) rather than Bernoulli draws: the same distribution, half
@@ -211,7 +198,7 @@ def relation_loss(
         teacher_cache: a dict that belongs to this batch's teacher outputs, shared by the students of a
             group: the teacher's relation rows are computed by the first student and reused by the
             others (the same numbers, so each student's loss is bitwise what it would be alone; the
-            three (N_rows, T) tensors stay alive while the dict does).
+            three (B * R * T, T) tensors stay alive while the dict does).
 
     Returns:
         ``RelationLoss(total, qq, kk, vv)`` of scalar tensors, ``total = (qq + kk + vv) / 3``.
@@ -240,14 +227,20 @@ def relation_loss(
     device = student_qkv[0].device
     mask = _check_mask(attention_mask, batch, seq, device)
     query_mask = mask != 0  # (B, T) bool
-    if not bool(query_mask.any()):
+    compiling = torch.compiler.is_compiling()
+    if not compiling and not bool(query_mask.any()):
         raise ValueError("attention_mask marks no real token in the batch; the relation loss would be 0/0.")
 
-    # Without padding every row is real: rows are a view and the key mask is skipped (adding 0 changes
-    # no bit), which saves two passes over each (B, R, T, T) tensor.
-    full = bool(query_mask.all())
+    # Every (batch, head, query) row is scored and the rows of padded queries are weighted 0, which needs
+    # no host sync (the loss can be captured whole on a GPU). Without padding (checked on CPU, where it
+    # costs nothing) the key mask and the weights are skipped: adding 0 or multiplying by 1 changes no bit.
+    full = attention_mask is None or (device.type == "cpu" and not compiling and bool(query_mask.all()))
     rel_mask = None if full else mask
-    n_rows = num_relation_heads * int(query_mask.sum())
+    if full:
+        row_weight, n_rows = None, batch * num_relation_heads * seq
+    else:  # (B * R * T,) in the authors' masked_select order: batch, then head, then query position
+        row_weight = query_mask[:, None, :].expand(batch, num_relation_heads, seq).reshape(-1).float()
+        n_rows = row_weight.sum()
     key = num_relation_heads  # the cache belongs to one batch's teacher outputs: its mask is this one
     shared = teacher_cache.get(key) if teacher_cache is not None else None
     computed = []
@@ -258,9 +251,9 @@ def relation_loss(
         else:
             with torch.no_grad():
                 t_rel = relations(t_x.detach().to(device), rel_mask, num_relation_heads, name="teacher")
-                t_eps = _rows(t_rel, query_mask, full) + KL_EPS  # (N_rows, T)
+                t_eps = t_rel.reshape(-1, seq) + KL_EPS  # (B * R * T, T)
                 del t_rel
-                t_entropy = torch.xlogy(t_eps, t_eps).sum(-1)  # (N_rows,): the teacher's half of the KL
+                t_entropy = torch.xlogy(t_eps, t_eps).sum(-1)  # (B * R * T,): the teacher's half of the KL
             if teacher_cache is not None:
                 computed.append((t_eps, t_entropy))
         s_rel = relations(s_x, rel_mask, num_relation_heads, name="student")  # (B, R, T, T)
@@ -268,15 +261,14 @@ def relation_loss(
             # Authors' detail: relation probabilities go through the attention dropout; it zeroes
             # whole keys and rescales the rest, and the +1e-7 below keeps log() finite.
             s_rel = _dropout(s_rel, relation_dropout)
-        s_rows = _rows(s_rel, query_mask, full)  # (N_rows, T)
-        del s_rel
         with _fp32_no_autocast(device):
-            # F.kl_div(log(s + eps), t + eps, reduction="batchmean") of the authors, written per row
-            # as sum t log t - sum t log s, so that the teacher's half is computed once per batch
-            # for a whole group; the row KLs are summed in float64.
-            cross = (t_eps * torch.log(s_rows + KL_EPS)).sum(-1)  # (N_rows,)
-            parts.append(((t_entropy - cross).sum(dtype=torch.float64) / n_rows).to(s_rows.dtype))
-        del s_rows, t_eps
+            # F.kl_div(log(s + eps), t + eps, reduction="batchmean") over the real query rows, as the
+            # authors compute it, written per row as sum t log t - sum t log s, so that the teacher's half
+            # is computed once per batch for a whole group; the row KLs are summed in float64.
+            cross = (t_eps * torch.log(s_rel.reshape(-1, seq) + KL_EPS)).sum(-1)  # (B * R * T,)
+            rows = t_entropy - cross if row_weight is None else (t_entropy - cross) * row_weight
+            parts.append((rows.sum(dtype=torch.float64) / n_rows).to(s_rel.dtype))
+        del s_rel, t_eps
     if teacher_cache is not None and shared is None:
         teacher_cache[key] = computed
     qq, kk, vv = parts
