@@ -337,8 +337,9 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for the CSV files (default: DIR/report, or report/ beside the file)")
     parser.add_argument("--metric", help="the metric to score (default: each task's primary metric)")
     parser.add_argument("--split", help="the split to score (default: dev, dev_matched for MNLI)")
-    parser.add_argument("--baseline", default="minilm",
-                        help="the dense method whose curse the others recover (default minilm)")
+    parser.add_argument("--baseline", default=None,
+                        help="the dense method whose curse the others recover (default: minilm, or kd when the "
+                             "table has no minilm students)")
     parser.add_argument("--family", help="only the teachers of this teacher_family (default: all teachers of a task)")
     parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
@@ -348,7 +349,10 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from .analysis import format_report, load_table, report, write_report
 
+    from .analysis.report import default_baseline
+
     table = load_table(args.dir)
+    args.baseline = args.baseline or default_baseline(table)
     tables = report(table, metric=args.metric, split=args.split, baseline=args.baseline, family=args.family,
                     n_resamples=args.resamples, seed=args.seed, level=args.level)
     where = Path(args.dir)

@@ -469,3 +469,11 @@ def test_gapkit_report_refuses_what_is_not_a_table(tmp_path, capsys, make, messa
     assert main(["report", str(make(tmp_path))]) == 2
     err = capsys.readouterr().err
     assert err.startswith("gapkit: error: ") and re.search(message, err) and err.count("\n") == 1
+
+
+def test_the_default_baseline_is_minilm_else_plain_kd():
+    from gapkit.analysis.report import default_baseline
+
+    assert default_baseline(pd.DataFrame({"method": ["minilm", "minimoe", "kd"]})) == "minilm"
+    assert default_baseline(pd.DataFrame({"method": ["kd", "minimoe", None]})) == "kd"
+    assert default_baseline(pd.DataFrame({"method": ["minimoe"]})) == "minilm"  # then recovered says what is missing

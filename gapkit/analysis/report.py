@@ -47,14 +47,22 @@ def load_table(path: str | Path):
         raise DataError(f"Cannot read {path} as a results table ({type(err).__name__}: {first}).") from None
 
 
-def report(table, metric: str | None = None, split: str | None = None, baseline: str = "minilm",
+def default_baseline(table) -> str:
+    """The dense method a sweep's other methods are measured against: ``minilm`` (the paper's) when the table
+    has MiniLM students, else plain logit ``kd`` when it has those (the figures make the same choice)."""
+    methods = set(table.method.dropna()) if "method" in getattr(table, "columns", ()) else set()
+    return "kd" if "minilm" not in methods and "kd" in methods else "minilm"
+
+
+def report(table, metric: str | None = None, split: str | None = None, baseline: str | None = None,
            family: str | None = None, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
     """Every analysis table of ``table``.
 
     Args:
         table: a results table (see :func:`load_table`).
         metric, split, level: as in :func:`gapkit.analysis.student_scores`.
-        baseline: the dense method whose curse the others recover (:func:`gapkit.analysis.recovered_gap`).
+        baseline: the dense method whose curse the others recover (:func:`gapkit.analysis.recovered_gap`);
+            None: :func:`default_baseline`.
         family: restrict the curse analysis to one ``teacher_family`` (None: all teachers of a task).
         n_resamples, seed: the bootstrap's.
     Returns:
@@ -65,6 +73,7 @@ def report(table, metric: str | None = None, split: str | None = None, baseline:
     from .gap import curse_onset, gap_curves, recovered_gap, teacher_scale_fit
     from .scores import student_scores, teacher_scores
 
+    baseline = default_baseline(table) if baseline is None else baseline
     return dict(
         teacher_scores=teacher_scores(table, metric, split, level),
         student_scores=student_scores(table, metric, split, level),
