@@ -67,3 +67,11 @@ def test_readme_test_command_is_what_ci_runs():
     ci = (ROOT / ".ci" / "run").read_text()
     command = 'pip install torch==2.13.0 && pip install -e ".[test]" && python -m pytest -q'
     assert command in README and command in ci
+
+
+def test_readme_main_command_sets_up_the_notebooks_and_its_figures_are_committed():
+    assert 'pip install torch==2.13.0 && pip install -e ".[notebooks]" && gapkit quickstart' in README
+    images = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", README)
+    assert len(images) >= 2 and all((ROOT / path).is_file() for path in images), images
+    links = re.findall(r"\]\(((?:docs|results)/[^)#]+)\)", README)
+    assert all((ROOT / path).exists() for path in links), [p for p in links if not (ROOT / p).exists()]
