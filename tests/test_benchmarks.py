@@ -66,3 +66,17 @@ def test_moe_overhead_compiled_rows_beside_eager(capsys, one_thread):
                        "--compile", "aot_eager", "--no-record"]) == 0
     out = capsys.readouterr().out
     assert out.count("compile off") == 2 and out.count("compile aot_eager") == 2  # inference and train step each
+
+
+def test_sweep_gpu_dry_run_goes_through_the_sweep(tmp_path, capsys, one_thread):
+    """The sweep benchmark's CPU mode: the same sweep as one group and as groups of one, read back from the runs."""
+    bench = load_benchmark("sweep_gpu")
+    torch.set_num_threads(1)
+    assert bench.main(["--dry-run", "--no-record", "--out", str(tmp_path / "work")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    rows = [line.split()[0] for line in lines if line.endswith("MB")]
+    assert rows == ["alone", "alone", "grouped", "grouped"], out
+    assert "grouped speedup" in out and "units of work: 1 grouped, 2 alone" in out
+    grouped = sorted(p.name for p in (tmp_path / "work" / "grouped" / "runs").iterdir())
+    assert len(grouped) == 2 and all(name.startswith("agn-bert-base-random-1L-96H-4A-") for name in grouped)

@@ -85,6 +85,20 @@ def test_plan_orders_dependencies_and_shares_stages(tmp_path):
     assert all(any("assistant" in d for d in n.deps) for n in ta)
 
 
+def test_an_agnostic_only_sweep_distils_from_the_teachers_as_they_are(tmp_path):
+    """No task stage: nothing reads a fine-tuned teacher, so none is planned (MiniLM w/ TA included)."""
+    spec = SweepSpec(**tiny(tmp_path, teachers=["bert-base-uncased"], stages=["agnostic"],
+                            methods=["minilm", dict(name="minilm_ta", assistant="2L-16H-4A")],
+                            agnostic_data=dict(task="text", text=["corpus.txt"])))
+    nodes = plan(spec)
+    assert [n.kind for n in nodes] == ["agnostic"] * 3  # the assistant and the two students
+    assistant = next(n for n in nodes if n.id.startswith("assistant-"))
+    assert {n.config["teacher"] for n in nodes if n is not assistant} == {
+        "bert-base-uncased", str(assistant.folder(spec.output_dir) / "best")}
+    # with the task stage, the fine-tuned teacher and the assistant's task run come back
+    assert sum(n.kind == "finetune" for n in plan(SweepSpec(**dict(spec.to_dict(), stages=["agnostic", "task"])))) == 1
+
+
 def test_text_agnostic_stage_is_shared_across_tasks(tmp_path):
     spec = SweepSpec(**tiny(tmp_path, tasks=[dict(task="sst2"), dict(task="mrpc")],
                             teachers=["bert-base-uncased"], agnostic_data=dict(task="text", text=["corpus.txt"])))

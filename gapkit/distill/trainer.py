@@ -396,6 +396,8 @@ class Run:
             elapsed = max(time.time() - self._window_t0, 1e-9)
             logs["lr"] = self.scheduler.get_last_lr()[0]
             logs["tokens_per_s"] = self._window_tokens * self.world / elapsed
+            if self.device.type == "cuda":  # the process's peak so far (runs of a group share it)
+                logs["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             self._window_tokens, self._window_t0 = 0, time.time()
             self.folder.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs.items()])
             self.bar.set_postfix(loss=f"{logs['total']:.4f}", tok_s=f"{logs['tokens_per_s']:.0f}")

@@ -136,7 +136,7 @@ class _Planner:
     # -- students --------------------------------------------------------------------------------------
     def student(self, t: TeacherEntry, task: dict, shape: str, method: MethodSpec, seed: int) -> None:
         spec, stages = self.spec, self.spec.stages
-        ft = self.finetuned(t, task)
+        ft = self.finetuned(t, task) if "task" in stages else None  # the task stage's teacher
         variant, experts = _variant(shape, method)
         meta = dict(role="student", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family, student=shape,
                     method=method.label, method_name=method.name, experts=experts, task=task["task"], seed=seed,
@@ -149,18 +149,19 @@ class _Planner:
                     [ft.id], dict(meta, stage="task"))
             return
         teacher_agn, deps_agn = self.relation_teacher(t, task)
-        teacher_task, deps_task = self.best(ft), [ft.id]
+        teacher_task, deps_task = (self.best(ft), [ft.id]) if ft is not None else (None, [])
         if method.name == "minilm_ta":
             assistant = str(method.option("assistant"))
             a_meta = dict(meta, role="assistant", student=assistant, experts="dense", seed=spec.teacher_seed)
             a_agn = self.add("agnostic", f"assistant-{_slug(t.name)}-{_slug(assistant)}", self.run_config(
                 "agnostic", assistant, teacher_agn, self.agnostic_data(task), spec.teacher_seed), deps_agn,
                 dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
-            a_task = self.add("task", f"assistant-{_slug(t.name)}-{_slug(assistant)}-{task['task']}", self.run_config(
-                "task", self.best(a_agn), teacher_task, task, spec.teacher_seed), deps_task + [a_agn.id],
-                dict(a_meta, stage="task"))
             teacher_agn, deps_agn = self.best(a_agn), [a_agn.id]
-            teacher_task, deps_task = self.best(a_task), [a_task.id]
+            if "task" in stages:
+                a_task = self.add("task", f"assistant-{_slug(t.name)}-{_slug(assistant)}-{task['task']}",
+                                  self.run_config("task", self.best(a_agn), teacher_task, task, spec.teacher_seed),
+                                  deps_task + [a_agn.id], dict(a_meta, stage="task"))
+                teacher_task, deps_task = self.best(a_task), [a_task.id]
         agn = self.add("agnostic", f"agn-{slug}" + ("" if spec.agnostic_data else f"-{task['task']}"),
                        self.run_config("agnostic", variant, teacher_agn, self.agnostic_data(task), seed, method),
                        deps_agn, dict(meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
@@ -178,9 +179,10 @@ def plan(spec: SweepSpec) -> list[Node]:
             later, at build; a bad shape or setting here).
     """
     p = _Planner(spec)
-    for task in spec.tasks:
-        for t in spec.teacher_entries():
-            p.finetuned(t, task)
+    if "task" in spec.stages:  # an agnostic-only sweep distils from the teachers as they are
+        for task in spec.tasks:
+            for t in spec.teacher_entries():
+                p.finetuned(t, task)
     for task in spec.tasks:
         for t in spec.teacher_entries():
             for shape in spec.student_specs():
