@@ -103,10 +103,13 @@ def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
     try:
         assert launcher.run(ref) == 0
         kills, rng, trace = 0, random.Random(0), []
+        first_step_s = None  # how long a launch takes to reach its first step here (startup and resume)
         for kill_at in PLAN:
+            t0 = time.monotonic()
             if kill_at == "random":
+                # an instant between early startup and a few steps in, whatever this machine's speed
                 pid = launcher.start(cut)
-                time.sleep(rng.uniform(0.2, 1.5))
+                time.sleep(rng.uniform(0.3, 1.2) * first_step_s)
                 try:
                     os.kill(pid, signal.SIGKILL)
                 except ProcessLookupError:  # it ended first
@@ -114,6 +117,8 @@ def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
                 rc = launcher.wait()
             else:
                 rc = launcher.run(cut, kill_at)
+                if kill_at.startswith("step:1"):
+                    first_step_s = time.monotonic() - t0
             kills += rc == -signal.SIGKILL
             trace.append((kill_at, rc, _step_of(cut)))
         while not (cut / "result.json").exists():
