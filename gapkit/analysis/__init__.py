@@ -2,6 +2,7 @@
 gap quantified (best teacher, onset, recovered fraction, with bootstrap intervals), the optimal teacher
 size fit, and the MiniMoE paper's published numbers. Definitions: docs/analysis.md."""
 
+from .examples import example_curse, run_predictions
 from .gap import AXES, NOT_ESTIMABLE, curse_onset, gap_curve, gap_curves, recovered_gap, teacher_scale_fit
 from .paper import paper_results
 from .report import REPORT_TABLES, format_report, load_table, not_estimable, report, write_report
@@ -10,7 +11,7 @@ from .scores import student_scores, teacher_scores
 __all__ = [
     "student_scores", "teacher_scores", "gap_curve", "gap_curves", "AXES", "curse_onset", "recovered_gap",
     "teacher_scale_fit", "NOT_ESTIMABLE", "paper_results", "report", "format_report", "write_report", "load_table",
-    "not_estimable", "REPORT_TABLES",
+    "not_estimable", "REPORT_TABLES", "example_curse", "run_predictions",
 ]
 
 # Figures (docs/figures.md): each returns a matplotlib Figure; plot_sweep writes every one a sweep supports.

@@ -9,7 +9,8 @@ from .scores import known as _known
 
 __all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES"]
 
-REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "recovered", "teacher_scale_fit", "gap_curves")
+REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "curse_examples", "recovered", "teacher_scale_fit",
+                 "gap_curves")
 
 
 def load_table(path: str | Path):
@@ -70,6 +71,7 @@ def report(table, metric: str | None = None, split: str | None = None, baseline:
         ``student_scores``, ``curse`` (:func:`curse_onset`), ``recovered`` (:func:`recovered_gap`),
         ``teacher_scale_fit`` and ``gap_curves`` (every axis, stacked).
     """
+    from .examples import example_curse
     from .gap import curse_onset, gap_curves, recovered_gap, teacher_scale_fit
     from .scores import student_scores, teacher_scores
 
@@ -78,10 +80,21 @@ def report(table, metric: str | None = None, split: str | None = None, baseline:
         teacher_scores=teacher_scores(table, metric, split, level),
         student_scores=student_scores(table, metric, split, level),
         curse=curse_onset(table, family, metric, split, n_resamples, seed, level),
+        curse_examples=(example_curse(table, metric, split, min(n_resamples, 1000), seed, level)
+                        if "run_dir" in table.columns else _no_run_dirs()),
         recovered=recovered_gap(table, baseline, family, metric, split, n_resamples, seed, level),
         teacher_scale_fit=teacher_scale_fit(table, family, metric, split),
         gap_curves=gap_curves(table, metric, split, level),
     )
+
+
+def _no_run_dirs():
+    import pandas as pd
+
+    from .examples import EXAMPLE_COLUMNS
+
+    return pd.DataFrame([{c: None for c in EXAMPLE_COLUMNS} | dict(
+        note="not estimable: the table has no run_dir column (a sweep's table points at its run folders)")])
 
 
 def write_report(tables: dict, out_dir: str | Path) -> list[Path]:
@@ -202,6 +215,17 @@ def _display(name: str, frame):
                 "drop": _with_interval(f, "curse_drop", _fixed),
                 "onset T/S params": _with_interval(f, "onset_ratio_params", _sig),
                 "onset T/S gflops": _with_interval(f, "onset_ratio_gflops", _sig), "note": f.note.map(_text)}
+    elif name == "curse_examples":
+        cols = {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
+                "method": f.method.map(_text), "teachers": f.n_teachers.map(_text), "seeds": f.n_seeds.map(_text),
+                "examples": f.n_examples.map(_text),
+                "best teacher": [f"{_text(t)} ({_share(s)})" if _known(t) and _known(s) else _text(t)
+                                 for t, s in zip(f.best_teacher, f.best_share)],
+                "best": f.best_score.map(_fixed), "largest": f.largest_teacher.map(_text),
+                "at largest": f.largest_score.map(_fixed),
+                "curse": [f"{_text(c)} ({_share(s)})" if _known(s) else _text(c)
+                          for c, s in zip(f.curse, f.curse_share)],
+                "drop": _with_interval(f, "curse_drop", _fixed), "note": f.note.map(_text)}
     elif name == "recovered":
         cols = {"task": f.task.map(_text), "student": f.student.map(_text), "method": f.method.map(_text),
                 "experts": f.experts.map(_text), "baseline": f.baseline.map(_text),
@@ -225,6 +249,8 @@ def _titles(level: float, baseline: str, n_resamples: int, seed: int) -> dict:
         "student_scores": f"Student scores (best weights; mean over seeds, {level:.0%} t-interval; "
                           f"T/S = teacher/student)",
         "curse": f"Curse of capacity gap per student: best teacher (share of resamples), onset ratio ({boot})",
+        "curse_examples": f"The curse with intervals over dev examples: paired percentile bootstrap of each run's "
+                          f"stored predictions ({min(n_resamples, 1000)} resamples, seed {seed}, {level:.0%} intervals)",
         "recovered": f"Part of the curse each method recovers against {baseline}: gain / lost at the largest teacher "
                      f"({boot})",
         "teacher_scale_fit": "Best teacher size against student size, least squares (MiniMA, arXiv 2311.07052)",

@@ -69,6 +69,34 @@ class TaskData:
 OTHER_TASKS = ("conll", "synthetic", "text")
 
 
+def predictions_of(kind: str, logits: torch.Tensor) -> torch.Tensor:
+    """What a run keeps of its evaluation outputs, all its metrics can be recomputed from: class ids
+    ((N,) or (N, T) for a token task, int32) or, for regression, the scores ((N,), float32)."""
+    if kind == "regression":
+        return logits.float().reshape(len(logits), -1)[:, 0].contiguous()
+    return logits.argmax(-1).to(torch.int32)
+
+
+def score_predictions(task: str, split: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+    """A split's metrics from stored predictions (:func:`predictions_of`) and labels, without loading the
+    data: the same numbers as the task's own scoring of the logits they came from.
+
+    Raises:
+        DataError: an unknown task, or predictions and labels that do not fit.
+    """
+    name = check_task_name(task)
+    preds, gold = predictions, labels
+    if name == "conll":
+        pred_tags, gold_tags = align_predictions(preds.long(), gold.long(), CONLL_LABELS)
+        return ner_metrics(pred_tags, gold_tags)
+    if name == "synthetic":
+        return classification_metrics(preds.numpy(), gold.numpy())
+    if name == "text":
+        raise DataError("Raw text (task 'text') has no labels to score.")
+    glue_name = name if name != "mnli" else ("mnli_mm" if "mismatched" in split else "mnli_m")
+    return glue_metrics(glue_name, preds.numpy(), gold.numpy())
+
+
 def check_task_name(task: str) -> str:
     """Normalise a task name (``SST-2`` -> ``sst2``); DataError naming the known tasks if unknown."""
     name = task.lower().replace("-", "")
@@ -199,4 +227,4 @@ def _text(spec, tokenizer, seed: int) -> TaskData:
     )
 
 
-__all__ = ["TaskData", "build_task", "check_task_name", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]
+__all__ = ["TaskData", "build_task", "check_task_name", "score_predictions", "predictions_of", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]

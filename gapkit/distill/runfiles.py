@@ -4,7 +4,8 @@
     metrics.jsonl        one JSON row per log/eval event: step, split, metric, value
     routing.parquet      routing statistics of MiniMoE students: step, split, layer, block, expert ...
     checkpoint/          the latest resumable state (model, optimizer, scheduler, RNG of every rank, loop)
-    best/                the best model so far as a Hugging Face folder (+ tokenizer)
+    best/                the best model so far as a Hugging Face folder (+ tokenizer), with
+                         predictions.safetensors: its predictions and the labels of every scored split
     result.json          the result (gapkit.distill.result schema); present once the run has ended
     failure.json         only when a run stopped on a NaN/inf loss: step, loss term, value
 
@@ -27,8 +28,9 @@ from ..io import atomic_dir, atomic_write, json_dumps, kill_point, recover_dir
 from .checkpointing import has_training_state
 from .result import RunResult
 
-__all__ = ["RunFolder", "in_use"]
+__all__ = ["RunFolder", "in_use", "PREDICTIONS"]
 
+PREDICTIONS = "predictions.safetensors"  # in best/: "<split>.prediction", "<split>.label"
 LOG_FILES = ("metrics.jsonl", "routing.parquet", "result.json", "failure.json")
 LOG_DIRS = ("checkpoint", "best", "tensorboard")
 

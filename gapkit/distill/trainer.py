@@ -36,9 +36,9 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.features import IGNORE_INDEX
-from ..data.tasks import TaskData, build_task, synthetic_unlabeled
+from ..data.tasks import TaskData, build_task, predictions_of, synthetic_unlabeled
 from ..errors import ConfigError, DataError, TrainingFailed
-from ..io import kill_point
+from ..io import kill_point, save_safetensors
 from ..models.student import Student
 from ..models.teacher import TeacherOutput
 from ..routing import RoutingAccumulator, routing_rows
@@ -49,7 +49,7 @@ from .config import DistillSpec
 from .losses import NonFiniteLossError, check_finite, combine
 from .result import RunResult, git_revision, run_id
 from .rng import RunRNG, derive_seed
-from .runfiles import RunFolder
+from .runfiles import PREDICTIONS, RunFolder
 from .teacher_side import TeacherNeeds, TeacherSide, autocast, to_device
 from .trainee import Trainee, build_model
 
@@ -269,6 +269,7 @@ class Run:
         self.rng = RunRNG(train.init_seed, self.device)
         self.tokenizer = load_tokenizer(spec)
         self.task = task = load_task(spec, self.tokenizer)
+        self._predictions: dict[str, tuple] = {}  # split -> (predictions, labels) of its last evaluation
         self.teacher = teacher if teacher is not None else TeacherSide.load(spec, task, self.device)
         with self.rng.active():
             self.model, self.new_weights = build_model(spec, task)
@@ -470,7 +471,10 @@ class Run:
                 T = max(x.shape[1] for x in logits)
                 logits = [F.pad(x, (0, 0, 0, T - x.shape[1])) for x in logits]
                 labels = [F.pad(y, (0, T - y.shape[1]), value=IGNORE_INDEX) for y in labels]
-            metrics = task.metrics(split, torch.cat(logits), torch.cat(labels))
+            logits, labels = torch.cat(logits), torch.cat(labels)
+            metrics = task.metrics(split, logits, labels)
+            self._predictions[split] = (predictions_of(task.kind, logits), labels.to(torch.int32)
+                                        if labels.dtype != torch.float32 else labels)
         if log:
             step = self.state["step"]
             self.folder.log([dict(step=step, split=split, metric=k, value=v) for k, v in metrics.items()])
@@ -504,7 +508,7 @@ class Run:
         self.state["last_eval"] = dict(step=step, metrics=metrics)
         if improved:
             self.state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
-            self.folder.save_best(lambda folder: self._save_model(folder))
+            self.folder.save_best(lambda folder: self._save_model(folder, splits=list(metrics)))
         else:
             self.state["bad_evals"] += 1
         if self.rank == 0:
@@ -516,10 +520,14 @@ class Run:
                               reason=f"no improvement of {task.primary} in {patience} evaluations")
         return metrics
 
-    def _save_model(self, folder: Path) -> None:
+    def _save_model(self, folder: Path, splits: list[str] = ()) -> None:
         self.model.save_pretrained(folder, self.task.label_names)
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(folder)
+        kept = {f"{split}.{part}": tensor for split in splits if split in self._predictions
+                for part, tensor in zip(("prediction", "label"), self._predictions[split])}
+        if kept:  # what these weights predict on each scored split: example-level intervals (gapkit.analysis)
+            save_safetensors(kept, folder / PREDICTIONS)
 
     # -- checkpoints ---------------------------------------------------------------------------------
     @property
