@@ -137,3 +137,29 @@ def test_the_report_has_the_example_table_for_a_real_sweep(quickstart_results):
     assert (examples.curse_drop <= examples.curse_drop_high).all()
     assert examples.n_examples.iloc[0] == 64
     assert tables["curse"].note.str.contains("1 seed").all()
+
+
+@pytest.mark.parametrize("task, kind, classes", [("sst2", "sequence", 2), ("mrpc", "sequence", 2), ("cola", "sequence", 2),
+                                                 ("mnli", "sequence", 3), ("stsb", "regression", 1),
+                                                 ("conll", "token", 9), ("synthetic", "sequence", 2)])
+def test_stored_predictions_score_as_the_logits_they_came_from(task, kind, classes):
+    from gapkit.data.features import IGNORE_INDEX, align_predictions
+    from gapkit.data.metrics import classification_metrics, glue_metrics, ner_metrics
+    from gapkit.data.tasks import predictions_of
+
+    g = torch.Generator().manual_seed(0)
+    if kind == "token":
+        logits = torch.randn(12, 7, classes, generator=g)
+        labels = torch.randint(0, classes, (12, 7), generator=g)
+        labels[:, -2:] = IGNORE_INDEX  # word pieces and padding
+        want = ner_metrics(*align_predictions(logits, labels))
+    elif kind == "regression":
+        logits, labels = 5 * torch.rand(30, 1, generator=g), 5 * torch.rand(30, generator=g)
+        want = glue_metrics(task, logits.numpy(), labels.numpy())
+    else:
+        logits, labels = torch.randn(30, classes, generator=g), torch.randint(0, classes, (30,), generator=g)
+        want = (classification_metrics(logits.numpy(), labels.numpy()) if task == "synthetic"
+                else glue_metrics("mnli_m" if task == "mnli" else task, logits.numpy(), labels.numpy()))
+    stored = predictions_of(kind, logits)
+    split = "dev_matched" if task == "mnli" else "dev"
+    assert score_predictions(task, split, stored, labels.to(torch.int32) if kind != "regression" else labels) == want
