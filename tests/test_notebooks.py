@@ -146,6 +146,7 @@ def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quick
     # the estimates, and what the data (one student shape, one seed) cannot support, with the reasons
     assert "Curse of capacity gap per student" in shown and "against kd" in shown
     assert "1 student(s) with 2 or more teachers (needs 3)" in shown and "1 seed for teacher" in shown
+    assert "The curse with intervals over dev examples" in shown  # one seed: the examples give the interval
     assert "estimate(s) are not estimable from these results." in shown
 
 
