@@ -204,28 +204,12 @@ def _display(name: str, frame):
                     interval=[f"[{_fixed(a)}, {_fixed(b)}]" if _known(a) else "" for a, b in zip(f.ci_low, f.ci_high)],
                     note=f.note.map(_text))
     elif name == "curse":
-        cols = {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
-                "method": f.method.map(_text), "teachers": f.n_teachers.map(_text),
-                "best teacher": [f"{_text(t)} ({_share(s)})" if _known(t) and _known(s) else _text(t)
-                                 for t, s in zip(f.best_teacher, f.best_share)],
-                "best": f.best_score.map(_fixed), "largest": f.largest_teacher.map(_text),
-                "at largest": f.largest_score.map(_fixed),
-                "curse": [f"{_text(c)} ({_share(s)})" if _known(s) else _text(c)
-                          for c, s in zip(f.curse, f.curse_share)],
-                "drop": _with_interval(f, "curse_drop", _fixed),
-                "onset T/S params": _with_interval(f, "onset_ratio_params", _sig),
-                "onset T/S gflops": _with_interval(f, "onset_ratio_gflops", _sig), "note": f.note.map(_text)}
+        cols = dict(_curse_columns(f), **{"onset T/S params": _with_interval(f, "onset_ratio_params", _sig),
+                                          "onset T/S gflops": _with_interval(f, "onset_ratio_gflops", _sig),
+                                          "note": f.note.map(_text)})
     elif name == "curse_examples":
-        cols = {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
-                "method": f.method.map(_text), "teachers": f.n_teachers.map(_text), "seeds": f.n_seeds.map(_text),
-                "examples": f.n_examples.map(_text),
-                "best teacher": [f"{_text(t)} ({_share(s)})" if _known(t) and _known(s) else _text(t)
-                                 for t, s in zip(f.best_teacher, f.best_share)],
-                "best": f.best_score.map(_fixed), "largest": f.largest_teacher.map(_text),
-                "at largest": f.largest_score.map(_fixed),
-                "curse": [f"{_text(c)} ({_share(s)})" if _known(s) else _text(c)
-                          for c, s in zip(f.curse, f.curse_share)],
-                "drop": _with_interval(f, "curse_drop", _fixed), "note": f.note.map(_text)}
+        cols = _curse_columns(f, seeds=f.n_seeds.map(_text), examples=f.n_examples.map(_text))
+        cols["note"] = f.note.map(_text)
     elif name == "recovered":
         cols = {"task": f.task.map(_text), "student": f.student.map(_text), "method": f.method.map(_text),
                 "experts": f.experts.map(_text), "baseline": f.baseline.map(_text),
@@ -240,6 +224,18 @@ def _display(name: str, frame):
     else:
         return frame
     return pd.DataFrame({k: list(v) for k, v in cols.items()})
+
+
+def _curse_columns(f, **counts) -> dict:
+    """The columns the two curse tables share (``counts`` go after ``teachers``)."""
+    return {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
+            "method": f.method.map(_text), "teachers": f.n_teachers.map(_text), **counts,
+            "best teacher": [f"{_text(t)} ({_share(s)})" if _known(t) and _known(s) else _text(t)
+                             for t, s in zip(f.best_teacher, f.best_share)],
+            "best": f.best_score.map(_fixed), "largest": f.largest_teacher.map(_text),
+            "at largest": f.largest_score.map(_fixed),
+            "curse": [f"{_text(c)} ({_share(s)})" if _known(s) else _text(c) for c, s in zip(f.curse, f.curse_share)],
+            "drop": _with_interval(f, "curse_drop", _fixed)}
 
 
 def _titles(level: float, baseline: str, n_resamples: int, seed: int) -> dict:
