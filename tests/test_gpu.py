@@ -65,6 +65,12 @@ def test_grouped_gemm_ffn_matches_sorted_dispatch_in_bf16():
             out = model(ids, mask)
             (out.last_hidden_state.float().square().mean() + 0.01 * out.load_balance).backward()
             outs.append(out)
+    _assert_bf16_twins(fast, slow, outs)
+
+
+def _assert_bf16_twins(fast, slow, outs) -> None:
+    """Two dispatch paths of the same weights after one bf16 forward and backward each: the same experts
+    for 99% of tokens, outputs to bf16 tolerance, gradients in the same direction (cosine > 0.98)."""
     for (_, _, a), (_, _, b) in zip(outs[0].routing.blocks(), outs[1].routing.blocks()):
         assert (a.expert == b.expert).float().mean() > 0.99
     torch.testing.assert_close(outs[0].last_hidden_state.float(), outs[1].last_hidden_state.float(), atol=5e-2, rtol=5e-2)
@@ -126,15 +132,7 @@ def test_static_dispatch_matches_sorted_on_gpu_in_bf16():
             out = model(ids, mask)
             (out.last_hidden_state.float() * torch.linspace(-1, 1, 192, device="cuda")).sum().backward()
             outs.append(out)
-    for (_, _, a), (_, _, b) in zip(outs[0].routing.blocks(), outs[1].routing.blocks()):
-        assert (a.expert == b.expert).float().mean() > 0.99
-    torch.testing.assert_close(outs[0].last_hidden_state.float(), outs[1].last_hidden_state.float(), atol=5e-2, rtol=5e-2)
-    grads = dict(slow.named_parameters())
-    for name, p in fast.named_parameters():
-        g, h = p.grad.float(), grads[name].grad.float()
-        if h.norm() < 1e-6:  # key biases: true gradient 0
-            continue
-        assert torch.nn.functional.cosine_similarity(g.flatten(), h.flatten(), dim=0) > 0.98, name
+    _assert_bf16_twins(fast, slow, outs)
 
 
 @needs_cuda
