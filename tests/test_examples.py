@@ -68,7 +68,7 @@ def test_the_curse_over_examples_by_hand(tmp_path):
     table = _table([("small", 10, 0, _run(tmp_path, "a", 18)), ("large", 100, 0, _run(tmp_path, "b", 14))])
     row = example_curse(table, n_resamples=400, seed=0).iloc[0]
     assert (row.best_teacher, row.largest_teacher, row.n_examples, row.n_seeds) == ("small", "large", 20, 1)
-    assert row.best_score == 90.0 and row.largest_score == 70.0 and row.curse and row.curse_drop == 20.0
+    assert row.best_score == 90.0 and row.largest_score == 70.0 and row.curse == "yes" and row.curse_drop == 20.0
     # paired: the two runs differ on examples 14-17 only (right vs wrong), so each resample's drop is
     # 5 x (how many of its 20 draws fall there): 0 to 100, mean 20
     assert row.curse_drop_low < 20.0 < row.curse_drop_high and row.curse_drop_low >= 0.0
@@ -84,11 +84,11 @@ def test_the_curse_over_examples_by_hand(tmp_path):
 def test_no_curse_and_identical_students(tmp_path):
     same = _table([("small", 10, 0, _run(tmp_path, "a", 15)), ("large", 100, 0, _run(tmp_path, "b", 15))])
     row = example_curse(same, n_resamples=200).iloc[0]
-    assert row.best_teacher == "small" and not row.curse and row.curse_drop == 0.0  # a tie goes to the smaller
+    assert row.best_teacher == "small" and row.curse == "no" and row.curse_drop == 0.0  # a tie goes to the smaller
     assert (row.curse_drop_low, row.curse_drop_high, row.curse_share) == (0.0, 0.0, 0.0)
     better = _table([("small", 10, 0, _run(tmp_path, "c", 12)), ("large", 100, 0, _run(tmp_path, "d", 19))])
     row = example_curse(better, n_resamples=200).iloc[0]
-    assert row.best_teacher == "large" and not row.curse and row.curse_drop == 0.0
+    assert row.best_teacher == "large" and row.curse == "no" and row.curse_drop == 0.0
 
 
 def test_seeds_are_averaged_before_the_teachers_are_compared(tmp_path):
@@ -96,7 +96,7 @@ def test_seeds_are_averaged_before_the_teachers_are_compared(tmp_path):
                     ("large", 100, 0, _run(tmp_path, "c", 17)), ("large", 100, 1, _run(tmp_path, "d", 17))])
     row = example_curse(table, n_resamples=100).iloc[0]
     # small: seeds at 100 and 60, mean 80 (its better seed alone would beat large); large: 85 and 85
-    assert row.n_seeds == 2 and row.best_teacher == "large" and not row.curse
+    assert row.n_seeds == 2 and row.best_teacher == "large" and row.curse == "no"
     assert row.best_score == pytest.approx(85.0) and row.largest_score == pytest.approx(85.0)
 
 

@@ -142,7 +142,8 @@ def _bootstrap(task, split, metric, block, runs, n_resamples, rng, level, score)
     point = scores(np.arange(n))
     best, drop = decide(point)
     row = dict(n_examples=n, best_teacher=teachers[best], best_score=float(point[best]), largest_teacher=teachers[-1],
-               largest_score=float(point[-1]), curse=best < len(teachers) - 1 and drop > 0, curse_drop=drop, note="")
+               largest_score=float(point[-1]), curse="yes" if best < len(teachers) - 1 and drop > 0 else "no",
+               curse_drop=drop, note="")
     if n_resamples == 0:
         return dict(row, note=f"intervals {NOT_ESTIMABLE}: n_resamples is 0")
     import torch
