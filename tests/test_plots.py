@@ -457,3 +457,14 @@ def test_result_rows_written_by_the_sweep_have_the_columns_the_figures_read(swee
     points = student_points(table)
     assert set(points.method) == {"minilm", "minimoe"} and (points.n_seeds == 1).all()
     assert json.loads((sweep_dir / "plan.json").read_text())["sweep"]["name"] == "tiny"
+
+
+def test_close_log_ticks_keep_their_lines_but_not_overlapping_labels():
+    from gapkit.analysis.plots import _spaced
+
+    # the paper's axis alone: every point labelled; with the quickstart's much smaller students beside it,
+    # 0.68 and 0.91 lose their labels (their tick lines stay), the largest point always keeps one
+    paper = [0.11, 0.45, 0.68, 0.91, 1.36]
+    assert _spaced(paper) == set(paper)
+    assert _spaced([0.00157, 0.0126, 0.04] + paper) == {0.00157, 0.0126, 0.04, 0.11, 0.45, 1.36}
+    assert _spaced([1.0, 1.01, 100.0]) == {1.0, 100.0}

@@ -172,6 +172,25 @@ def _number_label(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def _spaced(values: list[float], share: float = 1 / 12) -> set[float]:
+    """The sorted positive ``values`` whose tick labels can be written without overlapping on a log axis:
+    from the left, each at least ``share`` of the axis' log span from the last one kept; the largest value
+    is always kept (in place of the last kept one when those two are too close)."""
+    if len(values) < 3:
+        return set(values)
+    logs = [math.log10(v) for v in values]
+    gap = (logs[-1] - logs[0]) * share
+    kept = [0]
+    for i in range(1, len(values)):
+        if logs[i] - logs[kept[-1]] >= gap:
+            kept.append(i)
+    if kept[-1] != len(values) - 1:
+        if logs[-1] - logs[kept[-1]] < gap and len(kept) > 1:
+            kept.pop()
+        kept.append(len(values) - 1)
+    return {values[i] for i in kept}
+
+
 def _log_x(ax, values, labels=None) -> None:
     """A log x axis whose ticks are the plotted values (labelled with ``labels`` or the numbers) when
     there are few of them, so a reader sees each point's size, not just powers of ten."""
@@ -181,8 +200,9 @@ def _log_x(ax, values, labels=None) -> None:
     values = sorted({float(v) for v in values})
     if len(values) <= 8:
         labels = labels or {v: _number_label(v) for v in values}
+        shown = _spaced(values)
         ax.xaxis.set_major_locator(FixedLocator(values))
-        ax.set_xticks(values, [labels[v] for v in values])
+        ax.set_xticks(values, [labels[v] if v in shown else "" for v in values])
         ax.xaxis.set_minor_locator(NullLocator())
     ax.xaxis.set_minor_formatter(NullFormatter())
     if len(values) == 1:  # one point: give the axis some width around it
