@@ -172,6 +172,16 @@ def _number_label(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
 
+def _read_parquet(path: Path, remedy: str):
+    """``path`` as a DataFrame; ConfigError naming the file and ``remedy`` when it cannot be read."""
+    import pandas as pd
+
+    try:
+        return pd.read_parquet(path)
+    except Exception as err:  # pyarrow raises several types for a bad file
+        raise ConfigError(f"{path} is not a readable parquet file ({type(err).__name__}): {remedy}") from None
+
+
 def _spaced(values: list[float], share: float = 1 / 12) -> set[float]:
     """The sorted positive ``values`` whose tick labels can be written without overlapping on a log axis:
     from the left, each at least ``share`` of the axis' log span from the last one kept; the largest value
@@ -512,11 +522,7 @@ def read_routing(run):
         if not path.is_file():
             raise ConfigError(f"{path} does not exist: only MiniMoE students record routing (routing.parquet in "
                               f"their run folder).")
-        try:
-            frame = pd.read_parquet(path)
-        except Exception as err:  # pyarrow raises several types for a bad file
-            raise ConfigError(f"{path} is not a readable parquet file ({type(err).__name__}): a corrupt routing "
-                              f"record.") from None
+        frame = _read_parquet(path, "a corrupt routing record.")
         where = str(path)
     missing = [c for c in ROUTING_COLUMNS if c not in frame.columns]
     if missing:
@@ -967,18 +973,13 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
         ConfigError: no or an unreadable results.parquet.
     """
     import matplotlib.pyplot as plt
-    import pandas as pd
 
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / "results.parquet"
     if not results.is_file():
         raise ConfigError(f"{sweep_dir} has no results.parquet: is it a sweep's output_dir? (`gapkit results "
                           f"{sweep_dir}` rebuilds the table from the run folders).")
-    try:
-        table = pd.read_parquet(results)
-    except Exception as err:  # pyarrow raises several types for a bad file
-        raise ConfigError(f"{results} is not a readable parquet file ({type(err).__name__}): rebuild it with "
-                          f"`gapkit results {sweep_dir}`.") from None
+    table = _read_parquet(results, f"rebuild it with `gapkit results {sweep_dir}`.")
     out = Path(out) if out is not None else sweep_dir / "figures"
     written, skipped = [], []
 
