@@ -53,7 +53,8 @@ def test_finetune_writes_one_run_folder(tmp_path):
             "wall_time_s", "selection", "schema"} <= set(saved)
     assert saved["student"]["params_total"] > 0 and saved["student"]["init"] == "random"
     assert set(saved["student"]["gflops"]) == {"macs", "flops", "paper"} and saved["teacher"] is None
-    assert saved["selection"] == {"split": "dev", "metric": "score", "higher_is_better": True, "scored": []}
+    assert saved["selection"] == {"split": "dev", "metric": "score", "higher_is_better": True, "scored": [],
+                                  "examples": {"train": 256, "dev": 64}}
     assert {(m["split"], m["model"], m["step"]) for m in saved["metrics"]} == {("dev", "best", result.best_step),
                                                                                ("dev", "final", 8)}
     assert DistillSpec.from_dict(json.loads((r / "config.json").read_text())).train.max_steps == 8

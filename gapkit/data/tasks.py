@@ -2,10 +2,19 @@
 
 ``build_task(data_spec, tokenizer)`` is what the training loop calls; it reads and checks everything
 (unknown task, missing split, malformed rows, a too-long max_len) before any training starts.
+
+Selection split. With ``data.select_on: dev`` the dev split(s) select the best weights (``evals``) and
+are scored with them. With ``data.select_on: holdout`` a holdout is carved from the training split
+(:func:`carve_holdout`) and is the only selection split (``evals == {"holdout": ...}``); every dev split
+(MNLI's two, CoNLL's dev) moves to ``tests`` beside any labeled test split: scored with the weights the
+holdout selected, never used to select. ``max_eval_examples`` subsamples the dev and test splits, not
+the holdout (its size is ``data.holdout``).
 """
 
 from __future__ import annotations
 
+import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -21,6 +30,9 @@ from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments
 
 KINDS = ("sequence", "regression", "token", "unlabeled")
+HOLDOUT = "holdout"  # the name of the selection split carved from the training split
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -34,9 +46,11 @@ class TaskData:
         num_labels: classes (1 for regression, 0 unlabeled).
         train: per-example features (python lists, or a memory-mapped ``TokenSegments`` for raw text),
             for ``pad_batch``.
-        evals: evaluation split name -> features (``dev``; MNLI ``dev_matched``, ``dev_mismatched``).
-        tests: labeled test split name -> features (CoNLL-2003 ``test``): scored with the weights that
-            the ``evals`` selected, never used for selection.
+        evals: the selection split(s): name -> features (``dev``; MNLI ``dev_matched``,
+            ``dev_mismatched``; or ``holdout`` alone with ``data.select_on: holdout``).
+        tests: scored split name -> features (CoNLL-2003 ``test``; with ``select_on: holdout`` also the
+            dev splits): scored with the weights that the ``evals`` selected, never used for selection.
+        sizes: examples per split as built (``train``, each eval and test split), for result.json.
         pad_token_id: the padding id of the tokenizer (or the synthetic vocabulary).
         vocab_size: size of the vocabulary the ids come from.
         primary: the metric that selects the best checkpoint (higher is better).
@@ -53,6 +67,10 @@ class TaskData:
     primary: str = "score"
     tests: dict[str, Sequence[dict]] = field(default_factory=dict)
     _score: Callable | None = field(default=None, repr=False)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), **{s: len(f) for s, f in (*self.evals.items(), *self.tests.items())}}
 
     @property
     def head(self) -> str | None:
@@ -132,9 +150,61 @@ def _vocab_size(tokenizer) -> int:
     return len(tokenizer)
 
 
+def holdout_size(holdout: float | int, n_train: int, max_train_examples: int | None = None) -> int:
+    """Examples in the holdout: a count as given, or a fraction of the training examples the run uses
+    (``max_train_examples`` of the split when set and smaller), at least 1."""
+    if isinstance(holdout, int):
+        return holdout
+    used = min(n_train, max_train_examples) if max_train_examples else n_train
+    return max(1, round(holdout * used))
+
+
+def carve_holdout(examples: Sequence, spec, seed: int, task: str) -> tuple[list, list]:
+    """Split the whole training split into (training examples, holdout), disjoint, reproducibly.
+
+    The holdout (:func:`holdout_size` examples) is drawn from the whole split by a generator of its own,
+    seeded by the run's data seed (the same seed, the same holdout; ``max_train_examples`` does not move
+    it); ``max_train_examples`` then subsamples the rest as it would the whole split. When fewer than
+    ``max_train_examples`` are left, training keeps every one left (logged, and visible in result.json's
+    ``selection.examples``). Both keep file order.
+
+    Raises:
+        DataError: a holdout as large as the training split.
+    """
+    n = len(examples)
+    k = holdout_size(spec.holdout, n, spec.max_train_examples)
+    if k >= n:
+        raise DataError(f"DataSpec.holdout ({spec.holdout!r}: {k} examples) leaves nothing to train on: the training "
+                        f"split of task {task!r} has {n} examples; choose a smaller holdout.")
+    chosen = set(random.Random(f"gapkit-holdout-{seed}").sample(range(n), k))
+    held = [examples[i] for i in range(n) if i in chosen]
+    rest = [examples[i] for i in range(n) if i not in chosen]
+    wanted = spec.max_train_examples
+    if wanted is not None and wanted > len(rest):
+        logger.warning("Task %s: the training split has %d examples; after a holdout of %d, training keeps the %d "
+                       "left (max_train_examples asks for %d).", task, n, k, len(rest), wanted)
+    return subsample(rest, wanted, seed), held
+
+
+def _train_and_holdout(examples: Sequence, spec, seed: int, task: str) -> tuple[list, list | None]:
+    """(training examples, holdout or None): the holdout carved first when ``select_on: holdout``, else the
+    split subsampled as it always was."""
+    if spec.select_on == HOLDOUT:
+        return carve_holdout(examples, spec, seed, task)
+    return subsample(examples, spec.max_train_examples, seed), None
+
+
+def _layout(scored: dict, holdout, tests: dict | None = None) -> tuple[dict, dict]:
+    """(evals, tests): the dev splits select, or, with a holdout, the holdout selects and they are scored."""
+    tests = dict(tests or {})
+    if holdout is None:
+        return scored, tests
+    return {HOLDOUT: holdout}, {**scored, **tests}
+
+
 def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
     glue = get_glue_task(task)
-    train = load_glue(task, "train", spec.data_dir, spec.max_train_examples, seed)
+    train, holdout = _train_and_holdout(load_glue(task, "train", spec.data_dir), spec, seed, task)
     eval_splits = [s for s in glue.split_files if s != "train" and not (task == "mnli" and s == "dev")]
     evals = {s: load_glue(task, s, spec.data_dir, spec.max_eval_examples, seed) for s in eval_splits}
     kind = "regression" if glue.is_regression else "sequence"
@@ -144,10 +214,11 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
         preds = logits.float().numpy()
         return glue_metrics(name, preds, labels.numpy())
 
+    dev = {s: tokenize_glue(ex, tokenizer, spec.max_len) for s, ex in evals.items()}
+    evals, tests = _layout(dev, None if holdout is None else tokenize_glue(holdout, tokenizer, spec.max_len))
     return TaskData(
         task=task, kind=kind, num_labels=glue.num_labels,
-        train=tokenize_glue(train, tokenizer, spec.max_len),
-        evals={s: tokenize_glue(ex, tokenizer, spec.max_len) for s, ex in evals.items()},
+        train=tokenize_glue(train, tokenizer, spec.max_len), evals=evals, tests=tests,
         pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
         label_names=tuple(glue.label_names) if glue.label_names else None,
         primary=primary_metric(task), _score=score,
@@ -155,7 +226,7 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
 
 
 def _conll(spec, tokenizer, seed: int) -> TaskData:
-    train = load_conll("train", spec.data_dir, spec.max_train_examples, seed)
+    train, holdout = _train_and_holdout(load_conll("train", spec.data_dir), spec, seed, "conll")
     dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, seed)
     # The test split has labels (Hub and classic files); a local folder without test.txt has none.
     has_test = spec.data_dir is None or (Path(spec.data_dir) / CONLL_SPLIT_FILES["test"]).is_file()
@@ -165,10 +236,12 @@ def _conll(spec, tokenizer, seed: int) -> TaskData:
         pred_tags, gold_tags = align_predictions(logits, labels, CONLL_LABELS)
         return ner_metrics(pred_tags, gold_tags)
 
+    evals, tests = _layout({"dev": tokenize_conll(dev, tokenizer, spec.max_len)},
+                           None if holdout is None else tokenize_conll(holdout, tokenizer, spec.max_len),
+                           {"test": tokenize_conll(test, tokenizer, spec.max_len)} if test is not None else {})
     return TaskData(
         task="conll", kind="token", num_labels=len(CONLL_LABELS),
-        train=tokenize_conll(train, tokenizer, spec.max_len), evals={"dev": tokenize_conll(dev, tokenizer, spec.max_len)},
-        tests={"test": tokenize_conll(test, tokenizer, spec.max_len)} if test is not None else {},
+        train=tokenize_conll(train, tokenizer, spec.max_len), evals=evals, tests=tests,
         pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
         label_names=CONLL_LABELS, primary="f1", _score=score,
     )
@@ -191,14 +264,15 @@ def _synthetic_task(spec) -> SyntheticTask:
 
 def _synthetic(spec, seed: int) -> TaskData:
     task = _synthetic_task(spec)
-    train = subsample(task.examples("train"), spec.max_train_examples, seed)
+    train, holdout = _train_and_holdout(task.examples("train"), spec, seed, "synthetic")
     dev = subsample(task.examples("dev"), spec.max_eval_examples, seed)
+    evals, tests = _layout({"dev": dev}, holdout)
 
     def score(split, logits, labels):
         return classification_metrics(logits.float().numpy(), labels.numpy())
 
     return TaskData(
-        task="synthetic", kind="sequence", num_labels=task.num_labels, train=train, evals={"dev": dev},
+        task="synthetic", kind="sequence", num_labels=task.num_labels, train=train, evals=evals, tests=tests,
         pad_token_id=task.pad_token_id, vocab_size=task.vocab_size, primary="score", _score=score,
     )
 
@@ -227,4 +301,4 @@ def _text(spec, tokenizer, seed: int) -> TaskData:
     )
 
 
-__all__ = ["TaskData", "build_task", "check_task_name", "score_predictions", "predictions_of", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]
+__all__ = ["TaskData", "build_task", "carve_holdout", "holdout_size", "HOLDOUT", "check_task_name", "score_predictions", "predictions_of", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]

@@ -21,6 +21,9 @@ from ..models.spec import PRESETS, StudentSpec, spec_from_name
 from .losses import LossWeights
 
 STAGES = ("finetune", "agnostic", "task")
+# data.select_on: the split that selects a run's best weights. ``holdout`` is carved from the training
+# split (gapkit.data.tasks.carve_holdout); the dev split(s) are then only scored, with the selected weights.
+SELECT_ON = ("dev", "holdout")
 STUDENT_QKV = ("auto", "last", "projection")
 LINE_MODES = ("sentence", "document")
 # train.compile: off (eager), torch.compile with inductor (default, reduce-overhead = CUDA graphs,
@@ -65,8 +68,20 @@ class DataSpec:
         line_mode: ``sentence`` (one sentence a line, blank line between documents) or ``document``.
         tokenizer: a tokenizer folder or Hub name; None uses the teacher's (or the model's).
         max_len: maximum sequence length (the paper uses 128).
-        max_train_examples, max_eval_examples: seeded subsets (None: all).
+        max_train_examples, max_eval_examples: seeded subsets (None: all). ``max_eval_examples`` applies
+            to the dev (and test) splits, never to the holdout.
         synthetic: keyword arguments of ``SyntheticTask`` for ``synthetic``.
+        select_on: the split that selects the run's ``best/`` weights. ``dev`` (the default for a single
+            run): the dev split selects and is also scored, which flatters the score. ``holdout`` (the
+            default of every labeled stage of a sweep): a holdout carved from the training split
+            selects, and the dev split(s) (and CoNLL's test) are only scored, with the selected weights.
+            Labeled tasks only (raw text and task-agnostic runs have nothing to select on).
+        holdout: the size of that holdout (``select_on: holdout``): a fraction in (0, 1) of the
+            training examples the run uses (the training split, or ``max_train_examples`` of it), or a
+            count >= 1 of examples. It is drawn from the whole training split with the run's data seed
+            (the same seed, the same holdout), before ``max_train_examples`` subsamples the rest, so the
+            training set keeps its size when the split is big enough (else it keeps every example left,
+            recorded in result.json under ``selection.examples``).
     """
 
     task: str = "synthetic"
@@ -79,6 +94,8 @@ class DataSpec:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     synthetic: dict = field(default_factory=dict)
+    select_on: str = "dev"
+    holdout: float | int = 0.1
 
     def __post_init__(self):
         check_fields(self, "DataSpec")
@@ -92,6 +109,18 @@ class DataSpec:
         for f in ("max_train_examples", "max_eval_examples"):
             v = getattr(self, f)
             _check(v is None or v >= 1, f"DataSpec.{f} must be a positive integer or null, got {v!r}.")
+        _check(self.select_on in SELECT_ON,
+               f"DataSpec.select_on must be one of {', '.join(SELECT_ON)}, got {self.select_on!r}.")
+        h = self.holdout
+        _check(not isinstance(h, bool) and h > 0,
+               f"DataSpec.holdout must be a fraction in (0, 1) of the training split or a count >= 1 of examples, "
+               f"got {h!r}.")
+        _check(isinstance(h, int) or h < 1,
+               f"DataSpec.holdout {h!r} is a fraction of the training split and must lie in (0, 1); write a whole "
+               f"number (e.g. {max(1, int(h))}) for a count of examples.")
+        _check(self.select_on == "dev" or self.task != "text",
+               "DataSpec.select_on is 'holdout' but task 'text' is raw text, with no labels to select weights on: "
+               "use select_on: dev.")
 
 
 @dataclass
@@ -264,6 +293,9 @@ class DistillSpec:
                f"DistillSpec.teacher is empty: stage '{self.stage}' distils from a teacher; name one (Hub name or folder).")
         _check(self.stage != "agnostic" or self.data.task in ("text", "synthetic"),
                f"Stage 'agnostic' distils on raw text: set data.task to 'text' (or 'synthetic'), not {self.data.task!r}.")
+        _check(self.stage != "agnostic" or self.data.select_on == "dev",
+               "data.select_on is 'holdout' but stage 'agnostic' has no labels to select weights on: use "
+               "data.select_on: dev for it.")
         _check(self.stage == "agnostic" or self.data.task != "text",
                f"data.task 'text' has no labels: use it with stage 'agnostic', not {self.stage!r}.")
         _check(self.relation_heads >= 1, f"DistillSpec.relation_heads must be >= 1, got {self.relation_heads}.")

@@ -3,8 +3,9 @@
 Metrics are rows (``split``, ``metric``, ``value``, ``step``, ``model``), never keys whose shape
 varies by task, so that a sweep's table is a concatenation of these rows. ``model`` says which
 weights were scored: ``best`` (the checkpoint that ``selection`` chose on its split) or ``final``
-(the weights at the end). A labeled test split is scored with the best-on-dev weights and never
-takes part in the selection.
+(the weights at the end, on the selection split). The scored splits (``selection.scored``: a labeled
+test split, and the dev splits when a holdout carved from the training data selects) are scored with
+the best weights and never take part in the selection.
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ class RunResult:
         status: ``completed``, ``early_stopped`` or ``failed``; ``reason`` says why for the last two.
         stage, task: the run's stage and task.
         steps: optimizer steps taken; ``best_step``: the step of the selected weights.
-        selection: ``{"split", "metric", "higher_is_better"}``: how ``best`` was chosen.
+        selection: how ``best`` was chosen: ``split`` (the selection split: ``dev``, MNLI's
+            ``dev_matched+dev_mismatched``, or ``holdout``), ``metric``, ``higher_is_better``, ``scored``
+            (the splits scored with the selected weights, never used to select) and ``examples`` (examples
+            per split as the run built them, ``train`` included).
         metrics: rows ``{"split", "metric", "value", "step", "model"}``.
         student: ``{"ref", "init", "spec", "params_total", "params_active", "gflops": {convention:
             value}, "seq_len", "new_weights"}`` (``init``: random / pretrained; ``new_weights``: tensors
@@ -86,17 +90,31 @@ class RunResult:
     schema: int = SCHEMA_VERSION
 
     # -- reading -------------------------------------------------------------------------------------
+    @property
+    def selected_on(self) -> str | None:
+        """The split that selected the best weights (``dev``, ``holdout`` ...)."""
+        return self.selection.get("split")
+
+    @property
+    def report_split(self) -> str | None:
+        """The split a run's score is read on: the selection split, except when a holdout selected: then
+        the first dev split scored with the selected weights (``dev``; MNLI ``dev_matched``)."""
+        split = self.selection.get("split")
+        if split == "holdout":
+            return next((s for s in self.selection.get("scored", []) if s.startswith("dev")), split)
+        return split
+
     def metric(self, metric: str, split: str | None = None, model: str = "best") -> float | None:
-        """The value of ``metric`` for ``model`` weights on ``split`` (default: the selection split)."""
-        split = split or self.selection.get("split")
+        """The value of ``metric`` for ``model`` weights on ``split`` (default: :attr:`report_split`)."""
+        split = split or self.report_split
         for row in self.metrics:
             if row["metric"] == metric and row["split"] == split and row["model"] == model:
                 return row["value"]
         return None
 
     def values(self, model: str = "best", split: str | None = None) -> dict[str, float]:
-        """``{metric: value}`` of one model's rows on one split (default: the selection split)."""
-        split = split or self.selection.get("split")
+        """``{metric: value}`` of one model's rows on one split (default: :attr:`report_split`)."""
+        split = split or self.report_split
         return {r["metric"]: r["value"] for r in self.metrics if r["model"] == model and r["split"] == split}
 
     @property

@@ -144,7 +144,7 @@ def load_task(spec: DistillSpec, tokenizer) -> TaskData:
         task.kind, task.num_labels, task.primary, task.tests = "unlabeled", 0, "relation", {}
     if spec.stage == "finetune" and task.kind == "unlabeled":
         raise ConfigError("Stage 'finetune' needs labels; raw text is for stage 'agnostic'.")
-    for split, features in [("train", task.train), *task.evals.items()]:
+    for split, features in [("train", task.train), *task.evals.items(), *task.tests.items()]:
         if len(features) == 0:
             raise DataError(f"The {split} split of task {spec.data.task!r} is empty: check data.data_dir and "
                             f"data.max_*_examples.")
@@ -305,8 +305,10 @@ class Run:
         self.rng.reseed(derive_seed(train.init_seed, 1 + self.rank))
         self.optimizer = make_optimizer(self.trainee, train)
         self.scheduler = make_scheduler(self.optimizer, self.total_steps, train.warmup)
-        self.selection = dict(split="dev" if len(task.evals) == 1 else "+".join(task.evals),
-                              metric=task.primary, higher_is_better=task.kind != "unlabeled")
+        # The split that selects best/ (data.select_on): dev (MNLI: its two dev splits, averaged) or the
+        # holdout carved from the training split, the dev splits then scored only (``task.tests``).
+        self.selection = dict(split="+".join(task.evals), metric=task.primary,
+                              higher_is_better=task.kind != "unlabeled")
         self.state = dict(step=0, best=None, best_step=None, bad_evals=0, best_metrics={}, last_eval=None,
                           status="running", reason=None)
         if mode == "resume":
@@ -503,7 +505,8 @@ class Run:
         higher = self.selection["higher_is_better"]
         improved = best is None or (value > best if higher else value < best)
         if improved and task.tests:
-            # The test split is scored with exactly the weights that dev selects, never used to select.
+            # The scored splits (test; dev too when a holdout selects) are scored with exactly the weights
+            # that the selection split chose, never used to select.
             metrics.update({split: self.evaluate(split, pairs.get(split)) for split in task.tests})
         self.state["last_eval"] = dict(step=step, metrics=metrics)
         if improved:
@@ -607,7 +610,7 @@ class Run:
             run_dir=str(self.folder.dir), name=spec.name, run_id=self.run_id, status=state["status"],
             reason=state["reason"], stage=spec.stage, task=spec.data.task, steps=state["step"],
             best_step=state["best_step"],
-            selection=dict(self.selection, scored=sorted(self.task.tests)),
+            selection=dict(self.selection, scored=sorted(self.task.tests), examples=self.task.sizes),
             metrics=rows,
             student=dict(ref=str(spec.student) if not hasattr(spec.student, "to_dict") else spec.student.name,
                          init=spec.student_init() if hasattr(spec, "student_init") else (
