@@ -112,7 +112,8 @@ def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
         if due:
             pairs = None
             if shared is not None and due[0].task.kind == "unlabeled":  # the relation loss needs the teacher
-                pairs = {split: list(due[0].eval_pairs(split)) for split in due[0].task.evals}
+                task = due[0].task  # every split a run may score: selection splits, then scored ones
+                pairs = {split: list(due[0].eval_pairs(split)) for split in (*task.evals, *task.tests)}
                 for split_pairs in pairs.values():
                     for _, out in split_pairs:
                         out.relation_cache = {}

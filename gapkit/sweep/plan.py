@@ -46,7 +46,9 @@ class Node:
         kind: ``prepare``, ``finetune``, ``agnostic`` or ``task``.
         config: the run's ``DistillSpec`` as a dict (``output_dir`` set), or ``{ref, layers}`` for a prepare step.
         deps: ids of the nodes whose folders this one reads.
-        meta: the table's labels (role, teacher, teacher_kind, student, method, experts, task, seed ...).
+        meta: the table's labels (role, teacher, teacher_kind, student, method, experts, task, seed,
+            teacher_seed: the fine-tuning seed of the teacher replicate the run learned from, or its own for
+            a teacher or assistant; None for a run that does not depend on a fine-tuned teacher ...).
     """
 
     id: str
@@ -105,7 +107,15 @@ class _Planner:
             relation_heads=self.spec.relation_heads)
 
     def agnostic_data(self, task: dict) -> dict:
-        return dict(self.spec.agnostic_data) if self.spec.agnostic_data is not None else dict(task)
+        """The data of a task-agnostic run: ``agnostic_data``, or the task's own (unlabeled) stream, which
+        has no labels to select on: its holdout settings are left out (the run selects on dev)."""
+        if self.spec.agnostic_data is not None:
+            return dict(self.spec.agnostic_data)
+        return {k: v for k, v in task.items() if k not in ("select_on", "holdout")}
+
+    def tseed_slug(self, tseed: int) -> str:
+        """The teacher seed in a slug: only when the sweep has several (one keeps the folders it always had)."""
+        return f"-t{tseed}" if len(self.spec.teacher_seeds()) > 1 else ""
 
     # -- teachers --------------------------------------------------------------------------------------
     def prepared(self, t: TeacherEntry) -> tuple[str, list[str]]:
@@ -116,55 +126,65 @@ class _Planner:
             return self.best(node), [node.id]
         return t.ref, []
 
-    def finetuned(self, t: TeacherEntry, task: dict) -> Node:
+    def finetuned(self, t: TeacherEntry, task: dict, tseed: int) -> Node:
+        """The teacher ``t`` fine-tuned on ``task`` with teacher seed ``tseed`` (one replicate)."""
         ref, deps = self.prepared(t)
         student = t.ref if t.kind == "scratch" else ref
-        config = self.run_config("finetune", student, None, task, self.spec.teacher_seed)
-        return self.add("finetune", f"teacher-{_slug(t.name)}-{task['task']}", config, deps,
+        config = self.run_config("finetune", student, None, task, tseed)
+        return self.add("finetune", f"teacher-{_slug(t.name)}-{task['task']}{self.tseed_slug(tseed)}", config, deps,
                         dict(role="teacher", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family,
-                             student=t.name, method="finetune", task=task["task"], seed=self.spec.teacher_seed,
+                             student=t.name, method="finetune", task=task["task"], seed=tseed, teacher_seed=tseed,
                              stage="finetune"))
 
-    def relation_teacher(self, t: TeacherEntry, task: dict) -> tuple[str, list[str]]:
+    def relation_teacher(self, t: TeacherEntry, task: dict, tseed: int) -> tuple[str, list[str], bool]:
         """The teacher of the task-agnostic stage: the pre-trained model, or (trained from scratch,
-        there is no other) the fine-tuned one."""
+        there is no other) the fine-tuned one; and whether it is a teacher-seed replicate."""
         if t.kind == "scratch":
-            node = self.finetuned(t, task)
-            return self.best(node), [node.id]
-        return self.prepared(t)
+            node = self.finetuned(t, task, tseed)
+            return self.best(node), [node.id], True
+        return (*self.prepared(t), False)
 
     # -- students --------------------------------------------------------------------------------------
-    def student(self, t: TeacherEntry, task: dict, shape: str, method: MethodSpec, seed: int) -> None:
+    def student(self, t: TeacherEntry, task: dict, shape: str, method: MethodSpec, seed: int, tseed: int) -> None:
+        """The runs of one student seed distilled from teacher ``t``'s replicate of teacher seed ``tseed``.
+        A run that does not depend on that replicate (the task-agnostic stage from a pre-trained teacher)
+        is one node for every teacher seed, with no teacher seed of its own."""
         spec, stages = self.spec, self.spec.stages
-        ft = self.finetuned(t, task) if "task" in stages else None  # the task stage's teacher
+        ft = self.finetuned(t, task, tseed) if "task" in stages else None  # the task stage's teacher
         variant, experts = _variant(shape, method)
         meta = dict(role="student", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family, student=shape,
                     method=method.label, method_name=method.name, experts=experts, task=task["task"], seed=seed,
+                    teacher_seed=tseed if ft is not None else None,
                     routing=method.option("routing", "learned") if method.name == "minimoe" else None)
-        slug = f"{_slug(t.name)}-{_slug(shape)}-{_slug(method.label)}-s{seed}"
+        base = f"{_slug(t.name)}-{_slug(shape)}-{_slug(method.label)}-s{seed}"
+        slug = base + self.tseed_slug(tseed)
         if method.name == "kd" or "agnostic" not in stages:
             if "task" in stages:
                 self.add("task", f"task-{slug}-{task['task']}", self.run_config(
                     "task", variant, self.best(ft), task, seed, method, "kd" if method.name == "kd" else "task"),
                     [ft.id], dict(meta, stage="task"))
             return
-        teacher_agn, deps_agn = self.relation_teacher(t, task)
+        teacher_agn, deps_agn, replicate = self.relation_teacher(t, task, tseed)
         teacher_task, deps_task = (self.best(ft), [ft.id]) if ft is not None else (None, [])
         if method.name == "minilm_ta":
             assistant = str(method.option("assistant"))
-            a_meta = dict(meta, role="assistant", student=assistant, experts="dense", seed=spec.teacher_seed)
-            a_agn = self.add("agnostic", f"assistant-{_slug(t.name)}-{_slug(assistant)}", self.run_config(
-                "agnostic", assistant, teacher_agn, self.agnostic_data(task), spec.teacher_seed), deps_agn,
+            a_meta = dict(meta, role="assistant", student=assistant, experts="dense", seed=tseed, teacher_seed=tseed)
+            a_slug = f"assistant-{_slug(t.name)}-{_slug(assistant)}{self.tseed_slug(tseed)}"
+            a_agn = self.add("agnostic", a_slug, self.run_config(
+                "agnostic", assistant, teacher_agn, self.agnostic_data(task), tseed), deps_agn,
                 dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
-            teacher_agn, deps_agn = self.best(a_agn), [a_agn.id]
+            teacher_agn, deps_agn, replicate = self.best(a_agn), [a_agn.id], True
             if "task" in stages:
-                a_task = self.add("task", f"assistant-{_slug(t.name)}-{_slug(assistant)}-{task['task']}",
-                                  self.run_config("task", self.best(a_agn), teacher_task, task, spec.teacher_seed),
+                a_task = self.add("task", f"{a_slug}-{task['task']}",
+                                  self.run_config("task", self.best(a_agn), teacher_task, task, tseed),
                                   deps_task + [a_agn.id], dict(a_meta, stage="task"))
                 teacher_task, deps_task = self.best(a_task), [a_task.id]
-        agn = self.add("agnostic", f"agn-{slug}" + ("" if spec.agnostic_data else f"-{task['task']}"),
+        agn_meta = dict(meta, stage="agnostic", task=None if spec.agnostic_data else task["task"],
+                        teacher_seed=tseed if replicate else None)
+        agn = self.add("agnostic", f"agn-{slug if replicate else base}" + ("" if spec.agnostic_data else
+                                                                          f"-{task['task']}"),
                        self.run_config("agnostic", variant, teacher_agn, self.agnostic_data(task), seed, method),
-                       deps_agn, dict(meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
+                       deps_agn, agn_meta)
         if "task" in stages:
             self.add("task", f"task-{slug}-{task['task']}", self.run_config(
                 "task", self.best(agn), teacher_task, task, seed, method), deps_task + [agn.id],
@@ -182,13 +202,15 @@ def plan(spec: SweepSpec) -> list[Node]:
     if "task" in spec.stages:  # an agnostic-only sweep distils from the teachers as they are
         for task in spec.tasks:
             for t in spec.teacher_entries():
-                p.finetuned(t, task)
+                for tseed in spec.teacher_seeds():
+                    p.finetuned(t, task, tseed)
     for task in spec.tasks:
         for t in spec.teacher_entries():
             for shape in spec.student_specs():
                 for method in spec.method_variants():
-                    for seed in spec.seeds:
-                        p.student(t, task, shape, method, seed)
+                    for tseed in spec.teacher_seeds():  # every student seed from every teacher replicate
+                        for seed in spec.seeds:
+                            p.student(t, task, shape, method, seed, tseed)
     order = {"prepare": 0, "finetune": 1}
     nodes = list(p.nodes.values())
     # A stable topological order: by kind rank, then declaration order, with every dependency first.
@@ -298,7 +320,7 @@ def estimate(nodes: list[Node]) -> list[dict]:
 def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
     """The dry-run table: runs in order, with what they train, their size, cost and dependencies."""
     rows = estimate(nodes)
-    header = ("#", "kind", "teacher", "student", "method", "task", "seed", "params (M) total/active",
+    header = ("#", "kind", "teacher", "student", "method", "task", "seed", "teacher seed", "params (M) total/active",
               "GFLOPs (paper)", "steps", "PFLOPs (flops)", "after")
     index = {n.id: i + 1 for i, n in enumerate(nodes)}
     body = []
@@ -310,7 +332,8 @@ def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
         params = ("-" if row["params_total"] is None else
                   f"{row['params_total'] / 1e6:.1f}/{row['params_active'] / 1e6:.1f}")
         body.append((str(i), node.kind, str(m.get("teacher", "")), student, str(m.get("method", "")),
-                     str(m.get("task") or "-"), str(m.get("seed", "-")), params,
+                     str(m.get("task") or "-"), str(m.get("seed", "-")),
+                     "-" if m.get("teacher_seed") is None else str(m["teacher_seed"]), params,
                      "-" if row["gflops_paper"] is None else _number(row["gflops_paper"]),
                      "-" if row["steps"] is None else str(row["steps"]),
                      "-" if row["pflops"] is None else f"{row['pflops']:.3g}",

@@ -105,7 +105,10 @@ class SweepSpec:
         name: the sweep's label.
         output_dir: the sweep folder: ``runs/`` (one folder per run), ``plan.json``, ``results.parquet``
             and ``results.csv``.
-        tasks: run data settings (``DataSpec`` fields), one per task.
+        tasks: run data settings (``DataSpec`` fields), one per task. Their labeled stages (teacher
+            and assistant fine-tuning, students' task stage) select their best weights on a holdout carved
+            from the training split (``select_on: holdout``, size ``holdout``: 0.1) unless the entry says
+            ``select_on: dev``; the dev split is then scored only. Task-agnostic runs select on dev.
         teachers: teacher entries: ``{name?, ref}``; ``{family: sizes, refs: [...]}``;
             ``{family: truncate, ref, layers: [...]}``; ``{family: scratch, shapes: [...]}``.
         students: ``{layers: [...], hidden: [...], heads?}`` (a grid) or ``{shapes: [...]}``.
@@ -119,7 +122,10 @@ class SweepSpec:
         weights: loss weights per stage (``agnostic``, ``task``, ``kd``) over gapkit's defaults.
         relation_heads: R of the relation loss.
         seeds: student seeds (each seed sets a student's init and data order).
-        teacher_seed: the seed of teacher (and assistant) fine-tuning and distillation.
+        teacher_seed: the seed of teacher (and assistant) fine-tuning and distillation: one integer, or a
+            list of distinct integers: every teacher (and assistant) is then fine-tuned once per teacher
+            seed, and every student seed is distilled from every one of these replicates (a full cross),
+            so that a teacher's size can be told apart from one particular fine-tune.
         data_dir: a local data folder (``glue_data/``-style, or the CoNLL files) for every task that
             does not name its own; None loads from the Hub.
         executor: ``{kind: inline|local|slurm, ...}`` (see gapkit.sweep.execute).
@@ -138,7 +144,7 @@ class SweepSpec:
     weights: dict = field(default_factory=dict)
     relation_heads: int = 32
     seeds: list = field(default_factory=lambda: [0])
-    teacher_seed: int = 0
+    teacher_seed: int | list = 0
     data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
@@ -152,12 +158,24 @@ class SweepSpec:
         for i, t in enumerate(self.tasks):
             _check(isinstance(t, dict), f"sweep.tasks[{i}] must be a mapping of data settings (e.g. {{task: sst2}}), "
                                         f"got {t!r}.")
+        # A sweep's labeled stages select their best weights on a holdout of the training split, never on
+        # the dev split that scores them (unless a task entry says select_on: dev).
+        self.tasks = [t if t.get("task") == "text" else dict(t, select_on=t.get("select_on", "holdout"))
+                      for t in self.tasks]
+        for i, t in enumerate(self.tasks):
             _validate(DataSpec, t, f"sweep.tasks[{i}]")
         _check(bool(self.teachers), "sweep.teachers is empty: name at least one teacher (a Hub name, folder or family).")
         _check(bool(self.stages) and all(s in STAGES for s in self.stages),
                f"sweep.stages must be a non-empty list of {', '.join(STAGES)}, got {self.stages!r}.")
         _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
                f"sweep.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}.")
+        ts = self.teacher_seed
+        _check(isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 or isinstance(ts, list) and bool(ts) and all(
+            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in ts),
+               f"sweep.teacher_seed must be an integer >= 0 or a non-empty list of integers >= 0, got {ts!r}.")
+        dupes = sorted({s for s in ts if ts.count(s) > 1}) if isinstance(ts, list) else []
+        _check(not dupes, f"sweep.teacher_seed lists seed {', '.join(map(str, dupes))} twice: list each teacher seed "
+                          f"once.")
         _check(self.relation_heads >= 1, f"sweep.relation_heads must be >= 1, got {self.relation_heads}.")
         _check(self.group_memory_gb > 0, f"sweep.group_memory_gb must be > 0, got {self.group_memory_gb}.")
         kind = self.executor.get("kind", "inline") if isinstance(self.executor, dict) else None
@@ -185,6 +203,10 @@ class SweepSpec:
         self.method_variants()
 
     # -- expansion -------------------------------------------------------------------------------------
+    def teacher_seeds(self) -> list[int]:
+        """The teacher fine-tuning seeds, as a list (one for an integer ``teacher_seed``)."""
+        return list(self.teacher_seed) if isinstance(self.teacher_seed, list) else [self.teacher_seed]
+
     def teacher_entries(self) -> list[TeacherEntry]:
         """The teachers, families expanded, in declaration order."""
         entries: list[TeacherEntry] = []

@@ -4,10 +4,15 @@ One row per run x split x metric (a run that failed before it had metrics: one r
 
     sweep, run, role, stage, teacher, teacher_kind, teacher_family, teacher_params, teacher_gflops,
     student, experts, method, params_total, params_active, gflops, convention, task, split, metric,
-    value, model, step, seed, status, reason, wall_time_s, git_revision, run_dir
+    value, model, step, seed, teacher_seed, selected_on, status, reason, wall_time_s, git_revision, run_dir
 
 ``teacher_params``/``teacher_gflops`` are the sweep teacher's (the fine-tuned one), also for the
-students of an assistant chain; ``gflops`` are per sequence of length 128 in the ``convention``
+students of an assistant chain; ``teacher_seed`` is the fine-tuning seed of the teacher replicate a
+student (or assistant) learned from, a teacher's own fine-tuning seed on its rows, and empty for a run
+that learned from no fine-tuned teacher (a task-agnostic stage from a pre-trained one);
+``selected_on`` is the split that selected the run's best weights (``holdout``, ``dev`` ...; from
+result.json): with ``holdout``, the ``split == "dev", model == "best"`` rows are scores of those weights
+on a split that took no part in choosing them; ``gflops`` are per sequence of length 128 in the ``convention``
 column's convention (``paper``: the paper's axis). Written as ``results.parquet`` and ``results.csv``.
 """
 
@@ -23,7 +28,8 @@ __all__ = ["build_table", "write_table", "COLUMNS"]
 
 COLUMNS = ["sweep", "run", "role", "stage", "teacher", "teacher_kind", "teacher_family", "teacher_params",
            "teacher_gflops", "student", "experts", "method", "params_total", "params_active", "gflops",
-           "convention", "task", "split", "metric", "value", "model", "step", "seed", "status", "reason",
+           "convention", "task", "split", "metric", "value", "model", "step", "seed", "teacher_seed", "selected_on",
+           "status", "reason",
            "wall_time_s", "git_revision", "run_dir"]
 
 
@@ -43,17 +49,19 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
         path = node.folder(output_dir) / "result.json"
         if node.kind != "prepare" and path.is_file():
             results[node.id] = RunResult.read(path)
-    teachers = {}  # (teacher name, task) -> the fine-tuned teacher's result
+    teachers = {}  # (teacher name, task, teacher seed) -> the fine-tuned teacher's result
     for node in nodes:
         if node.kind == "finetune" and node.id in results:
-            teachers[(node.meta.get("teacher"), node.meta.get("task"))] = results[node.id]
+            m = node.meta
+            teachers[(m.get("teacher"), m.get("task"), m.get("teacher_seed", m.get("seed")))] = results[node.id]
     rows = []
     for node in nodes:
         if node.kind == "prepare":
             continue
         m = node.meta
-        teacher = teachers.get((m.get("teacher"), m.get("task"))) or next(
-            (r for (name, _), r in teachers.items() if name == m.get("teacher")), None)
+        teacher = teachers.get((m.get("teacher"), m.get("task"), m.get("teacher_seed"))) or next(
+            (r for (name, task, _), r in teachers.items() if name == m.get("teacher") and task == m.get("task")),
+            None) or next((r for (name, _, _), r in teachers.items() if name == m.get("teacher")), None)
         base = dict(sweep=sweep.get("name"), run=node.id, role=m.get("role"), stage=node.kind,
                     teacher=m.get("teacher"), teacher_kind=m.get("teacher_kind"),
                     teacher_family=m.get("teacher_family"),
@@ -61,6 +69,7 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
                     teacher_gflops=(teacher.student.get("gflops") or {}).get(convention) if teacher else None,
                     student=m.get("student"), experts=m.get("experts"), method=m.get("method"),
                     convention=convention, task=m.get("task"), seed=m.get("seed"),
+                    teacher_seed=m["teacher_seed"] if "teacher_seed" in m else _old_teacher_seed(node, sweep),
                     run_dir=str(node.folder(output_dir)))
         result = results.get(node.id)
         if result is None:
@@ -70,18 +79,28 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
             continue
         base.update(params_total=result.params_total, params_active=result.params_active,
                     gflops=(result.student.get("gflops") or {}).get(convention), status=result.status,
-                    reason=result.reason, wall_time_s=result.wall_time_s, git_revision=result.git_revision)
+                    reason=result.reason, wall_time_s=result.wall_time_s, git_revision=result.git_revision,
+                    selected_on=result.selected_on)
         if not result.metrics:
             rows.append(base)
         for metric in result.metrics:
             rows.append(dict(base, split=metric["split"], metric=metric["metric"], value=metric["value"],
                              model=metric["model"], step=metric["step"]))
     table = pd.DataFrame(rows, columns=COLUMNS)
-    for col in ("teacher_params", "params_total", "params_active", "step", "seed"):
+    for col in ("teacher_params", "params_total", "params_active", "step", "seed", "teacher_seed"):
         table[col] = table[col].astype("Int64")
     for col in ("value", "gflops", "teacher_gflops", "wall_time_s"):
         table[col] = table[col].astype("float64")
     return table
+
+
+def _old_teacher_seed(node, sweep: dict) -> int | None:
+    """The teacher seed of a node planned before plans recorded it (one integer teacher_seed then): a
+    teacher's own seed, the sweep's teacher seed for what learned from a fine-tuned teacher."""
+    if node.meta.get("role") == "teacher":
+        return node.meta.get("seed")
+    seed = sweep.get("teacher_seed")
+    return seed if node.kind == "task" or node.meta.get("role") == "assistant" else None
 
 
 def write_table(output_dir: str | Path):
