@@ -279,6 +279,25 @@ CLI = [
         config=dict(data=dict(task="text", text=["x.txt"]))),
     cli("shape:text-without-sources", r"DataSpec\.text is empty: task 'text' needs local text files",
         config=dict(stage="agnostic", teacher="t", weights=dict(relation=1.0), data=dict(task="text"))),
+    # -- the selection split (data.select_on, data.holdout) ------------------------------------------
+    cli("select:unknown", r"DataSpec\.select_on must be one of dev, holdout, got 'test'", "--set", "data.select_on=test"),
+    cli("select:holdout-zero", r"DataSpec\.holdout must be a fraction in \(0, 1\) of the training split or a count >= 1 "
+        r"of examples, got 0", "--set", "data.select_on=holdout", "--set", "data.holdout=0"),
+    cli("select:holdout-negative", r"DataSpec\.holdout must be a fraction in \(0, 1\) .*got -5",
+        "--set", "data.select_on=holdout", "--set", "data.holdout=-5"),
+    cli("select:holdout-bool", r"DataSpec\.holdout must be a fraction .*got True", "--set", "data.holdout=true"),
+    cli("select:holdout-fraction-one", r"DataSpec\.holdout 1\.0 is a fraction of the training split and must lie in "
+        r"\(0, 1\); write a whole number \(e\.g\. 1\) for a count", "--set", "data.holdout=1.0"),
+    cli("select:holdout-word", r"DataSpec\.holdout must be a float or int, got 'tenth'", "--set", "data.holdout=tenth"),
+    cli("select:holdout-whole-train-split", r"DataSpec\.holdout \(2048: 2048 examples\) leaves nothing to train on: the "
+        r"training split of task 'synthetic' has 2048 examples", "--set", "data.select_on=holdout",
+        "--set", "data.holdout=2048"),
+    cli("select:holdout-on-text", r"DataSpec\.select_on is 'holdout' but task 'text' is raw text, with no labels",
+        config=dict(stage="agnostic", teacher="t", weights=dict(relation=1.0),
+                    data=dict(task="text", text=["x.txt"], select_on="holdout"))),
+    cli("select:holdout-agnostic", r"data\.select_on is 'holdout' but stage 'agnostic' has no labels to select weights "
+        r"on: use data\.select_on: dev", config=dict(stage="agnostic", teacher="t", weights=dict(relation=1.0),
+                                                     data=dict(select_on="holdout"))),
     # -- the config file and --set syntax ----------------------------------------------------------
     cli("file:missing", r"Config file .*missing\.yaml does not exist", args=["distill", "{tmp}/missing.yaml"]),
     cli("file:folder", r"Config file .* is a folder; give the YAML/JSON file inside it", args=["distill", "{tmp}"]),
@@ -533,6 +552,13 @@ def _weights(**kw):
     return LossWeights(**kw)
 
 
+def _sweep(**kw):
+    from gapkit.sweep import SweepSpec
+
+    return SweepSpec(**dict(dict(tasks=[dict(task="synthetic")], teachers=["org/bert"],
+                                 students=dict(shapes=["2L-64H-4A"]), stages=["task"]), **kw))
+
+
 def _synthetic(**kw):
     from gapkit.data import SyntheticTask
 
@@ -715,6 +741,25 @@ API = [
         setup=write("conll/train.txt", "EU NNP B-NP B-FOO\n")),
     api("labels:conll-one-field", lambda c: _read_conll(c), DataError, r"line 1: expected 'token<TAB>tag'.*found one field",
         setup=write("conll/train.txt", "EU\n")),
+    api("select:unknown", lambda c: _data(select_on="best"), ConfigError, r"DataSpec\.select_on must be one of dev, holdout"),
+    api("select:fraction-above-one", lambda c: _data(holdout=1.5), ConfigError,
+        r"DataSpec\.holdout 1\.5 is a fraction of the training split and must lie in \(0, 1\)"),
+    api("select:holdout-whole-glue-train", lambda c: _build_task(c, task="sst2", data_dir="{tmp}/glue", select_on="holdout",
+                                                               holdout=40), DataError,
+        r"DataSpec\.holdout \(40: 40 examples\) leaves nothing to train on: the training split of task 'sst2' has 40",
+        setup=sst2()),
+    api("select:holdout-above-conll-train", lambda c: _build_task(c, task="conll", data_dir="{tmp}/conll",
+                                                                select_on="holdout", holdout=3), DataError,
+        r"DataSpec\.holdout \(3: 3 examples\) leaves nothing to train on: the training split of task 'conll' has 1",
+        setup=conll()),
+    api("sweep:teacher-seed-twice", lambda c: _sweep(teacher_seed=[1, 2, 1]), ConfigError,
+        r"sweep\.teacher_seed lists seed 1 twice: list each teacher seed once"),
+    api("sweep:teacher-seed-empty", lambda c: _sweep(teacher_seed=[]), ConfigError,
+        r"sweep\.teacher_seed must be an integer >= 0 or a non-empty list of integers >= 0, got \[\]"),
+    api("sweep:teacher-seed-negative", lambda c: _sweep(teacher_seed=[0, -1]), ConfigError,
+        r"sweep\.teacher_seed must be an integer >= 0 or a non-empty list"),
+    api("sweep:select-on-unknown", lambda c: _sweep(tasks=[dict(task="synthetic", select_on="test")]), ConfigError,
+        r"sweep\.tasks\[0\]: DataSpec\.select_on must be one of dev, holdout, got 'test'"),
     api("synthetic:noise-near-one", lambda c: _synthetic(noise=0.999), DataError, r"almost never give a sequence"),
     api("synthetic:noise-word", lambda c: _synthetic(noise="high"), DataError, r"SyntheticTask\.noise must be a number"),
     # -- checkpoints -------------------------------------------------------------------------------------
