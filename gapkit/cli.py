@@ -3,11 +3,11 @@
     gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
     gapkit distill CONFIG [--set KEY=VALUE ...] [--resume]
     gapkit pipeline CONFIG [--set KEY=VALUE ...] [--resume]
-    gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run]
+    gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run [--pilot DIR --seeds-for EFFECT]]
     gapkit status DIR
     gapkit results DIR [--csv]
     gapkit plot DIR [--out DIR] [--routing representative|all|none] [--paper]
-    gapkit report DIR|FILE [--out DIR] [--metric M] [--split S] [--baseline METHOD] [--resamples N]
+    gapkit report DIR|FILE [--out DIR] [--metric M] [--split S] [--baseline METHOD] [--seeds-for EFFECT]
     gapkit inspect STUDENT SENTENCE [SENTENCE ...] [--tokenizer NAME_OR_FOLDER|ids] [--json]
     gapkit --version
 
@@ -222,16 +222,37 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep setting, e.g. --set output_dir=runs/x --set seeds=[0,1]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--pilot", metavar="DIR",
+                        help="with --dry-run and --seeds-for: a finished (pilot) sweep whose variances say how many "
+                             "seeds each student needs")
+    parser.add_argument("--seeds-for", type=float, default=None, metavar="EFFECT",
+                        help="with --pilot: the curse (and lift) size in metric points to detect with 80%% power")
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
     from .sweep import SweepSpec, format_plan, plan, run_sweep
     from .sweep.table import summary
 
+    if (args.pilot is None) != (args.seeds_for is None) or (args.pilot and not args.dry_run):
+        from .errors import ConfigError
+
+        raise ConfigError("--pilot and --seeds-for go together, with --dry-run: gapkit sweep NEW.yaml --dry-run "
+                          "--pilot PILOT_DIR --seeds-for 0.5.")
+    pilot = None
+    if args.pilot:  # read (and check) the pilot before anything is planned
+        from .analysis import load_table
+        from .analysis.report import seeds_plan
+
+        pilot = seeds_plan(load_table(args.pilot), args.seeds_for)
     spec = SweepSpec.from_file(args.config, args.overrides)
     nodes = plan(spec)
     if args.dry_run:
         print(format_plan(nodes, spec))
+        if pilot is not None:
+            from .analysis.report import format_seeds_plan
+
+            print("\n" + format_seeds_plan(pilot, args.seeds_for, args.pilot, len(spec.seeds),
+                                            len(spec.teacher_seeds())))
         return 0
     report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
     import pandas as pd
@@ -331,33 +352,37 @@ def _run_plot(args: argparse.Namespace) -> int:
 # gapkit report
 # ----------------------------------------------------------------------------------------------------
 def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "The definitions (best teacher, curse onset, recovered fraction, intervals): docs/analysis.md."
+    parser.epilog = ("The declared tests (curse, lift, best teachers, onset bounds, power) and what they assume: "
+                     "docs/analysis.md.")
     parser.add_argument("dir", metavar="DIR",
                         help="a sweep's output_dir (its results.parquet), or a results .parquet/.csv file")
     parser.add_argument("--out", help="folder for the CSV files (default: DIR/report, or report/ beside the file)")
     parser.add_argument("--metric", help="the metric to score (default: each task's primary metric)")
     parser.add_argument("--split", help="the split to score (default: dev, dev_matched for MNLI)")
     parser.add_argument("--baseline", default=None,
-                        help="the dense method whose curse the others recover (default: minilm, or kd when the "
+                        help="the dense method whose curse the others lift (default: minilm, or kd when the "
                              "table has no minilm students)")
     parser.add_argument("--family", help="only the teachers of this teacher_family (default: all teachers of a task)")
-    parser.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
-    parser.add_argument("--seed", type=int, default=0, help="the bootstrap's seed (default 0)")
-    parser.add_argument("--level", type=float, default=0.95, help="confidence level (default 0.95)")
+    parser.add_argument("--level", type=float, default=0.95,
+                        help="confidence level; 1 - level is the tests' alpha (default 0.95)")
+    parser.add_argument("--seeds-for", type=float, default=None, metavar="EFFECT",
+                        help="how many seeds (or teacher fine-tunes) detect a curse or lift of EFFECT metric points "
+                             "with 80%% power, from this sweep's variances")
+    parser.add_argument("--no-examples", action="store_true",
+                        help="leave the dev examples out of the variance (seeds only; conditional on this dev set)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from .analysis import format_report, load_table, report, write_report
-
     from .analysis.report import default_baseline
 
     table = load_table(args.dir)
     args.baseline = args.baseline or default_baseline(table)
     tables = report(table, metric=args.metric, split=args.split, baseline=args.baseline, family=args.family,
-                    n_resamples=args.resamples, seed=args.seed, level=args.level)
+                    level=args.level, effect=args.seeds_for, examples=not args.no_examples)
     where = Path(args.dir)
     out = Path(args.out) if args.out else (where if where.is_dir() else where.parent) / "report"
-    print(format_report(tables, level=args.level, baseline=args.baseline, n_resamples=args.resamples, seed=args.seed))
+    print(format_report(tables, level=args.level, baseline=args.baseline))
     paths = write_report(tables, out)
     print(f"\nWrote {len(paths)} tables to {out}/: {', '.join(p.name for p in paths)}.")
     return 0
@@ -465,7 +490,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
     except Exception as err:  # noqa: BLE001 - the table is the result; a figure failing is said, not fatal
         print(f"\nFigures were not written: {err}", file=sys.stderr)
     print(f"\nResults: {spec.output_dir}/results.csv (one row per run, split and metric).\n"
-          f"Next: gapkit report {spec.output_dir}   (best teacher per student, curse onset, fits)\n"
+          f"Next: gapkit report {spec.output_dir}   (the curse and lift tests, their power, fits)\n"
           f"      gapkit quickstart --print-config > my_sweep.yaml   (then your teachers: docs/sweeps.md)")
     if report.failures:
         print(f"\n{len(report.failures)} run(s) did not finish: gapkit status {spec.output_dir}", file=sys.stderr)
@@ -499,7 +524,7 @@ COMMANDS: dict[str, Command] = {
                        _run_results),
     "plot": Command("every figure a sweep's results support (PNG and PDF), naming the ones it skips",
                     _add_plot_arguments, _run_plot),
-    "report": Command("statistics of a results table: scores over seeds, gap curves, curse onset, recovered gap",
+    "report": Command("statistics of a results table: scores over seeds, the curse and lift tests, power, gap curves",
                       _add_report_arguments, _run_report),
     "inspect": Command("each token's expert and gate probability in a MiniMoE student, per layer and block",
                        _add_inspect_arguments, _run_inspect),

@@ -11,13 +11,13 @@ import pytest
 
 from gapkit.analysis import (
     NOT_ESTIMABLE,
-    curse_onset,
+    curse_test,
     gap_curve,
     gap_curves,
     load_table,
     not_estimable,
     paper_results,
-    recovered_gap,
+    lift_test,
     report,
     student_scores,
     teacher_scale_fit,
@@ -154,135 +154,65 @@ def test_gap_curves_on_every_axis():
         gap_curve(table, "size")
 
 
-# -- the curse --------------------------------------------------------------------------------------
-def test_best_teacher_onset_and_their_intervals_by_hand():
-    curse = curse_onset(hand_table(), n_resamples=2000, seed=0)
+# -- the curse (the tests themselves: test_verdicts.py) ------------------------------------------------
+def test_the_curse_is_the_smallest_teacher_against_the_largest():
+    curse = curse_test(hand_table())
     assert len(curse) == 4 and set(curse.family) == {"all"}
     r = one(curse, student="2L-10H", method="minilm")
-    # T1's resampled means stay within [68, 72] < 74: T2 is best in every resample, and T3 (71) always worse.
-    assert (r.best_teacher, r.best_teacher_params, r.best_score, r.largest_teacher, r.largest_score) == (
-        "T2", 200, 74.0, "T3", 71.0)
-    assert (r.curse, r.curse_share, r.best_share) == ("yes", 1.0, 1.0)
-    assert (r.curse_drop, r.curse_drop_low, r.curse_drop_high) == (3, 3, 3)
-    assert (r.onset_teacher, r.onset_ratio_params, r.onset_ratio_gflops) == ("T2", 20.0, 30.0)
-    assert (r.onset_ratio_params_low, r.onset_ratio_params_high) == (20.0, 20.0)
-    assert (r.best_params_low, r.best_params_high) == (200, 200)
-    assert (r.n_teachers, r.n_seeds, r.n_resamples, r.bootstrap_seed, r.note) == (3, 3, 2000, 0, "")
-    moe = one(curse, student="2L-10H", method="minimoe")
-    assert (moe.best_teacher, moe.curse, moe.curse_drop) == ("T3", "no", 0.0)
-    assert pd.isna(moe.onset_ratio_params) and pd.isna(moe.onset_ratio_params_low)
-    assert moe.note.startswith(f"onset {NOT_ESTIMABLE}: no curse, the largest teacher (T3)")
-    # T3 is best unless its three resampled seeds are all 73 (probability 1/27): then it ties with T2, the
-    # tie goes to the smaller T2, and a tie is no curse.
-    assert abs(moe.best_share - 26 / 27) < 0.02 and moe.curse_share == 0.0
-
-
-def test_onset_interval_reaches_inf_when_some_resamples_show_no_curse():
-    # T2 [72, 74, 76] against T3 [73, 73, 73]: T2 resamples to 72 or 72.67 (4/27 of resamples) and T3 is best.
-    table = pd.DataFrame(cells({("T1", "2L-10H", "minilm"): [60] * 3, ("T2", "2L-10H", "minilm"): [72, 74, 76],
-                                ("T3", "2L-10H", "minilm"): [73] * 3}), columns=COLUMNS)
-    r = one(curse_onset(table, n_resamples=2000, seed=1))
-    assert (r.curse, r.onset_ratio_params) == ("yes", 20)
-    assert (r.onset_ratio_params_low, r.onset_ratio_params_high) == (20, math.inf)
-    assert abs(r.curse_share - 23 / 27) < 0.03 and "no curse in" in r.note
-    assert (r.best_params_low, r.best_params_high) == (200, 400)
-
-
-def test_ties_go_to_the_smaller_teacher_and_are_no_curse():
-    table = pd.DataFrame(cells({("T1", "2L-10H", "minilm"): [70], ("T2", "2L-10H", "minilm"): [72],
-                                ("T3", "2L-10H", "minilm"): [72]}), columns=COLUMNS)
-    r = one(curse_onset(table))
-    assert (r.best_teacher, r.curse) == ("T2", "no")
-    assert f"onset {NOT_ESTIMABLE}: no curse, the teachers bigger than T2 tie with it" in r.note
-    assert f"intervals {NOT_ESTIMABLE}: 1 seed" in r.note and pd.isna(r.best_share)
+    # T2 (74) beats both, but the declared contrast is T1 (68, 70, 72) against T3 (71, 71, 71): -1 on average,
+    # per seed -3, -1, 1. A middle teacher's peak is not a curse by this definition; best_teachers shows it.
+    assert (r.smallest_teacher, r.largest_teacher, r.curse_drop, r.top_teacher) == ("T1", "T3", -1.0, "T2")
+    assert r.p == pytest.approx(0.4777670321329)  # paired t = -1 / (2 / sqrt 3) = -0.866 on 2 df
+    assert (r.verdict, r.established) == ("not established", "no")
+    assert r.n_units == 3 and r.units == "seeds"
+    assert r.best_teachers == ""  # T2 - T3 is 3 for every seed: no variance, so no test says which can be best
+    grows = one(curse, student="4L-10H", method="minilm")  # bigger is better, but no spread at all
+    assert grows.curse_drop == -4.0 and pd.isna(grows.p) and "test not estimable" in grows.note
 
 
 def test_the_relation_loss_is_better_when_lower():
-    table = pd.DataFrame(cells({("T1", "2L-10H", "minilm"): [0.3], ("T2", "2L-10H", "minilm"): [0.1],
-                                ("T3", "2L-10H", "minilm"): [0.2]}, metric="relation"), columns=COLUMNS)
-    r = one(curse_onset(table, metric="relation"))
-    assert (r.best_teacher, r.curse, r.curse_drop) == ("T2", "yes", pytest.approx(0.1))
-
-
-def test_recovered_fraction_and_interval_by_hand():
-    rec = recovered_gap(hand_table(), n_resamples=2000, seed=0)
-    assert len(rec) == 2 and set(rec.method) == {"minimoe"} and set(rec.baseline) == {"minilm"}
-    r = one(rec, student="2L-10H")
-    # lost = MiniLM at its best teacher T2 (74) - at the largest T3 (71) = 3; gain = MiniMoE at T3 (74) - 71 = 3.
-    assert (r.baseline_best_teacher, r.largest_teacher, r.baseline_best, r.baseline_largest, r.method_largest) == (
-        "T2", "T3", 74.0, 71.0, 74.0)
-    assert (r.lost, r.gain, r.recovered) == (3.0, 3.0, 1.0)
-    # Only MiniMoE at T3 varies: its resampled mean runs from 73 to 75, each end with probability 1/27 > 2.5%,
-    # so the interval ends are (73 - 71) / 3 and (75 - 71) / 3.
-    assert r.recovered_low == pytest.approx(2 / 3) and r.recovered_high == pytest.approx(4 / 3)
-    assert (r.lost_low, r.lost_high, r.gain_low, r.gain_high) == (3.0, 3.0, 2.0, 4.0)
-    assert r.note == "" and r.n_seeds == 3
-    other = one(rec, student="4L-10H")
-    assert pd.isna(other.recovered) and other.lost == 0 and other.gain == 1.0
-    assert other.note.startswith(
-        f"recovered {NOT_ESTIMABLE}: no curse for minilm, its best teacher is the largest (T3)")
-
-
-def test_a_bootstrap_seed_gives_the_same_numbers_and_filtering_changes_nothing():
-    table = hand_table()
-    table.loc[(table.teacher == "T2") & (table.method == "minilm") & (table.student == "2L-10H") & (table.seed == 0)
-              & (table.model == "best") & (table.split == "dev") & (table.stage == "task"), "value"] = 70.0
-    a = curse_onset(table, n_resamples=500, seed=3)
-    b = curse_onset(table, n_resamples=500, seed=3)
-    pd.testing.assert_frame_equal(a, b)
-    alone = curse_onset(table[table.student != "4L-10H"], n_resamples=500, seed=3)
-    pd.testing.assert_frame_equal(alone.reset_index(drop=True),
-                                  a[a.student == "2L-10H"].reset_index(drop=True))
-    other = curse_onset(table, n_resamples=500, seed=4)
-    assert not other.drop(columns="bootstrap_seed").equals(a.drop(columns="bootstrap_seed"))
-
-
-def test_recovered_interval_is_refused_when_the_curse_is_not_established():
-    spec = {("T1", "2L-10H", "minilm"): [60] * 3, ("T2", "2L-10H", "minilm"): [72, 74, 76],
-            ("T3", "2L-10H", "minilm"): [73] * 3, ("T3", "2L-10H", "minimoe"): [75] * 3}
-    r = one(recovered_gap(pd.DataFrame(cells(spec), columns=COLUMNS), n_resamples=2000, seed=0))
-    assert (r.lost, r.gain, r.recovered) == (1.0, 2.0, 2.0)  # the point estimate stands
-    assert pd.isna(r.recovered_low) and pd.isna(r.recovered_high)
-    assert f"recovered interval {NOT_ESTIMABLE}: minilm shows no curse in" in r.note
+    table = pd.DataFrame(cells({("T1", "2L-10H", "minilm"): [0.30, 0.32, 0.31],
+                                ("T3", "2L-10H", "minilm"): [0.20, 0.21, 0.23]}, metric="relation"), columns=COLUMNS)
+    r = one(curse_test(table, metric="relation"))
+    # a lower loss with the larger teacher is a bigger teacher that is better: a negative drop
+    assert r.curse_drop == pytest.approx(-(0.31 - 0.2133333333333333))
 
 
 @pytest.mark.parametrize("spec, note", [
     ({("T1", "2L-10H", "minilm"): [70, 71]}, f"{NOT_ESTIMABLE}: 1 teacher (needs 2 or more of different sizes)"),
     ({("T1", "2L-10H", "minilm"): [70], ("T2", "2L-10H", "minilm"): [72]},
-     f"intervals {NOT_ESTIMABLE}: 1 seed for teacher T1"),
+     f"{NOT_ESTIMABLE}: 1 matched seed (needs 2 or more)"),
 ])
 def test_curse_not_estimable(spec, note):
-    assert note in one(curse_onset(pd.DataFrame(cells(spec), columns=COLUMNS))).note
+    assert note in one(curse_test(pd.DataFrame(cells(spec), columns=COLUMNS))).note
 
 
 def test_a_family_restricts_the_teachers():
-    curse = curse_onset(hand_table(), family="0:scratch", n_resamples=100)
+    curse = curse_test(hand_table(), family="0:scratch")
     assert set(curse.family) == {"0:scratch"} and len(curse) == 4
     with pytest.raises(DataError, match=r"No teacher of family 'bert' in the results table \(its families: 0:s"):
-        curse_onset(hand_table(), family="bert")
+        curse_test(hand_table(), family="bert")
 
 
 def test_same_size_teachers_are_not_ordered():
     table = pd.DataFrame(cells({("T1", "2L-10H", "minilm"): [70], ("T2", "2L-10H", "minilm"): [72]}), columns=COLUMNS)
     table.loc[table.teacher == "T2", "teacher_params"] = 100
-    assert one(curse_onset(table)).note == f"{NOT_ESTIMABLE}: teachers T1 and T2 have the same size (100 parameters)"
+    assert one(curse_test(table)).note == f"{NOT_ESTIMABLE}: teachers T1 and T2 have the same size (100 parameters)"
 
 
 @pytest.mark.parametrize("spec, note", [
     ({("T1", "2L-10H", "minimoe"): [70], ("T2", "2L-10H", "minimoe"): [72]}, "no minilm (baseline) runs"),
-    ({("T1", "2L-10H", "minilm"): [70], ("T1", "2L-10H", "minimoe"): [72]}, f"{NOT_ESTIMABLE} (minilm): 1 teacher"),
-    ({("T1", "2L-10H", "minilm"): [70], ("T2", "2L-10H", "minilm"): [68], ("T1", "2L-10H", "minimoe"): [72]},
-     "minimoe has no run with the largest teacher (T2)"),
+    ({("T1", "2L-10H", "minilm"): [70], ("T1", "2L-10H", "minimoe"): [72]}, "share 1 teacher(s) (needs 2)"),
 ])
-def test_recovered_not_estimable(spec, note):
-    r = one(recovered_gap(pd.DataFrame(cells(spec), columns=COLUMNS)))
-    assert note in r.note and pd.isna(r.recovered)
+def test_lift_not_estimable(spec, note):
+    r = one(lift_test(pd.DataFrame(cells(spec), columns=COLUMNS)))
+    assert note in r.note and pd.isna(r.recovered) and r.verdict == "not established"
 
 
 # -- the optimal teacher size -----------------------------------------------------------------------
 def scale_table(best: dict) -> pd.DataFrame:
-    """Students of params 10, 20, 40; teachers of params 40, 80, 160, 320; each student's best teacher given."""
-    teachers = {"A": 40, "B": 80, "C": 160, "D": 320}
+    """Students of params 10, 20, 40; teachers of params 20 to 320; each student's top teacher given."""
+    teachers = {"A": 20, "B": 40, "C": 80, "D": 160, "E": 320}
     rows = []
     for student, params in (("1L-8H", 10), ("2L-8H", 20), ("4L-8H", 40)):
         for name, t_params in teachers.items():
@@ -295,16 +225,20 @@ def scale_table(best: dict) -> pd.DataFrame:
 
 def test_teacher_scale_fit_on_exact_points():
     # best teacher params = 4 x student params: linear slope 4, intercept 0; log-log slope 1, intercept log10 4.
-    fit = teacher_scale_fit(scale_table({"1L-8H": "A", "2L-8H": "B", "4L-8H": "C"}))
+    fit = teacher_scale_fit(scale_table({"1L-8H": "B", "2L-8H": "C", "4L-8H": "D"}))
     lin, log = one(fit, space="linear"), one(fit, space="log-log")
     assert lin.n_points == 3 and lin.students == "1L-8H 2L-8H 4L-8H"
     assert lin.slope == pytest.approx(4, rel=1e-12) and lin.intercept == pytest.approx(0, abs=1e-9)
     assert lin.r2 == pytest.approx(1, rel=1e-12)
     assert log.slope == pytest.approx(1, rel=1e-12) and log.intercept == pytest.approx(math.log10(4), rel=1e-12)
     assert log.r2 == pytest.approx(1, rel=1e-12)
-    assert lin.n_at_edge == 1 and "1 of 3 best teachers at the edge" in lin.note  # A is the smallest teacher
-    by_gflops = one(teacher_scale_fit(scale_table({"1L-8H": "A", "2L-8H": "B", "4L-8H": "C"}), size="gflops"),
+    assert lin.n_at_edge == 0 and lin.note == ""
+    by_gflops = one(teacher_scale_fit(scale_table({"1L-8H": "B", "2L-8H": "C", "4L-8H": "D"}), size="gflops"),
                     space="linear")
+    # A top teacher at the smallest (or largest) size only bounds the optimum: that student is left out.
+    edge = one(teacher_scale_fit(scale_table({"1L-8H": "A", "2L-8H": "C", "4L-8H": "D"})), space="linear")
+    assert edge.n_at_edge == 1 and edge.n_points == 2 and pd.isna(edge.slope)
+    assert "2 student(s) whose top teacher is inside the measured sizes (needs 3; 1 at the edge" in edge.note
     assert by_gflops.slope == pytest.approx(4, rel=1e-12)
 
 
@@ -313,7 +247,7 @@ def test_teacher_scale_fit_not_estimable():
     same = one(teacher_scale_fit(table), space="linear")
     assert same.slope == 0 and pd.isna(same.r2) and f"R^2 {NOT_ESTIMABLE}" in same.note
     two = one(teacher_scale_fit(table[table.student != "4L-8H"]), space="linear")
-    assert pd.isna(two.slope) and two.note == f"{NOT_ESTIMABLE}: 2 student(s) with 2 or more teachers (needs 3)"
+    assert pd.isna(two.slope) and two.note.startswith(f"{NOT_ESTIMABLE}: 2 student(s) whose top teacher is inside")
     with pytest.raises(DataError, match="size must be 'params' or 'gflops'"):
         teacher_scale_fit(table, size="layers")
 
@@ -322,7 +256,7 @@ def test_teacher_scale_fit_not_estimable():
 @pytest.mark.parametrize("drop, call, message", [
     (["value"], student_scores, r"lacks column value, which student_scores needs"),
     (["seed", "model"], teacher_scores, r"lacks columns model, seed, which teacher_scores needs"),
-    (["teacher_params"], curse_onset, r"lacks column teacher_params, which the curse analysis needs"),
+    (["teacher_params"], curse_test, r"lacks column teacher_params, which the curse tests need"),
     (["gflops"], lambda t: gap_curve(t, "ratio_gflops"), r"lacks column gflops, which the ratio_gflops gap curve"),
     (["experts"], student_scores, r"lacks column experts, which student_scores needs"),
 ])
@@ -365,14 +299,11 @@ def test_paper_results_schema_and_numbers():
     assert list(teachers.teacher_gflops.round(2)) == [10.87, 38.65]
     kd = paper[paper.method == "kd"]
     assert list(kd.value) == [81.3, 80.8] and list(kd.student_scale) == [0.10, 0.05]
-    # the analysis reads them like any table: Table 1's curse, and what the TA recovers for 2L-192H
-    curse = curse_onset(paper)
-    assert one(curse, student="table1-student", method="kd").curse == "yes"
+    # the analysis reads them like any table, and one published value per point supports no verdict
+    curse = curse_test(paper)
     r = one(curse, student="2L-192H", method="minilm")
-    assert (r.best_teacher, r.curse) == ("bert-base", "yes")
-    assert r.onset_ratio_params == pytest.approx(109482240 / 6886080)
-    ta = one(recovered_gap(paper), student="2L-192H", method="minilm_ta")
-    assert ta.recovered == pytest.approx((77.3 - 77.2) / (77.6 - 77.2))
+    assert (r.top_teacher, r.verdict) == ("bert-base", "not established") and r.curse_drop == pytest.approx(0.4)
+    assert "1 matched seed" in r.note
 
 
 def test_the_shipped_paper_numbers_are_the_reference_numbers():
@@ -397,30 +328,25 @@ def test_paper_results_without_its_files(tmp_path):
 
 
 def test_not_estimable_lists_every_estimate_the_notes_refuse_with_its_reason():
-    tables = report(paper_results(), n_resamples=100)
+    tables = report(paper_results())
     missing = not_estimable(tables)
     assert list(missing.columns) == ["table", "task", "student", "experts", "method", "space", "estimate", "reason"]
     notes = pd.concat([f.note for f in tables.values() if "note" in f.columns]).dropna()
     assert len(missing) == notes.str.count(NOT_ESTIMABLE).sum() > 0  # every refusal, once
     rows = {tuple(r) for r in missing[["table", "student", "method", "estimate", "reason"]].itertuples(index=False)}
-    # the paper's 3L-384H student with an assistant does best with BERT-large: no curse, no onset
-    assert ("curse", "3L-384H", "minilm_ta", "onset",
-            "no curse, the largest teacher (bert-large) gives the best student") in rows
-    # a note without a prefix refuses the table's own estimate; one value per point: no interval
-    assert ("recovered", "table1-student", "kd", "recovered", "no minilm (baseline) runs for this student") in rows
-    assert set(missing[missing.estimate == "intervals"].reason) == {"1 seed for teacher bert-base"}
+    # a note without a prefix refuses the table's own estimate: one published value per point, no test
+    assert ("curse", "2L-192H", "minilm", "curse", "1 matched seed (needs 2 or more)") in rows
+    assert ("lift", "table1-student", "kd", "lift", "no minilm (baseline) runs for this student shape") in rows
     assert not_estimable({"curse": tables["curse"].assign(note="")}).empty
     assert not_estimable({"gap_curves": tables["gap_curves"]}).empty  # a table without notes
 
 
 def test_report_on_the_paper_numbers_has_every_table():
-    tables = report(paper_results(), n_resamples=100)
-    assert list(tables) == ["teacher_scores", "student_scores", "curse", "curse_examples", "recovered",
-                            "teacher_scale_fit", "gap_curves"]
-    # the paper's points have no run folders, so no predictions to resample
-    assert tables["curse_examples"].note.str.startswith("not estimable").all()
+    tables = report(paper_results())
+    assert list(tables) == ["teacher_scores", "student_scores", "curse", "lift", "teacher_scale_fit", "gap_curves"]
+    assert (tables["curse"].established == "no").all()
     fit = one(tables["teacher_scale_fit"], method="minilm", space="linear")
-    assert fit.n_points == 6 - 1 and fit.n_at_edge == 5  # the 0.04 student has no size; 2 teachers: all at an edge
+    assert fit.n_points == 0 and fit.n_at_edge == 5  # the 0.04 student has no size; 2 teachers: all at an edge
 
 
 # -- gapkit report on a real sweep ------------------------------------------------------------------
@@ -437,25 +363,24 @@ def tiny_sweep(tmp_path_factory):
 
 
 def test_gapkit_report_on_a_real_sweep(tiny_sweep, capsys):
-    assert main(["report", str(tiny_sweep), "--resamples", "200"]) == 0
+    assert main(["report", str(tiny_sweep), "--seeds-for", "1.0"]) == 0
     out = capsys.readouterr().out
     for title in ("Teachers' own scores", "Student scores", "Curse of capacity gap per student",
-                  "Part of the curse each method recovers against minilm", "Best teacher size against student size",
-                  "Gap curves:"):
+                  "Lift of the curse against minilm", "Top teacher size against student size", "Gap curves:",
+                  "What the tests establish"):
         assert title in out
     assert not re.search(r"\bnan\b", out, re.IGNORECASE)
     assert "1L-16H-4A" in out and "1 seed: no spread or interval" in out
     written = {p.name: pd.read_csv(p) for p in (tiny_sweep / "report").glob("*.csv")}
-    assert set(written) == {f"{n}.csv" for n in ("teacher_scores", "student_scores", "curse", "curse_examples",
-                                                  "recovered", "teacher_scale_fit", "gap_curves")}
+    assert set(written) == {f"{n}.csv" for n in ("teacher_scores", "student_scores", "curse", "lift",
+                                                  "teacher_scale_fit", "gap_curves")}
     scores = written["student_scores.csv"]
     assert len(scores) == 4 and set(scores.method) == {"minilm", "minimoe"} and set(scores.metric) == {"score"}
     table = load_table(tiny_sweep)
-    assert len(written["curse.csv"]) == 2 and len(written["recovered.csv"]) == 1
+    assert len(written["curse.csv"]) == 2 and len(written["lift.csv"]) == 1
     assert (written["curse.csv"].n_teachers == 2).all()
     # the same report from the CSV file, into another folder
-    assert main(["report", str(tiny_sweep / "results.csv"), "--out", str(tiny_sweep / "again"),
-                 "--resamples", "200"]) == 0
+    assert main(["report", str(tiny_sweep / "results.csv"), "--out", str(tiny_sweep / "again")]) == 0
     again = pd.read_csv(tiny_sweep / "again" / "student_scores.csv")
     pd.testing.assert_frame_equal(again, scores)
     assert len(table) and capsys.readouterr().out

@@ -1,12 +1,12 @@
-"""Intervals over dev examples: runs store their best weights' predictions, and the curse is bootstrapped
-over them (gapkit.analysis.example_curse), checked on hand-made predictions and on a real sweep."""
+"""Dev examples in the verdicts: runs store their best weights' predictions, the curse test reads them as its
+example component (gapkit.analysis.curse_test), checked on hand-made predictions and on a real sweep."""
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from gapkit.analysis import example_curse, load_table, report
+from gapkit.analysis import curse_test, load_table, report
 from gapkit.data.tasks import score_predictions
 from gapkit.distill.runfiles import PREDICTIONS
 from gapkit.io import save_safetensors
@@ -63,80 +63,40 @@ def test_stored_predictions_give_the_runs_own_scores(tmp_path):
     assert score_predictions("synthetic", "dev", t["dev.prediction"], t["dev.label"]) == best
 
 
-def test_the_curse_over_examples_by_hand(tmp_path):
-    # the small teacher's student gets 18 of 20 right, the large one's 14: accuracies 90 and 70
-    table = _table([("small", 10, 0, _run(tmp_path, "a", 18)), ("large", 100, 0, _run(tmp_path, "b", 14))])
-    row = example_curse(table, n_resamples=400, seed=0).iloc[0]
-    assert (row.best_teacher, row.largest_teacher, row.n_examples, row.n_seeds) == ("small", "large", 20, 1)
-    assert row.best_score == 90.0 and row.largest_score == 70.0 and row.curse == "yes" and row.curse_drop == 20.0
-    # paired: the two runs differ on examples 14-17 only (right vs wrong), so each resample's drop is
-    # 5 x (how many of its 20 draws fall there): 0 to 100, mean 20
-    assert row.curse_drop_low < 20.0 < row.curse_drop_high and row.curse_drop_low >= 0.0
-    # the small teacher's student is never worse: always best (ties go to the smaller teacher); a curse
-    # needs a draw among examples 14-17, which a resample misses with probability 0.8^20 = 1.2 %
-    assert row.best_share == 1.0 and 0.97 < row.curse_share < 1.0
-    assert row.note == ""
-    # the same seed gives the same interval; another seed another one
-    again = example_curse(table, n_resamples=400, seed=0).iloc[0]
-    assert (again.curse_drop_low, again.curse_drop_high) == (row.curse_drop_low, row.curse_drop_high)
-
-
-def test_no_curse_and_identical_students(tmp_path):
-    same = _table([("small", 10, 0, _run(tmp_path, "a", 15)), ("large", 100, 0, _run(tmp_path, "b", 15))])
-    row = example_curse(same, n_resamples=200).iloc[0]
-    assert row.best_teacher == "small" and row.curse == "no" and row.curse_drop == 0.0  # a tie goes to the smaller
-    assert (row.curse_drop_low, row.curse_drop_high, row.curse_share) == (0.0, 0.0, 0.0)
-    better = _table([("small", 10, 0, _run(tmp_path, "c", 12)), ("large", 100, 0, _run(tmp_path, "d", 19))])
-    row = example_curse(better, n_resamples=200).iloc[0]
-    assert row.best_teacher == "large" and row.curse == "no" and row.curse_drop == 0.0
-
-
-def test_seeds_are_averaged_before_the_teachers_are_compared(tmp_path):
-    table = _table([("small", 10, 0, _run(tmp_path, "a", 20)), ("small", 10, 1, _run(tmp_path, "b", 12)),
-                    ("large", 100, 0, _run(tmp_path, "c", 17)), ("large", 100, 1, _run(tmp_path, "d", 17))])
-    row = example_curse(table, n_resamples=100).iloc[0]
-    # small: seeds at 100 and 60, mean 80 (its better seed alone would beat large); large: 85 and 85
-    assert row.n_seeds == 2 and row.best_teacher == "large" and row.curse == "no"
-    assert row.best_score == pytest.approx(85.0) and row.largest_score == pytest.approx(85.0)
+def test_seeds_and_examples_by_hand(tmp_path):
+    # Two seeds per teacher: the small teacher's students get 18 and 17 of 20 right, the large one's 14 and 13.
+    table = _table([("small", 10, 0, _run(tmp_path, "a", 18)), ("small", 10, 1, _run(tmp_path, "b", 17)),
+                    ("large", 100, 0, _run(tmp_path, "c", 14)), ("large", 100, 1, _run(tmp_path, "d", 13))])
+    row = curse_test(table).iloc[0]
+    assert (row.smallest_teacher, row.largest_teacher, row.n_examples, row.n_units) == ("small", "large", 20, 2)
+    assert row.scope == "seeds + dev examples" and row.curse_drop == pytest.approx(20.0)
+    # 20 examples: 20 groups of one. Per seed the difference is 100 on the examples only the small teacher's
+    # student gets right (14-17 and 13-16), else 0; two replicates: the replicate df alone (1).
+    assert row.df == 1
+    seeds_only = curse_test(table, examples=False).iloc[0]
+    assert seeds_only.scope == "seeds, this dev set" and pd.isna(seeds_only.p)  # both seeds drop exactly 20
 
 
 @pytest.mark.parametrize("case, message", [
-    ("missing", "no stored predictions for large-s0"),
-    ("other_examples", "scored on different dev examples"),
-    ("one_teacher", "1 teacher (needs 2 or more"),
+    ("missing", "example variance not included: no stored dev predictions in"),
+    ("other_examples", "example variance not included: runs scored different dev examples"),
 ])
-def test_what_cannot_be_estimated_says_why(tmp_path, case, message):
-    small = ("small", 10, 0, _run(tmp_path, "a", 18))
+def test_what_leaves_the_examples_out_says_why(tmp_path, case, message):
+    small = [("small", 10, s, _run(tmp_path, f"a{s}", 18 - s)) for s in (0, 1)]
     if case == "missing":
-        table = _table([small, ("large", 100, 0, None)])
-    elif case == "other_examples":
-        table = _table([small, ("large", 100, 0, _run(tmp_path, "b", 10, labels=LABELS.flip(0)))])
+        table = _table(small + [("large", 100, 0, None), ("large", 100, 1, None)])
     else:
-        table = _table([small])
-    row = example_curse(table, n_resamples=50).iloc[0]
-    assert row.note.startswith("not estimable") and message in row.note
-    assert pd.isna(row.curse_drop_low)
+        table = _table(small + [("large", 100, s, _run(tmp_path, f"b{s}", 10, labels=LABELS.flip(0))) for s in (0, 1)])
+    row = curse_test(table).iloc[0]
+    assert message in row.note and row.scope == "seeds, this dev set"
 
 
-def test_bad_bootstrap_settings_are_refused(tmp_path):
-    table = _table([("small", 10, 0, _run(tmp_path, "a", 18)), ("large", 100, 0, _run(tmp_path, "b", 14))])
-    from gapkit.errors import DataError
-
-    with pytest.raises(DataError, match="confidence level"):
-        example_curse(table, level=1.5)
-
-
-def test_the_report_has_the_example_table_for_a_real_sweep(quickstart_results):
-    """The cut-budget quickstart (one seed): the seed bootstrap has no interval, the example one has."""
+def test_the_report_reads_a_real_sweeps_predictions(quickstart_results):
+    """The cut-budget quickstart (one seed): its runs' predictions are there, but one seed tests nothing."""
     table = load_table(quickstart_results.out)
-    tables = report(table, n_resamples=100)
-    examples = tables["curse_examples"]
-    assert len(examples) == 2 and set(examples.n_teachers) == {3}  # dense and MiniMoE 1L-16H-4A, 3 teachers each
-    assert (examples.note == "").all(), examples.note.tolist()
-    assert np.isfinite(examples.curse_drop_low).all() and (examples.curse_drop_low <= examples.curse_drop).all()
-    assert (examples.curse_drop <= examples.curse_drop_high).all()
-    assert examples.n_examples.iloc[0] == 64
-    assert tables["curse"].note.str.contains("1 seed").all()
+    curse = report(table)["curse"]
+    assert len(curse) == 2 and set(curse.n_teachers) == {3}  # dense and MiniMoE 1L-16H-4A, 3 teachers each
+    assert (curse.established == "no").all() and curse.note.str.contains("1 matched seed").all()
 
 
 @pytest.mark.parametrize("task, kind, classes", [("sst2", "sequence", 2), ("mrpc", "sequence", 2), ("cola", "sequence", 2),

@@ -81,7 +81,7 @@ def parameters_cell(nb):
 @pytest.mark.parametrize("name, names", [
     (PAPER_FIGURES, {"paper_dir", "sweep_dir", "task", "out_dir"}),
     (GAP_CURVE, {"teacher", "students", "task", "methods", "stages", "agnostic_data", "seeds", "config",
-                 "overrides", "sweep_dir", "run_now", "baseline", "n_resamples", "out_dir"}),
+                 "overrides", "sweep_dir", "run_now", "baseline", "effect", "out_dir"}),
 ])
 def test_committed_notebooks_carry_no_outputs_and_a_tagged_parameters_cell(name, names):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -127,7 +127,7 @@ def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quick
     before = {p: p.stat().st_mtime_ns for p in results}
     config = Path(gapkit.__file__).parent / "sweep" / "quickstart.yaml"
     nb, error = execute(GAP_CURVE, tmp_path, kernel, config=str(config), overrides=list(quickstart_results.overrides),
-                        sweep_dir=str(quickstart_results.out), run_now=True, baseline="kd", n_resamples=200,
+                        sweep_dir=str(quickstart_results.out), run_now=True, baseline="kd", effect=1.0,
                         out_dir=str(tmp_path / "figs"))
     assert error is None, error
     shown = texts(nb)
@@ -145,8 +145,8 @@ def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quick
     assert images(nb) == 2
     # the estimates, and what the data (one student shape, one seed) cannot support, with the reasons
     assert "Curse of capacity gap per student" in shown and "against kd" in shown
-    assert "1 student(s) with 2 or more teachers (needs 3)" in shown and "1 seed for teacher" in shown
-    assert "The curse with intervals over dev examples" in shown  # one seed: the examples give the interval
+    assert "1 matched seed (needs 2 or more)" in shown  # one seed: no test, and the report says so
+    assert "What the tests establish" in shown and "not tested" in shown
     assert "estimate(s) are not estimable from these results." in shown
 
 

@@ -1,17 +1,19 @@
 """Statistics and reports on results tables: seed-aggregated scores, gap curves, the curse of capacity
-gap quantified (best teacher, onset, recovered fraction, with bootstrap intervals), the optimal teacher
-size fit, and the MiniMoE paper's published numbers. Definitions: docs/analysis.md."""
+gap and a method's lift of it as declared, Holm-corrected tests with their power (best teachers, onset
+bounds, recovered fraction), the optimal teacher size fit, and the MiniMoE paper's numbers.
+Definitions: docs/analysis.md."""
 
-from .examples import example_curse, run_predictions
-from .gap import AXES, NOT_ESTIMABLE, curse_onset, gap_curve, gap_curves, recovered_gap, teacher_scale_fit
+from .examples import run_predictions
+from .gap import AXES, NOT_ESTIMABLE, gap_curve, gap_curves, teacher_scale_fit
+from .verdicts import curse_test, lift_test
 from .paper import paper_results
 from .report import REPORT_TABLES, format_report, load_table, not_estimable, report, write_report
 from .scores import student_scores, teacher_scores
 
 __all__ = [
-    "student_scores", "teacher_scores", "gap_curve", "gap_curves", "AXES", "curse_onset", "recovered_gap",
+    "student_scores", "teacher_scores", "gap_curve", "gap_curves", "AXES", "curse_test", "lift_test",
     "teacher_scale_fit", "NOT_ESTIMABLE", "paper_results", "report", "format_report", "write_report", "load_table",
-    "not_estimable", "REPORT_TABLES", "example_curse", "run_predictions",
+    "not_estimable", "REPORT_TABLES", "run_predictions",
 ]
 
 # Figures (docs/figures.md): each returns a matplotlib Figure; plot_sweep writes every one a sweep supports.

@@ -132,6 +132,24 @@ def _yerr(mean, low, high):
     return np.vstack([mean - low, high - mean])
 
 
+def _on_log_axis(xs, a, b, per_segment: int = 64):
+    """(x, a, b) resampled along a log x axis, each line straight in log x as drawn, so that shading between
+    two lines switches sides where they really cross on that axis (``fill_between(interpolate=True)`` finds
+    crossings on a linear scale and leaves wedges outside both lines on a log one)."""
+    import numpy as np
+
+    logs = np.log10(xs)
+    fine = np.unique(np.concatenate([np.linspace(lo, hi, per_segment) for lo, hi in zip(logs, logs[1:])]
+                                    or [logs]))
+    a_fine, b_fine = np.interp(fine, logs, a), np.interp(fine, logs, b)
+    # the crossing points themselves, so each side's region closes exactly on the other line
+    diff = a_fine - b_fine
+    cross = np.flatnonzero(np.sign(diff[:-1]) * np.sign(diff[1:]) < 0)
+    at = fine[cross] + (fine[cross + 1] - fine[cross]) * diff[cross] / (diff[cross] - diff[cross + 1])
+    fine = np.sort(np.concatenate([fine, at]))
+    return 10 ** fine, np.interp(fine, logs, a), np.interp(fine, logs, b)
+
+
 def _errorbar(ax, x, points, **kwargs):
     """Means with their 95% interval as error bars."""
     import numpy as np
@@ -147,9 +165,35 @@ def _seed_text(points) -> str:
     return f"mean over {seeds} seed(s) per point{bars}"
 
 
-def _seed_note(fig, points) -> None:
-    """Say how many seeds each point averages, under the figure."""
-    fig.text(0.01, -0.02, _seed_text(points), fontsize=7, color="0.35", ha="left", va="top")
+def _seed_note(fig, points, verdicts: str = "") -> None:
+    """Say how many seeds each point averages (and, given, what the tests establish) under the figure."""
+    text = _seed_text(points) + (f"\n{verdicts}" if verdicts else "")
+    fig.text(0.01, -0.02, text, fontsize=7, color="0.35", ha="left", va="top")
+
+
+def verdict_caption(table, task: str | None = None, metric: str | None = None, kind: str = "curse") -> str:
+    """One caption line of what the declared tests establish for the students drawn (the ``curse`` or the
+    ``lift`` verdicts of :func:`gapkit.analysis.curse_test` / :func:`~gapkit.analysis.lift_test`), so that a
+    figure never shows a curse or a lift the tests do not establish. Empty when nothing can be tested."""
+    from ..errors import DataError
+    from .verdicts import curse_test, lift_test
+
+    try:
+        frame = curse_test(table, metric=metric) if kind == "curse" else lift_test(table, metric=metric)
+    except DataError:
+        return ""
+    if task is not None:
+        frame = frame[frame.task == task]
+    if frame.empty:
+        return ""
+    label = [f"{r.student}{'-' + r.experts if r.experts not in (None, 'dense') and r.experts == r.experts else ''} "
+             f"{r.method}" for r in frame.itertuples()]
+    yes = [f"{name} ({r.verdict})" for name, r in zip(label, frame.itertuples()) if r.established == "yes"]
+    test = ("curse test: smallest vs largest teacher, paired, Holm" if kind == "curse"
+            else "lift test: drop(baseline) - drop(method), paired, Holm")
+    if yes:
+        return f"{test}: established for {', '.join(yes)}; not established for the other {len(frame) - len(yes)}"
+    return f"{test}: not established for any of the {len(frame)} students (gapkit report: power, seeds needed)"
 
 
 def _teacher_order(points) -> list[str]:
@@ -371,19 +415,24 @@ def plot_moe_vs_dense(table, dense: str = "minilm", moe: str | None = None, x: s
             _errorbar(ax, m[x].astype(float) / scale, m, color=colours[student], marker="D", linestyle="--",
                       markerfacecolor="white", label=f"{student} MiniMoE {experts}")
             both = d.merge(m, on=x, suffixes=("_d", "_m")).sort_values(x)
-            xs = both[x].astype(float).to_numpy() / scale
-            lo, hi = both.mean_d.to_numpy(float), both.mean_m.to_numpy(float)
-            ax.fill_between(xs, lo, hi, where=hi >= lo, interpolate=True, color=colours[student], alpha=0.18,
+            xs, dense_y, moe_y = _on_log_axis(both[x].astype(float).to_numpy() / scale, both.mean_d.to_numpy(float),
+                                              both.mean_m.to_numpy(float))
+            # Gains and losses both shown: filled where MiniMoE is above dense, hatched where it is below.
+            ax.fill_between(xs, dense_y, moe_y, where=moe_y >= dense_y, color=colours[student], alpha=0.18,
                             linewidth=0)
+            ax.fill_between(xs, dense_y, moe_y, where=moe_y <= dense_y, facecolor="none", edgecolor=colours[student],
+                            hatch="////", alpha=0.5, linewidth=0)
         shown = points[points.student.isin(students)]
         sizes = shown.groupby("teacher")[x].first().astype(float) / scale
         _log_x(ax, sizes.values, {v: f"{t}\n{_number_label(v)}" for t, v in sizes.items()})
         ax.set_xlabel("teacher parameters (M, log scale)" if x == "teacher_params"
                       else f"teacher GFLOPs ({_convention(table)} convention, log scale)")
         ax.set_ylabel(_score_label(points))
-        ax.set_title(f"Dense ({dense}, solid) vs MiniMoE ({moe}, dashed)\nshaded: what MiniMoE gains over dense")
+        ax.set_title(f"Dense ({dense}, solid) vs MiniMoE ({moe}, dashed)\n"
+                     f"filled: MiniMoE above dense; hatched: below")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="student")
-        _seed_note(fig, points[points.student.isin(students)])
+        lifted = table[table.method.isin([dense, moe])] if "method" in table.columns else table
+        _seed_note(fig, points[points.student.isin(students)], verdict_caption(lifted, task, metric, kind="lift"))
         fig.tight_layout()
     return fig
 
@@ -476,7 +525,7 @@ def plot_gap_curve(table, x: str = "teacher_params", metric: str | None = None, 
         ax.set_ylabel(_score_label(curve))
         ax.set_title(f"Gap curve: student score against {GAP_AXIS_LABELS[x].split(' (')[0]}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="teacher" if by == "teacher" else "student")
-        _seed_note(fig, curve)
+        _seed_note(fig, curve, verdict_caption(table, task, metric) if by == "student" else "")
         fig.tight_layout()
     return fig
 

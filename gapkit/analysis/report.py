@@ -7,10 +7,10 @@ from pathlib import Path
 from ..errors import DataError
 from .scores import known as _known
 
-__all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES"]
+__all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES", "seeds_plan",
+           "format_seeds_plan"]
 
-REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "curse_examples", "recovered", "teacher_scale_fit",
-                 "gap_curves")
+REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "lift", "teacher_scale_fit", "gap_curves")
 
 
 def load_table(path: str | Path):
@@ -56,45 +56,40 @@ def default_baseline(table) -> str:
 
 
 def report(table, metric: str | None = None, split: str | None = None, baseline: str | None = None,
-           family: str | None = None, n_resamples: int = 2000, seed: int = 0, level: float = 0.95) -> dict:
+           family: str | None = None, level: float = 0.95, effect: float | None = None, examples: bool = True,
+           token_tasks: bool = False) -> dict:
     """Every analysis table of ``table``.
 
     Args:
         table: a results table (see :func:`load_table`).
-        metric, split, level: as in :func:`gapkit.analysis.student_scores`.
-        baseline: the dense method whose curse the others recover (:func:`gapkit.analysis.recovered_gap`);
-            None: :func:`default_baseline`.
-        family: restrict the curse analysis to one ``teacher_family`` (None: all teachers of a task).
-        n_resamples, seed: the bootstrap's.
+        metric, split, level: as in :func:`gapkit.analysis.student_scores`; ``level`` is also 1 - alpha of
+            the curse and lift tests.
+        baseline: the dense method whose curse the others lift (:func:`gapkit.analysis.lift_test`); None:
+            :func:`default_baseline`.
+        family: restrict the curse and lift tests to one ``teacher_family`` (None: all teachers of a task).
+        effect: a curse (and lift) size in metric points to plan for: ``seeds_for`` in those tables.
+        examples, token_tasks: use the runs' stored dev predictions for the example part of the variance
+            (:class:`gapkit.analysis.verdicts.Design`).
     Returns:
-        ``{name: DataFrame}`` for the names of :data:`REPORT_TABLES`: ``teacher_scores``,
-        ``student_scores``, ``curse`` (:func:`curse_onset`), ``recovered`` (:func:`recovered_gap`),
+        ``{name: DataFrame}`` for the names of :data:`REPORT_TABLES`: ``teacher_scores``, ``student_scores``,
+        ``curse`` (:func:`~gapkit.analysis.curse_test`), ``lift`` (:func:`~gapkit.analysis.lift_test`),
         ``teacher_scale_fit`` and ``gap_curves`` (every axis, stacked).
     """
-    from .examples import example_curse
-    from .gap import curse_onset, gap_curves, recovered_gap, teacher_scale_fit
+    from .gap import gap_curves, teacher_scale_fit
     from .scores import student_scores, teacher_scores
+    from .verdicts import Design, curse_test, lift_test
 
     baseline = default_baseline(table) if baseline is None else baseline
+    design = Design(table, family, metric, split, examples, token_tasks)
+    curse = curse_test(table, level=level, effect=effect, design=design)
     return dict(
         teacher_scores=teacher_scores(table, metric, split, level),
         student_scores=student_scores(table, metric, split, level),
-        curse=curse_onset(table, family, metric, split, n_resamples, seed, level),
-        curse_examples=(example_curse(table, metric, split, min(n_resamples, 1000), seed, level)
-                        if "run_dir" in table.columns else _no_run_dirs()),
-        recovered=recovered_gap(table, baseline, family, metric, split, n_resamples, seed, level),
+        curse=curse,
+        lift=lift_test(table, baseline, level=level, effect=effect, design=design, curse=curse),
         teacher_scale_fit=teacher_scale_fit(table, family, metric, split),
         gap_curves=gap_curves(table, metric, split, level),
     )
-
-
-def _no_run_dirs():
-    import pandas as pd
-
-    from .examples import EXAMPLE_COLUMNS
-
-    return pd.DataFrame([{c: None for c in EXAMPLE_COLUMNS} | dict(
-        note="not estimable: the table has no run_dir column (a sweep's table points at its run folders)")])
 
 
 def write_report(tables: dict, out_dir: str | Path) -> list[Path]:
@@ -107,7 +102,7 @@ def write_report(tables: dict, out_dir: str | Path) -> list[Path]:
 
 
 # The estimate a table's notes refer to when a note does not name one ("not estimable: 1 teacher ...").
-_ESTIMATES = {"curse": "curse", "recovered": "recovered", "teacher_scale_fit": "fit"}
+_ESTIMATES = {"curse": "curse", "lift": "lift", "teacher_scale_fit": "fit"}
 
 
 def not_estimable(tables: dict):
@@ -118,7 +113,7 @@ def not_estimable(tables: dict):
             table is read, its ``; ``-separated parts that say ``not estimable``.
     Returns:
         A DataFrame with ``table``, the row's labels (``task``, ``student``, ``experts``, ``method``;
-        ``space`` for the fits), ``estimate`` (what cannot be estimated: ``onset``, ``intervals``,
+        ``space`` for the fits), ``estimate`` (what cannot be estimated: ``onset``, ``test``,
         ``recovered``, ``R^2`` ...) and ``reason``; empty when everything was estimable.
     """
     import pandas as pd
@@ -167,12 +162,14 @@ def _share(v) -> str:
     return f"{float(v):.0%}" if _known(v) else ""
 
 
-def _with_interval(frame, column: str, fmt) -> list[str]:
-    """``value [low, high]`` cells (just the value without an interval)."""
+def _with_interval(frame, column: str, fmt, bounds: str | None = None) -> list[str]:
+    """``value [low, high]`` cells (just the value without an interval); the bounds are the columns
+    ``<bounds>_low`` and ``<bounds>_high`` (``bounds`` defaults to ``column``)."""
     cells = []
+    bounds = bounds or column
     for _, r in frame.iterrows():
         cell = fmt(r[column])
-        low, high = r.get(f"{column}_low"), r.get(f"{column}_high")
+        low, high = r.get(f"{bounds}_low"), r.get(f"{bounds}_high")
         if cell and _known(low) and _known(high):
             cell += f" [{fmt(low)}, {fmt(high)}]"
         cells.append(cell)
@@ -204,18 +201,28 @@ def _display(name: str, frame):
                     interval=[f"[{_fixed(a)}, {_fixed(b)}]" if _known(a) else "" for a, b in zip(f.ci_low, f.ci_high)],
                     note=f.note.map(_text))
     elif name == "curse":
-        cols = dict(_curse_columns(f), **{"onset T/S params": _with_interval(f, "onset_ratio_params", _sig),
-                                          "onset T/S gflops": _with_interval(f, "onset_ratio_gflops", _sig),
-                                          "note": f.note.map(_text)})
-    elif name == "curse_examples":
-        cols = _curse_columns(f, seeds=f.n_seeds.map(_text), examples=f.n_examples.map(_text))
-        cols["note"] = f.note.map(_text)
-    elif name == "recovered":
+        cols = {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
+                "method": f.method.map(_text),
+                "smallest -> largest": [f"{_text(a)} -> {_text(b)}" if _known(a) else "" for a, b in
+                                        zip(f.smallest_teacher, f.largest_teacher)],
+                "n": [f"{_text(n)} {_units(u)}" if _known(n) else "" for n, u in zip(f.n_units, f.units)],
+                "drop": _with_interval(f, "curse_drop", _fixed, "drop"), "p (Holm)": f.p_holm.map(_p),
+                "verdict": f.verdict.map(_text), "trend/2x": _with_interval(f, "trend", _fixed),
+                "best teachers": f.best_teachers.map(_text), "onset T/S params": _onset_cells(f),
+                "mde": f.mde.map(_fixed)}
+        if f.get("seeds_for") is not None and f.seeds_for.notna().any():
+            cols[f"{_units_name(f)} for {_fixed(f.effect.dropna().iloc[0])}"] = f.seeds_for.map(_count)
+    elif name == "lift":
         cols = {"task": f.task.map(_text), "student": f.student.map(_text), "method": f.method.map(_text),
-                "experts": f.experts.map(_text), "baseline": f.baseline.map(_text),
-                "baseline best teacher": f.baseline_best_teacher.map(_text), "largest": f.largest_teacher.map(_text),
-                "lost": _with_interval(f, "lost", _fixed), "gain": _with_interval(f, "gain", _fixed),
-                "recovered": _with_interval(f, "recovered", _sig), "note": f.note.map(_text)}
+                "experts": f.experts.map(_text), "vs": f.baseline.map(_text),
+                "n": [f"{_text(n)} {_units(u)}" if _known(n) else "" for n, u in zip(f.n_units, f.units)],
+                "drop base/method": [f"{_fixed(a)} / {_fixed(b)}" if _known(a) else "" for a, b in
+                                     zip(f.baseline_drop, f.method_drop)],
+                "lift": _with_interval(f, "lift", _fixed), "p (Holm)": f.p_holm.map(_p),
+                "verdict": f.verdict.map(_text), "gain at largest": _with_interval(f, "gain_at_largest", _fixed, "gain"),
+                "recovered": _with_interval(f, "recovered", _sig), "mde": f.mde.map(_fixed)}
+        if f.get("seeds_for") is not None and f.seeds_for.notna().any():
+            cols[f"{_units_name(f)} for {_fixed(f.effect.dropna().iloc[0])}"] = f.seeds_for.map(_count)
     elif name == "teacher_scale_fit":
         cols = dict(task=f.task.map(_text), experts=f.experts.map(_text), method=f.method.map(_text),
                     size=f["size"].map(_text), space=f.space.map(_text), points=f.n_points.map(_text),
@@ -226,39 +233,61 @@ def _display(name: str, frame):
     return pd.DataFrame({k: list(v) for k, v in cols.items()})
 
 
-def _curse_columns(f, **counts) -> dict:
-    """The columns the two curse tables share (``counts`` go after ``teachers``)."""
-    return {"task": f.task.map(_text), "student": f.student.map(_text), "experts": f.experts.map(_text),
-            "method": f.method.map(_text), "teachers": f.n_teachers.map(_text), **counts,
-            "best teacher": [f"{_text(t)} ({_share(s)})" if _known(t) and _known(s) else _text(t)
-                             for t, s in zip(f.best_teacher, f.best_share)],
-            "best": f.best_score.map(_fixed), "largest": f.largest_teacher.map(_text),
-            "at largest": f.largest_score.map(_fixed),
-            "curse": [f"{_text(c)} ({_share(s)})" if _known(s) else _text(c) for c, s in zip(f.curse, f.curse_share)],
-            "drop": _with_interval(f, "curse_drop", _fixed)}
+def _p(v) -> str:
+    if not _known(v):
+        return ""
+    return "<0.001" if v < 0.001 else f"{float(v):.3f}"
 
 
-def _titles(level: float, baseline: str, n_resamples: int, seed: int) -> dict:
-    boot = f"percentile bootstrap over seeds, {n_resamples} resamples, seed {seed}, {level:.0%} intervals"
+def _count(v) -> str:
+    if not _known(v):
+        return ""
+    return ">10000" if float(v) == float("inf") else f"{int(v)}"
+
+
+def _units(u) -> str:
+    return {"seeds": "seeds", "teacher fine-tunes": "FTs"}.get(u, _text(u))
+
+
+def _units_name(f) -> str:
+    units = set(f.units.dropna()) if "units" in f else set()
+    return "fine-tunes" if units == {"teacher fine-tunes"} else "seeds"
+
+
+def _onset_cells(f) -> list[str]:
+    cells = []
+    for kind, ratio in zip(f.onset_kind, f.onset_ratio_params):
+        if not _known(ratio):
+            cells.append("")
+        else:
+            cells.append(f"<= {_sig(ratio)}" if kind == "upper bound" else f"~{_sig(ratio)}")
+    return cells
+
+
+def _titles(level: float, baseline: str) -> dict:
+    alpha = 1 - level
     return {
         "teacher_scores": f"Teachers' own scores (best weights; mean over seeds, {level:.0%} t-interval)",
         "student_scores": f"Student scores (best weights; mean over seeds, {level:.0%} t-interval; "
                           f"T/S = teacher/student)",
-        "curse": f"Curse of capacity gap per student: best teacher (share of resamples), onset ratio ({boot})",
-        "curse_examples": f"The curse with intervals over dev examples: paired percentile bootstrap of each run's "
-                          f"stored predictions ({min(n_resamples, 1000)} resamples, seed {seed}, {level:.0%} intervals)",
-        "recovered": f"Part of the curse each method recovers against {baseline}: gain / lost at the largest teacher "
-                     f"({boot})",
-        "teacher_scale_fit": "Best teacher size against student size, least squares (MiniMA, arXiv 2311.07052)",
+        "curse": f"Curse of capacity gap per student: drop = smallest teacher's student - largest teacher's, paired "
+                 f"by replicate ({level:.0%} interval); verdict from the two-sided test, Holm-corrected over all "
+                 f"students at alpha {alpha:.2g}; trend/2x: points per doubling of teacher size; mde: smallest drop "
+                 f"detectable with 80% power",
+        "lift": f"Lift of the curse against {baseline}: lift = drop({baseline}) - drop(method), paired by replicate; "
+                f"Holm-corrected at alpha {alpha:.2g}; recovered = lift / drop({baseline}) (Fieller interval), only "
+                f"where {baseline}'s curse is established",
+        "teacher_scale_fit": "Top teacher size against student size, least squares over students whose top teacher is "
+                             "inside the measured sizes (MiniMA, arXiv 2311.07052)",
         "gap_curves": "Gap curves",
     }
 
 
-def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm", n_resamples: int = 2000,
-                  seed: int = 0) -> str:
-    """The report as aligned text: each table under its title (empty cells where nothing is estimable;
-    ``note`` says why). ``gap_curves`` is summarised in one line (its CSV holds the points)."""
-    titles = _titles(level, baseline, n_resamples, seed)
+def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm") -> str:
+    """The report as aligned text: each table under its title (empty cells where nothing is estimable), the
+    notes of the curse and lift tables as numbered lines under them, and a closing summary of what the
+    tests establish. ``gap_curves`` is summarised in one line (its CSV holds the points)."""
+    titles = _titles(level, baseline)
     parts = []
     for name, frame in tables.items():
         title = titles.get(name, name)
@@ -266,6 +295,99 @@ def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm", n
             axes = ", ".join(dict.fromkeys(frame.axis)) if len(frame) else "none"
             parts.append(f"{title}: {len(frame)} points on the axes {axes} (gap_curves.csv).")
             continue
-        body = "(none)" if frame.empty else _display(name, frame).to_string(index=False, justify="left")
-        parts.append(f"{title}\n{'-' * min(len(title), 100)}\n{body}")
+        shown = _display(name, frame)
+        notes = ""
+        if name in ("curse", "lift") and not frame.empty:
+            lines = [f"  [{i + 1}] {_row_label(r)}: {r.note}" for i, r in frame.reset_index(drop=True).iterrows()
+                     if _known(r.note) and r.note]
+            notes = ("\nnotes:\n" + "\n".join(lines)) if lines else ""
+        body = "(none)" if frame.empty else shown.to_string(index=False, justify="left")
+        parts.append(f"{title}\n{'-' * min(len(title), 100)}\n{body}{notes}")
+    if "curse" in tables:
+        parts.append(summary(tables, level))
     return "\n\n".join(parts)
+
+
+def _row_label(r) -> str:
+    experts = f"-{r.experts}" if _known(r.get("experts")) and r.experts != "dense" else ""
+    return f"{_text(r.task)} {_text(r.student)}{experts} {_text(r.method)}"
+
+
+def summary(tables: dict, level: float = 0.95) -> str:
+    """What the report's tests establish, in sentences: each established verdict with its effect, interval and
+    Holm p; for the rest, that nothing is established, the smallest effect the design could detect, and the
+    replicates a given effect needs."""
+    lines = ["What the tests establish (two-sided, Holm-corrected, alpha "
+             f"{1 - level:.2g}; docs/analysis.md):"]
+    for name, what, column in (("curse", "curse", "curse_drop"), ("lift", "lift", "lift")):
+        frame = tables.get(name)
+        if frame is None or frame.empty:
+            continue
+        for _, r in frame.iterrows():
+            label = _row_label(r)
+            if name == "lift":
+                label += f" vs {r.baseline}"
+            low, high = r.get("drop_low" if name == "curse" else "lift_low"), r.get(
+                "drop_high" if name == "curse" else "lift_high")
+            if r.established == "yes":
+                lines.append(f"- {what} {label}: {r.verdict}, {_fixed(r[column])} points "
+                             f"[{_fixed(low)}, {_fixed(high)}], p (Holm) {_p(r.p_holm)}, over {r.n_units} "
+                             f"{r.units} ({r.scope}).")
+            elif _known(r.get("p_holm")):
+                need = ""
+                if _known(r.get("seeds_for")):
+                    need = (f"; {_count(r.seeds_for)} {r.units} would detect {_fixed(r.effect)} points with 80% power")
+                lines.append(f"- {what} {label}: not established ({_fixed(r[column])} points [{_fixed(low)}, "
+                             f"{_fixed(high)}], p (Holm) {_p(r.p_holm)}); this design detects {_fixed(r.mde)} points "
+                             f"with 80% power{need}.")
+            else:
+                lines.append(f"- {what} {label}: not tested ({r.note.split('; ')[0] if _known(r.note) else ''}).")
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Seeds for a planned sweep, from a pilot's variances
+# ----------------------------------------------------------------------------------------------------
+def seeds_plan(pilot, effect: float, level: float = 0.95):
+    """How many replicates each student's curse (and each method's lift) test needs to detect ``effect``
+    metric points with 80% power, from a finished pilot sweep's variance components.
+
+    Returns:
+        One row per test: ``test`` (curse or lift), task, student, experts, method, units, n_units (the
+        pilot's), unit_sd, mde (the pilot design's), seeds_for, note.
+    """
+    import pandas as pd
+
+    tables = report(pilot, level=level, effect=effect)
+    columns = ["test", "task", "student", "experts", "method", "units", "n_units", "unit_sd", "mde", "seeds_for", "note"]
+    frames = [tables[name].assign(test=name) for name in ("curse", "lift") if not tables[name].empty]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    return pd.concat([f[[c for c in columns if c in f.columns]] for f in frames], ignore_index=True)[columns]
+
+
+def format_seeds_plan(plan, effect: float, pilot_dir, planned_seeds: int, planned_teacher_seeds: int = 1) -> str:
+    """The seeds table under a dry run: per test, the replicates the pilot says are needed, against the plan."""
+    import pandas as pd
+
+    head = (f"Seeds to detect {effect:g} metric points with 80% power (two-sided, Holm over the pilot's tests), from "
+            f"the variances of the pilot {pilot_dir}; this plan has {planned_seeds} seed(s)"
+            f"{f' and {planned_teacher_seeds} teacher fine-tunes' if planned_teacher_seeds > 1 else ''}:")
+    if plan.empty:
+        return head + "\n(the pilot has no student with 2 or more teachers: nothing to plan from)"
+    have = {"seeds": planned_seeds, "teacher fine-tunes": planned_teacher_seeds}
+    enough = []
+    for r in plan.itertuples():
+        if not _known(r.seeds_for):
+            enough.append("")
+        else:
+            planned = have.get(r.units, planned_seeds)
+            enough.append("yes" if r.seeds_for <= planned else f"no ({planned})")
+    shown = pd.DataFrame({"test": plan.test, "task": plan.task.map(_text), "student": plan.student.map(_text),
+                          "experts": plan.experts.map(_text), "method": plan.method.map(_text),
+                          "pilot": [f"{_text(n)} {_units(u)}" if _known(n) else "" for n, u in zip(plan.n_units, plan.units)],
+                          "unit sd": plan.unit_sd.map(_fixed), "needed": plan.seeds_for.map(_count),
+                          "planned enough": enough,
+                          "note": [("" if _known(s) else (n.split("; ")[0] if _known(n) else "")) for s, n in
+                                   zip(plan.seeds_for, plan.note)]})
+    return head + "\n" + shown.to_string(index=False, justify="left")

@@ -38,6 +38,7 @@ Definitions, fixed before any data is seen (docs/analysis.md says the same):
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass, field
 
@@ -212,7 +213,7 @@ class Design:
             return None, None, ("example variance not included for a token task by default (entity F1 recomputed "
                                 "per example group is slow): token_tasks=True")
         total = None
-        n_examples = None
+        labels = None  # (number of examples, a digest of their labels), the same for every run
         for b, cell, weight in terms:
             per_unit = []
             for r in common:
@@ -222,16 +223,17 @@ class Design:
                 if any(isinstance(p, str) for p in pseudo):
                     return None, None, next(p for p in pseudo if isinstance(p, str))
                 per_unit.append(np.mean([p[0] for p in pseudo], axis=0))
-                n = {p[1] for p in pseudo} | ({n_examples} if n_examples else set())
-                if len(n) > 1:
+                seen = {p[1] for p in pseudo} | ({labels} if labels else set())
+                if len(seen) > 1:  # the same examples in the same order are what makes groups comparable
                     return None, None, "example variance not included: runs scored different dev examples"
-                n_examples = n.pop()
+                labels = seen.pop()
             part = b.sign * weight * np.stack(per_unit)  # (R, G)
             total = part if total is None else total + part
-        return total, n_examples, ""
+        return total, labels[0], ""
 
     def _pseudo_values(self, block: Block, run_dir):
-        """(pseudo-values (G,), n_examples) of one run's stored predictions, or a string saying why not."""
+        """(pseudo-values (G,), (n_examples, labels digest)) of one run's stored predictions, or a string saying
+        why not."""
         if run_dir in self._pseudo:
             return self._pseudo[run_dir]
         from ..data.tasks import score_predictions
@@ -254,7 +256,8 @@ class Design:
             leave_out = np.array([score_predictions(task, block.split, preds[torch.from_numpy(group != g)],
                                                     labels[torch.from_numpy(group != g)])[block.metric]
                                   for g in range(G)])
-            out = (G * full - (G - 1) * leave_out, n)  # (G,) pseudo-values: group means for a mean metric
+            digest = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
+            out = (G * full - (G - 1) * leave_out, (n, digest))  # (G,) pseudo-values: group means for a mean metric
         self._pseudo[run_dir] = out
         return out
 
