@@ -167,6 +167,34 @@ def test_moe_vs_dense_draws_solid_dense_dashed_moe_and_shades_the_gain(tmp_path)
     written(fig, tmp_path, "moe_vs_dense")
 
 
+def test_shading_switches_sides_where_the_lines_cross_on_the_log_axis():
+    from gapkit.analysis.plots import _on_log_axis
+
+    # dense rises 0 -> 1 and MiniMoE falls 1 -> 0 between x = 1 and x = 100: on a log axis they cross at 10
+    xs, dense, moe = _on_log_axis(np.array([1.0, 100.0]), np.array([0.0, 1.0]), np.array([1.0, 0.0]))
+    at = int(np.argmin(np.abs(dense - moe)))
+    assert xs[at] == pytest.approx(10.0) and dense[at] == pytest.approx(moe[at]) == pytest.approx(0.5)
+    assert xs[0] == 1 and xs[-1] == pytest.approx(100.0) and (np.diff(xs) > 0).all()
+
+
+def test_moe_vs_dense_shows_losses_hatched_and_the_lift_verdict_under_it():
+    table = results_table()
+    worse = (table.method == "minimoe") & (table.teacher == list(TEACHERS)[-1])
+    table.loc[worse, "value"] = table.loc[worse, "value"] - 10  # MiniMoE below dense with the largest teacher
+    fig = plot_moe_vs_dense(table, moe="minimoe")
+    ax = fig.axes[0]
+    hatched = [c for c in ax.collections if c.get_hatch()]
+    assert hatched and "hatched: below" in ax.get_title()
+    caption = "\n".join(t.get_text() for t in fig.texts)
+    assert "lift test: drop(baseline) - drop(method), paired, Holm" in caption
+
+
+def test_the_gap_curve_caption_says_what_the_curse_test_establishes():
+    fig = plot_gap_curve(with_total_params(results_table()), "teacher_params")
+    caption = "\n".join(t.get_text() for t in fig.texts)
+    assert "curse test: smallest vs largest teacher, paired, Holm" in caption
+
+
 # -- 2b. gap curves ----------------------------------------------------------------------------------
 def with_total_params(table):
     """results_table() without the routing ablations, with params_total (a 1,4E MiniMoE: twice its active)."""

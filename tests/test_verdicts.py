@@ -334,3 +334,33 @@ def test_recovered_is_not_estimable_without_an_established_baseline_curse():
 def test_bad_settings_are_one_sentence(kwargs, message):
     with pytest.raises(DataError, match=message):
         curse_test(curse_table(CLEAR), **kwargs)
+
+
+# -- the command line: report --seeds-for, sweep --dry-run --pilot --------------------------------------
+def test_report_and_a_dry_run_say_how_many_seeds_an_effect_needs(tmp_path, capsys):
+    from gapkit.cli import main
+
+    pilot = tmp_path / "pilot"
+    pilot.mkdir()
+    curse_table(CLEAR).to_csv(pilot / "results.csv", index=False)
+    assert main(["report", str(pilot), "--seeds-for", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "seeds for 0.50" in out and "What the tests establish" in out
+    assert "curse synthetic 2L-10H kd: curse," in out  # the clear curse of CLEAR, established
+    written = pd.read_csv(pilot / "report" / "curse.csv")
+    assert set(written.effect) == {0.5} and (written.seeds_for >= 2).all()
+    sweep = tmp_path / "sweep.yaml"
+    sweep.write_text("tasks: [{task: synthetic, max_len: 16}]\nteachers: [{family: scratch, shapes: [1L-16H-4A, "
+                     "2L-16H-4A]}]\nstudents: {shapes: [1L-8H-2A]}\nmethods: [kd]\nseeds: [0, 1]\n"
+                     f"output_dir: {tmp_path / 'out'}\n")
+    assert main(["sweep", str(sweep), "--dry-run", "--pilot", str(pilot), "--seeds-for", "0.5"]) == 0
+    out = capsys.readouterr().out
+    assert "Seeds to detect 0.5 metric points with 80% power" in out and "this plan has 2 seed(s)" in out
+    for student in ("2L-10H", "4L-10H"):
+        need = int(written[written.student == student].seeds_for.iloc[0])
+        line = next(x for x in out.split("Seeds to detect")[1].splitlines() if student in x).split()
+        assert line[5:8] == ["6", "seeds", line[7]] and line[8] == str(need)  # pilot, unit sd, needed
+        assert line[9] == ("yes" if need <= 2 else "no")
+    assert not (tmp_path / "out").exists()  # a dry run trains nothing
+    assert main(["sweep", str(sweep), "--pilot", str(pilot), "--seeds-for", "0.5"]) == 2  # without --dry-run
+    assert "--pilot and --seeds-for go together, with --dry-run" in capsys.readouterr().err
