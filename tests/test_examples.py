@@ -1,7 +1,6 @@
 """Dev examples in the verdicts: runs store their best weights' predictions, the curse test reads them as its
 example component (gapkit.analysis.curse_test), checked on hand-made predictions and on a real sweep."""
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

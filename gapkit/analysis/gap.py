@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from .scores import STUDENT_KEYS, STUDENT_SIZES, aggregate, higher_is_better, require_columns, score_rows
+from .scores import STUDENT_KEYS, STUDENT_SIZES, aggregate, higher_is_better, require_columns, student_rows
 from .scores import known as _known
 
 __all__ = ["AXES", "gap_curve", "gap_curves", "teacher_scale_fit", "NOT_ESTIMABLE"]
@@ -99,15 +99,7 @@ def gap_curves(table, metric: str | None = None, split: str | None = None, level
 def _student_cells(table, family: str | None, metric, split, level):
     """Seed-aggregated student cells, restricted to one teacher family."""
     require_columns(table, STUDENT_KEYS + ["teacher_params", "params_total"], "the teacher-scale fit")
-    rows = score_rows(table, metric, split)
-    rows = rows[rows.role == "student"]
-    if family is not None:
-        require_columns(table, ["teacher_family"], "a family filter")
-        families = sorted(set(table.teacher_family.dropna().astype(str)))
-        if family not in families:
-            raise DataError(f"No teacher of family {family!r} in the results table (its families: "
-                            f"{', '.join(families) or 'none'}).")
-        rows = rows[rows.teacher_family.astype(str) == family]
+    rows = student_rows(table, family, metric, split)
     return aggregate(rows, STUDENT_KEYS, STUDENT_SIZES, level)
 
 

@@ -141,6 +141,24 @@ def score_rows(table, metric: str | None = None, split: str | None = None):
     return rows[np.logical_or.reduce(picked)].copy()
 
 
+def student_rows(table, family: str | None = None, metric: str | None = None, split: str | None = None):
+    """The score rows of students (:func:`score_rows`), restricted to one ``teacher_family`` when given.
+
+    Raises:
+        DataError: as :func:`score_rows`, or a family the table does not have (naming the ones it has).
+    """
+    rows = score_rows(table, metric, split)
+    rows = rows[rows.role == "student"]
+    if family is not None:
+        require_columns(table, ["teacher_family"], "a family filter")
+        families = sorted(set(table.teacher_family.dropna().astype(str)))
+        if family not in families:
+            raise DataError(f"No teacher of family {family!r} in the results table (its families: "
+                            f"{', '.join(families) or 'none'}).")
+        rows = rows[rows.teacher_family.astype(str) == family]
+    return rows
+
+
 def _one_value(rows, column: str, where: str):
     """The one value of ``column`` in ``rows`` (None when absent or all missing)."""
     if column not in rows.columns:

@@ -46,7 +46,7 @@ import numpy as np
 
 from ..errors import DataError
 from .inference import contrast_stats, detectable_effect, fieller, holm, seeds_needed, signflip_p
-from .scores import STUDENT_KEYS, higher_is_better, require_columns, score_rows
+from .scores import STUDENT_KEYS, higher_is_better, require_columns, student_rows
 from .scores import known as _known
 
 __all__ = ["curse_test", "lift_test", "CURSE_COLUMNS", "LIFT_COLUMNS", "EXAMPLE_GROUPS", "verdict_of"]
@@ -119,15 +119,7 @@ class Design:
     def __init__(self, table, family: str | None = None, metric: str | None = None, split: str | None = None,
                  examples: bool = True, token_tasks: bool = False):
         require_columns(table, STUDENT_KEYS + ["teacher_params", "params_total", "seed"], "the curse tests")
-        rows = score_rows(table, metric, split)
-        rows = rows[rows.role == "student"]
-        if family is not None:
-            require_columns(table, ["teacher_family"], "a family filter")
-            families = sorted(set(table.teacher_family.dropna().astype(str)))
-            if family not in families:
-                raise DataError(f"No teacher of family {family!r} in the results table (its families: "
-                                f"{', '.join(families) or 'none'}).")
-            rows = rows[rows.teacher_family.astype(str) == family]
+        rows = student_rows(table, family, metric, split)
         self.family = family
         self.examples = examples
         self.token_tasks = token_tasks
@@ -411,14 +403,12 @@ def _add_note(row: dict, text: str) -> None:
     row["note"] = f"{row['note']}; {text}" if row.get("note") else text
 
 
-def _typed(frame, ints):
-    for c in ints:
+def _typed(frame, counts):
+    """Count columns as Int64, except where a count is infinite (``seeds_for`` beyond reach): then float."""
+    for c in counts:
         if c in frame.columns:
-            frame[c] = frame[c].map(lambda v: v if _known(v) and math.isfinite(v) else np.nan if not _known(v) else v)
-            if frame[c].map(lambda v: not _known(v) or math.isfinite(v)).all():
-                frame[c] = frame[c].astype("Float64").round().astype("Int64")
-            else:  # seeds_for may be inf: not reachable
-                frame[c] = frame[c].astype("float64")
+            values = frame[c].astype("float64")
+            frame[c] = values if np.isinf(values).any() else values.round().astype("Int64")
     return frame
 
 
