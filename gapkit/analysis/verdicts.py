@@ -192,7 +192,9 @@ class Design:
             if ex_note:
                 note.append(ex_note)
         if by_teacher:
-            scope = scope.replace("teacher fine-tunes", "teacher fine-tunes (seeds within)")
+            paired = all(len({s for (r, s) in c.runs if r == u}) == 1 for _, c, _ in terms for u in common)
+            scope = scope.replace("teacher fine-tunes", "teacher fine-tunes (one student seed each)" if paired
+                                  else "teacher fine-tunes (seeds within)")
         return Contrast(x, units, n_examples, scope, "; ".join(note))
 
     def _groups(self, terms, common, by_teacher, seeds):

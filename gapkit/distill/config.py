@@ -42,7 +42,7 @@ HUB_MODEL_IDS = frozenset({"bert-base-uncased", "bert-large-uncased", "bert-base
 _SHAPE_LIKE = re.compile(r"^\d+L-\d+H(?![A-Za-z])", re.IGNORECASE)
 _EXPERTS_SUFFIX = re.compile(r"^(?P<base>.+?)-(?P<x>\d+),(?P<y>\d+)E$")
 # The full grammar of a shape string (gapkit.models.spec.parse_shape reads it).
-_SHAPE_FORM = re.compile(r"^\d+L-\d+H(?:-\d+A)?(?:-\d+,\d+E)?$")
+_SHAPE_FORM = re.compile(r"^\d+L-\d+H(?:-\d+A)?(?:-\d+F)?(?:-\d+,\d+E)?$")
 
 # Training in fp32 with AdamW holds weights, gradients and two moment estimates: 16 bytes a parameter
 # (activations come on top).
@@ -149,6 +149,9 @@ class TrainSpec:
         bf16: bf16 autocast on GPU (CPU runs stay fp32).
         tensorboard: also write TensorBoard logs (needs the ``tensorboard`` extra).
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
+        group_by_length: train on batches of examples of similar length (pools of 64 batches sorted by
+            length, the batches shuffled): several times fewer padded tokens on short, varied sentences
+            such as SST-2's, at the cost of batches less random than a plain shuffle.
         eval_batch_size: examples per batch when evaluating (and when caching teacher logits).
         compile: ``off`` (eager, the default and the reference), or compile the student's training
             forward and backward and the teacher's forward with ``torch.compile``: ``default``
@@ -181,6 +184,7 @@ class TrainSpec:
     bf16: bool = True
     tensorboard: bool = False
     device: str = "auto"
+    group_by_length: bool = False
     eval_batch_size: int = 64
     compile: str = "off"
     compile_buckets: list[int] | None = None

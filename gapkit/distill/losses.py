@@ -34,6 +34,8 @@ from ..configtools import check_fields
 from ..errors import ConfigError
 
 __all__ = [
+    "mean_entropy",
+    "temperature_for_entropy",
     "RelationLoss",
     "relations",
     "relation_loss",
@@ -453,6 +455,33 @@ def hard_label_loss(logits: Tensor, labels: Tensor, regression: bool = False) ->
     return F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), flat_labels, ignore_index=-100)
 
 
+def mean_entropy(logits: Tensor, temperature: float = 1.0) -> float:
+    """Mean entropy (nats) of ``softmax(logits / temperature)`` over the rows of ``logits`` (N, C)."""
+    logp = F.log_softmax(logits.double() / temperature, dim=-1)
+    return float(-(logp.exp() * logp).sum(-1).mean())
+
+
+def temperature_for_entropy(logits: Tensor, target: float, tol: float = 1e-6) -> float:
+    """The temperature T at which ``softmax(logits / T)`` has mean entropy ``target`` nats (bisection on log T;
+    the mean entropy rises with T from that of the arg-max towards log C).
+
+    Raises:
+        ConfigError: ``target`` outside what some T in [1e-3, 1e4] reaches (at most log C, the uniform
+            distribution's entropy).
+    """
+    low, high = math.log(1e-3), math.log(1e4)
+    reach = (mean_entropy(logits, math.exp(low)), mean_entropy(logits, math.exp(high)))
+    if not reach[0] <= target <= reach[1]:
+        raise ConfigError(f"weights.target_entropy {target:g} nats is out of reach of this teacher's soft labels: "
+                          f"their mean entropy over the training set runs from {reach[0]:.4g} to {reach[1]:.4g} "
+                          f"nats (log C = {math.log(logits.shape[-1]):.4g}) as the temperature grows; choose a "
+                          f"target in that range.")
+    while high - low > tol:
+        mid = (low + high) / 2
+        low, high = (mid, high) if mean_entropy(logits, math.exp(mid)) < target else (low, mid)
+    return math.exp((low + high) / 2)
+
+
 # --------------------------------------------------------------------------------------------------
 # Combining terms, and stopping on NaN
 # --------------------------------------------------------------------------------------------------
@@ -474,6 +503,11 @@ class LossWeights:
             ``gapkit.routing.load_balance_of``). This is the one place the weight lives: students
             return the unweighted ``load_balance``.
         temperature: soft-label KD temperature, > 0.
+        target_entropy: when set (nats, > 0), the temperature is not this setting but solved per run from
+            the teacher's logits over the training set, so that its soft labels' mean entropy equals
+            ``target_entropy`` (:func:`temperature_for_entropy`): teachers of different sizes then hand
+            their students equally soft labels, and soft-label entropy cannot explain a difference
+            between them. Classification tasks with task KD from logits alone (cached logits).
     """
 
     relation: float = 1.0
@@ -482,6 +516,7 @@ class LossWeights:
     hidden: float = 0.0
     load_balance: float = 0.01
     temperature: float = 1.0
+    target_entropy: float | None = None
 
     def __post_init__(self) -> None:
         check_fields(self, "LossWeights")  # numbers (numeric strings converted), finite, never bools
@@ -491,6 +526,9 @@ class LossWeights:
                                   f"got {getattr(self, name)!r}.")
         if self.temperature <= 0:
             raise ConfigError(f"LossWeights.temperature must be a finite number > 0, got {self.temperature!r}.")
+        if self.target_entropy is not None and self.target_entropy <= 0:
+            raise ConfigError(f"LossWeights.target_entropy must be a number of nats > 0 (or null: the fixed "
+                              f"temperature), got {self.target_entropy!r}.")
 
     def weight(self, term: str) -> float:
         """The weight of loss term ``term`` (one of ``LOSS_TERMS``)."""

@@ -141,6 +141,8 @@ class RunResult:
                 default_heads = None
             if default_heads != spec.heads:
                 base += f"-{spec.heads}A"
+            if spec.ffn != 4 * spec.hidden:
+                base += f"-{spec.ffn}F"
             model = base + (f"-{spec.experts}" if spec.is_moe else "")
         return dict(stage=self.stage, name=self.name, model=model,
                     params_total=self.params_total, params_active=self.params_active,

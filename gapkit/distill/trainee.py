@@ -184,6 +184,8 @@ class Trainee(nn.Module):
         # What runs the model in training: None for the model itself, or its compiled, length-bucketed
         # forward (train.compile; gapkit.distill.compiling.CompiledStudent). Evaluation stays eager.
         self.model_call = None
+        # The soft-label temperature: weights.temperature, or the one solved for weights.target_entropy.
+        self.temperature = w.temperature
         self.hidden = None
         self.hidden_pairs: list[tuple[int, int]] = []
         if teacher is not None and w.hidden > 0:
@@ -218,7 +220,7 @@ class Trainee(nn.Module):
                 terms["soft"] = regression_kd(logits.squeeze(-1), teacher_out.logits.squeeze(-1))
             else:
                 valid = (labels != IGNORE_INDEX) if (self.task.kind == "token" and labels is not None) else None
-                terms["soft"] = soft_label_kd(logits, teacher_out.logits, w.temperature, valid=valid)
+                terms["soft"] = soft_label_kd(logits, teacher_out.logits, self.temperature, valid=valid)
         if logits is not None and labels is not None and w.hard > 0:
             terms["hard"] = hard_label_loss(logits.squeeze(-1) if regression else logits, labels, regression)
         if self.hidden is not None and teacher_out is not None:

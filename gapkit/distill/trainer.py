@@ -46,7 +46,7 @@ from .batches import Batches, eval_batches
 from .checkpointing import load_training_state, save_training_state
 from .compiling import CompiledStudent, bucket_lengths
 from .config import DistillSpec
-from .losses import NonFiniteLossError, check_finite, combine
+from .losses import NonFiniteLossError, check_finite, combine, mean_entropy, temperature_for_entropy
 from .result import RunResult, git_revision, run_id
 from .rng import RunRNG, derive_seed
 from .runfiles import PREDICTIONS, RunFolder
@@ -288,8 +288,9 @@ class Run:
             # (and one for all the runs that share this teacher side and these examples).
             key = json.dumps([spec.data.__dict__, train.data_seed, train.eval_batch_size], sort_keys=True, default=str)
             teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key)
+        self.soft_labels = self._soft_labels(spec, task, teacher_logits)
         self.batches = Batches(task.train, train.batch_size, train.grad_accum, train.data_seed, task.pad_token_id,
-                               self.rank, self.world, teacher_logits)
+                               self.rank, self.world, teacher_logits, train.group_by_length)
         self.total_steps = train.max_steps or max(1, math.ceil(train.epochs * self.batches.per_epoch))
         self.eval_every = train.eval_every or self.batches.per_epoch
         self.checkpoint_every = train.checkpoint_every or self.eval_every
@@ -298,6 +299,8 @@ class Run:
         self.folder.start(spec.to_json(), wipe=mode == "restart")
         with self.rng.active():
             self.trainee = Trainee(self.model, spec, task, self.teacher).to(self.device)
+            if self.soft_labels:
+                self.trainee.temperature = self.soft_labels["temperature"]
         if train.compile != "off":  # the training forward, compiled and length-bucketed (docs/gpu.md)
             self.trainee.model_call = CompiledStudent(self.model, train.compile,
                                                       bucket_lengths(spec.data.max_len, train.compile_buckets))
@@ -408,6 +411,25 @@ class Run:
             self.folder.add_routing(routing_rows(out.routing, batch["attention_mask"], input_ids=batch["input_ids"],
                                                  step=step, split="train"))
         return logs
+
+    @staticmethod
+    def _soft_labels(spec: DistillSpec, task, teacher_logits) -> dict | None:
+        """The temperature of soft-label KD, and the teacher's mean soft-label entropy over the training set
+        at it and at T = 1 (written to result.json), where the teacher's logits are cached; the temperature
+        solved for ``weights.target_entropy`` when that is set."""
+        w = spec.weights
+        classes = teacher_logits is not None and task.kind == "sequence" and w.soft > 0
+        if w.target_entropy is not None and not classes:
+            raise ConfigError(f"weights.target_entropy needs soft labels from cached teacher logits on a "
+                              f"classification task (weights.soft > 0; relation and hidden 0), and run {spec.name!r} "
+                              f"has none: set weights.target_entropy to null and use weights.temperature.")
+        if not classes:
+            return None
+        logits = torch.stack(teacher_logits)
+        temperature = (w.temperature if w.target_entropy is None
+                       else temperature_for_entropy(logits, w.target_entropy))
+        return dict(temperature=temperature, entropy=mean_entropy(logits, temperature),
+                    entropy_at_1=mean_entropy(logits, 1.0), target_entropy=w.target_entropy)
 
     def _check_finite(self, terms: dict, step: int) -> None:
         """``check_finite`` on every rank together: a NaN on one rank stops them all (instead of leaving
@@ -618,7 +640,8 @@ class Run:
                          spec=student_spec.to_dict() if student_spec is not None else None,
                          params_total=self.model.num_parameters(), params_active=self.model.num_parameters(active=True),
                          gflops=_gflops(self.model), seq_len=PAPER_SEQ_LEN, new_weights=list(self.new_weights)),
-            teacher=(dict(ref=self.teacher.ref, params=self.teacher.num_parameters())
+            teacher=(dict(ref=self.teacher.ref, params=self.teacher.num_parameters(),
+                          **({"soft_labels": self.soft_labels} if self.soft_labels else {}))
                      if self.teacher is not None else None),
             seeds=dict(init=self.train_spec.init_seed, data=self.train_spec.data_seed),
             gapkit_version=__version__, git_revision=git_revision(),

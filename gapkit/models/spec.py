@@ -128,8 +128,9 @@ class StudentSpec:
 
     @property
     def shape_name(self) -> str:
-        """``{L}L-{H}H`` plus ``-{x},{y}E`` for MiniMoE, the naming used in the paper and presets."""
-        base = f"{self.layers}L-{self.hidden}H"
+        """``{L}L-{H}H``, plus ``-{F}F`` for an FFN other than 4 * H and ``-{x},{y}E`` for MiniMoE: the naming
+        used in the paper and presets."""
+        base = f"{self.layers}L-{self.hidden}H" + (f"-{self.ffn}F" if self.ffn != 4 * self.hidden else "")
         return f"{base}-{self.attn_experts},{self.ffn_experts}E" if self.is_moe else base
 
     def dense_twin(self) -> "StudentSpec":
@@ -183,13 +184,14 @@ PRESETS: dict[str, dict] = {
 PRESETS["bert-base-uncased"] = PRESETS["bert-base"]
 PRESETS["bert-large-uncased"] = PRESETS["bert-large"]
 
-_SHAPE = re.compile(r"^(?P<L>\d+)L-(?P<H>\d+)H(?:-(?P<A>\d+)A)?(?:-(?P<x>\d+),(?P<y>\d+)E)?$")
+_SHAPE = re.compile(r"^(?P<L>\d+)L-(?P<H>\d+)H(?:-(?P<A>\d+)A)?(?:-(?P<F>\d+)F)?(?:-(?P<x>\d+),(?P<y>\d+)E)?$")
 
 
 def parse_shape(text: str) -> dict | None:
-    """Parse ``{L}L-{H}H[-{A}A][-{x},{y}E]`` into spec fields; None if ``text`` is not of that form.
+    """Parse ``{L}L-{H}H[-{A}A][-{F}F][-{x},{y}E]`` into spec fields; None if ``text`` is not of that form.
 
-    Heads default to 12 (the MiniLM/MiniMoE students) when 12 divides H, else H // 64 (BERT's head size).
+    ``F`` is the FFN width (of one expert), 4 * H when not given: ``2L-192H-3072F`` is a dense student with
+    the FFN parameters of ``2L-192H-1,4E``. Heads default to 12 (the MiniLM/MiniMoE students) when 12 divides H, else H // 64 (BERT's head size).
     """
     m = _SHAPE.match(text.strip())
     if m is None:
@@ -207,6 +209,8 @@ def parse_shape(text: str) -> dict | None:
             f"Cannot choose a head count for {text!r}: 12 and 64 do not divide {hidden}; "
             f"name the heads, e.g. '{m['L']}L-{hidden}H-4A'."
         )
+    if m["F"]:
+        fields["ffn"] = int(m["F"])
     if m["x"]:
         fields["attn_experts"], fields["ffn_experts"] = int(m["x"]), int(m["y"])
     return fields

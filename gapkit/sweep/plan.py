@@ -208,9 +208,10 @@ def plan(spec: SweepSpec) -> list[Node]:
         for t in spec.teacher_entries():
             for shape in spec.student_specs():
                 for method in spec.method_variants():
-                    for tseed in spec.teacher_seeds():  # every student seed from every teacher replicate
-                        for seed in spec.seeds:
-                            p.student(t, task, shape, method, seed, tseed)
+                    if not method.applies_to(shape):
+                        continue
+                    for tseed, seed in spec.replicates():  # a full cross, or paired
+                        p.student(t, task, shape, method, seed, tseed)
     order = {"prepare": 0, "finetune": 1}
     nodes = list(p.nodes.values())
     # A stable topological order: by kind rank, then declaration order, with every dependency first.

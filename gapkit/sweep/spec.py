@@ -78,11 +78,16 @@ class MethodSpec:
         name: ``minilm``, ``minimoe``, ``minilm_ta`` or ``kd``.
         label: the variant's label in tables (``minimoe[routing=random]``).
         options: its ablation settings (experts, routing, load_balance, gate_noise, assistant).
+        students: the student shapes it is trained for (None: every shape of the sweep).
     """
 
     name: str
     label: str
     options: tuple = ()
+    students: tuple | None = None
+
+    def applies_to(self, shape: str) -> bool:
+        return self.students is None or shape in self.students
 
     def option(self, key: str, default=None):
         return dict(self.options).get(key, default)
@@ -113,7 +118,8 @@ class SweepSpec:
             ``{family: truncate, ref, layers: [...]}``; ``{family: scratch, shapes: [...]}``.
         students: ``{layers: [...], hidden: [...], heads?}`` (a grid) or ``{shapes: [...]}``.
         methods: names or ``{name, <option>: value or list}`` (options: experts, routing,
-            load_balance, gate_noise, assistant).
+            load_balance, gate_noise, assistant), plus ``students: [shape, ...]`` to train a method for
+            some of the student shapes only (e.g. a wide dense control that MiniMoE needs no twin of).
         stages: ``[agnostic, task]`` (the paper's two stages), ``[task]`` or ``[agnostic]``.
         agnostic_data: data of the task-agnostic stage (``DataSpec`` fields); None uses each task's own
             unlabeled stream (synthetic) or is required (real tasks).
@@ -125,7 +131,10 @@ class SweepSpec:
         teacher_seed: the seed of teacher (and assistant) fine-tuning and distillation: one integer, or a
             list of distinct integers: every teacher (and assistant) is then fine-tuned once per teacher
             seed, and every student seed is distilled from every one of these replicates (a full cross),
-            so that a teacher's size can be told apart from one particular fine-tune.
+            so that a teacher's size can be told apart from one particular fine-tune; or ``paired``: every
+            teacher is fine-tuned once per student seed, with that seed, and each student seed is distilled
+            from its own replicate only (a replicate is then a fresh teacher fine-tune and a fresh student:
+            the cheapest design whose verdicts generalise over both).
         data_dir: a local data folder (``glue_data/``-style, or the CoNLL files) for every task that
             does not name its own; None loads from the Hub.
         executor: ``{kind: inline|local|slurm, ...}`` (see gapkit.sweep.execute).
@@ -144,7 +153,7 @@ class SweepSpec:
     weights: dict = field(default_factory=dict)
     relation_heads: int = 32
     seeds: list = field(default_factory=lambda: [0])
-    teacher_seed: int | list = 0
+    teacher_seed: int | list | str = 0
     data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
@@ -170,9 +179,9 @@ class SweepSpec:
         _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
                f"sweep.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}.")
         ts = self.teacher_seed
-        _check(isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 or isinstance(ts, list) and bool(ts) and all(
+        _check(ts == "paired" or isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 or isinstance(ts, list) and bool(ts) and all(
             isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in ts),
-               f"sweep.teacher_seed must be an integer >= 0 or a non-empty list of integers >= 0, got {ts!r}.")
+               f"sweep.teacher_seed must be an integer >= 0, a non-empty list of integers >= 0 or 'paired', got {ts!r}.")
         dupes = sorted({s for s in ts if ts.count(s) > 1}) if isinstance(ts, list) else []
         _check(not dupes, f"sweep.teacher_seed lists seed {', '.join(map(str, dupes))} twice: list each teacher seed "
                           f"once.")
@@ -204,8 +213,18 @@ class SweepSpec:
 
     # -- expansion -------------------------------------------------------------------------------------
     def teacher_seeds(self) -> list[int]:
-        """The teacher fine-tuning seeds, as a list (one for an integer ``teacher_seed``)."""
+        """The teacher fine-tuning seeds, as a list (one for an integer ``teacher_seed``, the student seeds
+        when ``paired``)."""
+        if self.teacher_seed == "paired":
+            return list(self.seeds)
         return list(self.teacher_seed) if isinstance(self.teacher_seed, list) else [self.teacher_seed]
+
+    def replicates(self) -> list[tuple[int, int]]:
+        """The (teacher seed, student seed) pairs every student cell is trained for: the full cross, or
+        the student seeds with their own teacher seed when ``paired``."""
+        if self.teacher_seed == "paired":
+            return [(s, s) for s in self.seeds]
+        return [(t, s) for t in self.teacher_seeds() for s in self.seeds]
 
     def teacher_entries(self) -> list[TeacherEntry]:
         """The teachers, families expanded, in declaration order."""
@@ -279,9 +298,16 @@ class SweepSpec:
             m = {"name": m} if isinstance(m, str) else m
             _check(isinstance(m, dict) and m.get("name") in METHODS,
                    f"{where} must be one of {', '.join(METHODS)} (or {{name: ..., options}}), got {m!r}.")
-            options = {k: v for k, v in m.items() if k != "name"}
+            options = {k: v for k, v in m.items() if k not in ("name", "students")}
             unknown = set(options) - set(METHOD_OPTIONS)
-            _check(not unknown, unknown_keys_message(where, unknown, set(METHOD_OPTIONS) | {"name"}))
+            _check(not unknown, unknown_keys_message(where, unknown, set(METHOD_OPTIONS) | {"name", "students"}))
+            students = m.get("students")
+            if students is not None:
+                shapes = self.student_specs()
+                _check(isinstance(students, list) and students and all(x in shapes for x in students),
+                       f"{where}.students must be a non-empty list of the sweep's student shapes "
+                       f"({', '.join(shapes)}), got {students!r}.")
+                students = tuple(students)
             if m["name"] == "minilm_ta":
                 options.setdefault("assistant", "12L-384H")
             axes = [(k, v if isinstance(v, list) else [v]) for k, v in sorted(options.items())]
@@ -289,7 +315,7 @@ class SweepSpec:
                 chosen = tuple(zip([k for k, _ in axes], values))
                 swept = [f"{k}={v}" for (k, vs), (_, v) in zip(axes, chosen) if len(vs) > 1]
                 label = m["name"] + (f"[{','.join(swept)}]" if swept else "")
-                variant = MethodSpec(m["name"], label, chosen)
+                variant = MethodSpec(m["name"], label, chosen, students)
                 if variant.name == "minimoe":
                     x, y = variant.experts
                     _check(x >= 1 and y >= 1 and (x, y) != (1, 1),
