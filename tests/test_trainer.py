@@ -236,6 +236,20 @@ def test_optimizer_and_schedule_follow_the_authors_recipe():
     opt = make_optimizer(module, DistillSpec(stage="finetune", weights=dict(hard=1.0)).train)
     assert all(g["eps"] == 1e-6 for g in opt.param_groups)
     assert [len(g["params"]) for g in opt.param_groups] == [1, 3]  # decay only on the Linear weight
+    assert opt.defaults["fused"]  # torch's fused kernel on CPU: the same update as the loop, to rounding
+    loop = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.LayerNorm(4))
+    loop.load_state_dict(module.state_dict())
+    reference = torch.optim.AdamW([{"params": [loop[0].weight], "weight_decay": 0.01},
+                                   {"params": [loop[0].bias, *loop[1].parameters()], "weight_decay": 0.0}],
+                                  lr=opt.defaults["lr"], eps=1e-6, foreach=False)
+    x = torch.randn(8, 4)
+    for model, o in ((module, opt), (loop, reference)):
+        for _ in range(3):
+            o.zero_grad()
+            model(x).pow(2).sum().backward()
+            o.step()
+    for a, b in zip(module.parameters(), loop.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     sched = make_scheduler(opt, total_steps=10, warmup=0.2)
     lrs = []
     for _ in range(10):

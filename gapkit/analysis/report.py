@@ -214,7 +214,9 @@ def _display(name: str, frame):
             cols[f"{_units_name(f)} for {_fixed(f.effect.dropna().iloc[0])}"] = f.seeds_for.map(_count)
     elif name == "lift":
         cols = {"task": f.task.map(_text), "student": f.student.map(_text), "method": f.method.map(_text),
-                "experts": f.experts.map(_text), "vs": f.baseline.map(_text),
+                "experts": f.experts.map(_text),
+                "vs": [f"{_text(b)} {_text(bs)}" if _known(bs) and bs != st else _text(b)
+                       for b, bs, st in zip(f.baseline, f.get("baseline_student", f.student), f.student)],
                 "n": [f"{_text(n)} {_units(u)}" if _known(n) else "" for n, u in zip(f.n_units, f.units)],
                 "drop base/method": [f"{_fixed(a)} / {_fixed(b)}" if _known(a) else "" for a, b in
                                      zip(f.baseline_drop, f.method_drop)],
@@ -326,7 +328,8 @@ def summary(tables: dict, level: float = 0.95) -> str:
         for _, r in frame.iterrows():
             label = _row_label(r)
             if name == "lift":
-                label += f" vs {r.baseline}"
+                other = r.get("baseline_student")
+                label += f" vs {r.baseline}" + (f" {other}" if _known(other) and other != r.student else "")
             low, high = r.get("drop_low" if name == "curse" else "lift_low"), r.get(
                 "drop_high" if name == "curse" else "lift_high")
             if r.established == "yes":

@@ -426,7 +426,7 @@ def _check(level: float, effect) -> float:
 # ----------------------------------------------------------------------------------------------------
 # The lift of a method over a dense baseline
 # ----------------------------------------------------------------------------------------------------
-LIFT_COLUMNS = ["task", "family", "student", "method", "experts", "baseline", "metric", "split", "smallest_teacher",
+LIFT_COLUMNS = ["task", "family", "student", "method", "experts", "baseline", "baseline_student", "comparison", "metric", "split", "smallest_teacher",
                 "largest_teacher", "units", "n_units", "n_examples", "scope", "baseline_drop", "method_drop", "lift",
                 "lift_low", "lift_high", "df", "p", "p_holm", "verdict", "established", "gain_at_largest",
                 "gain_low", "gain_high", "recovered", "recovered_low", "recovered_high", "unit_sd", "mde", "effect",
@@ -446,9 +446,18 @@ def lift_test(table, baseline: str | None = None, family: str | None = None, met
         curse: the :func:`curse_test` frame of the same table (computed when None): ``recovered`` needs the
             baseline's curse established there.
     Returns:
-        One row per (task, shape, method, experts) other than the baseline: :data:`LIFT_COLUMNS`. ``lift``
-        > 0: the method loses less than the baseline from the smallest to the largest teacher; ``verdict``
-        is ``lift``, ``larger curse`` or ``not established``.
+        :data:`LIFT_COLUMNS`, one row per comparison (``comparison``):
+
+        - ``same shape``: every (task, shape, method, experts) other than the baseline against the baseline
+          of the same shape (always, with a note where that baseline is missing);
+        - ``wider FFN``: a baseline student whose FFN is wider than 4 H (``2L-192H-3072F``) against the
+          baseline of the same L, H and heads with the usual FFN: the lift of parameters alone;
+        - ``same parameters``: a MiniMoE student (``x,yE``) against a dense baseline of the same L, H and
+          heads whose FFN is y times as wide, where the sweep trained one: as many parameters, all active.
+
+        ``lift`` > 0: the method (or student) loses less than ``baseline_student`` trained with ``baseline``
+        from the smallest to the largest teacher; ``verdict`` is ``lift``, ``larger curse`` or ``not
+        established``, Holm-corrected over every row.
     """
     import pandas as pd
 
@@ -461,11 +470,9 @@ def lift_test(table, baseline: str | None = None, family: str | None = None, met
         curse = curse_test(table, family, metric, split, level, design=design)
     blocks = {b.key: b for b in design.blocks}
     rows, stats = [], []
-    for (task, student, experts, method), block in blocks.items():
-        if method == baseline:
-            continue
-        base = [b for (t, s, _, m), b in blocks.items() if (t, s, m) == (task, student, baseline)]
-        row, st = _lift_row(design, block, base[0] if base else None, baseline, curse, level)
+    for block, base, comparison in _comparisons(blocks, baseline):
+        row, st = _lift_row(design, block, base, baseline, curse, level)
+        row.update(comparison=comparison, baseline_student=base.key[1] if base is not None else block.key[1])
         rows.append(row)
         stats.append(st)
     _correct(rows, [st[0] if st else None for st in stats], alpha, effect, "lift", "lift", "larger curse")
@@ -474,6 +481,34 @@ def lift_test(table, baseline: str | None = None, family: str | None = None, met
             _recovered(row, *st[1:], level)
     frame = pd.DataFrame(rows, columns=LIFT_COLUMNS)
     return _typed(frame, ["n_units", "n_examples", "seeds_for"])
+
+
+def _comparisons(blocks: dict, baseline: str):
+    """(block, baseline block or None, comparison) of every lift row: see :func:`lift_test`."""
+    from ..models.spec import spec_from_name
+
+    def shape(student):
+        try:
+            spec = spec_from_name(str(student))
+        except ValueError:  # a Hub name or folder: only the same-shape comparison applies
+            return None
+        return spec.layers, spec.hidden, spec.heads, spec.ffn
+
+    dense = {(t, shape(s)): b for (t, s, e, m), b in blocks.items() if m == baseline and e == "dense"}
+    for (task, student, experts, method), block in blocks.items():
+        own = shape(student)
+        if method != baseline:
+            base = [b for (t, s, _, m), b in blocks.items() if (t, s, m) == (task, student, baseline)]
+            yield block, base[0] if base else None, "same shape"
+        elif experts == "dense" and own is not None and own[3] > 4 * own[1]:
+            narrow = dense.get((task, own[:3] + (4 * own[1],)))
+            if narrow is not None:
+                yield block, narrow, "wider FFN"
+        if method != baseline and own is not None and experts not in (None, "dense") and isinstance(experts, str):
+            y = int(experts.rstrip("E").partition(",")[2] or 1)
+            wide = dense.get((task, own[:3] + (y * own[3],)))
+            if wide is not None and wide is not block:
+                yield block, wide, "same parameters"
 
 
 def _lift_row(design, block: Block, base: Block | None, baseline: str, curse, level: float):
@@ -509,7 +544,8 @@ def _lift_row(design, block: Block, base: Block | None, baseline: str, curse, le
         g_low, g_high = gs.interval(level)
         row.update(gain_at_largest=float(gs.estimate), gain_low=float(g_low), gain_high=float(g_high))
     drop = design.contrast([(base, bcells[s], 1.0), (base, bcells[l], -1.0)])
-    established = curse[(curse.task == task) & (curse.student == student) & (curse.method == baseline)]
+    established = curse[(curse.task == task) & (curse.student == base.key[1]) & (curse.method == baseline)
+                        & (curse.experts == base.key[2])]
     base_ok = bool(len(established)) and established.established.iloc[0] == "yes" \
         and established.verdict.iloc[0] == "curse" and established.largest_teacher.iloc[0] == l \
         and established.smallest_teacher.iloc[0] == s
