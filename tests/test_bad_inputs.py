@@ -762,6 +762,8 @@ API = [
         r"sweep\.teacher_seed must be an integer >= 0, a non-empty list of integers >= 0 or 'paired', got 'pairs'"),
     api("sweep:method-students-unknown", lambda c: _sweep(methods=["kd", dict(name="minimoe", students=["9L-9H"])]),
         ConfigError, r"sweep\.methods\[1\]\.students must be a non-empty list of the sweep's student shapes"),
+    api("sweep:weights-task-without-kd", lambda c: _sweep(methods=["kd", "minimoe"], weights=dict(task=dict(soft=1.0))),
+        ConfigError, r"sweep\.weights sets task but not kd: the kd students' task stage reads weights\.kd"),
     api("weights:target-entropy-negative", lambda c: _weights(soft=1.0, target_entropy=-0.1), ConfigError,
         r"LossWeights\.target_entropy must be a number of nats > 0"),
     api("sweep:select-on-unknown", lambda c: _sweep(tasks=[dict(task="synthetic", select_on="test")]), ConfigError,

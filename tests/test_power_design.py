@@ -40,9 +40,6 @@ def test_grouped_batches_cover_each_epoch_once_with_far_less_padding():
     for epoch in (0, 1):
         order = grouped.order(epoch)
         assert sorted(order.tolist()) == list(range(len(feats)))  # a permutation: every example once
-        # The first full batches are the same examples as the plain shuffle's pools, regrouped.
-        pool = Batches.POOL * 8
-        assert set(order[:pool].tolist()) | set(order[pool:].tolist()) == set(range(len(feats)))
     assert not torch.equal(grouped.order(0), grouped.order(1))  # a new grouping each epoch
     again = Batches(feats, 8, 1, seed=3, pad_token_id=0, group_by_length=True)
     assert torch.equal(again.order(1), grouped.order(1))  # a function of (seed, epoch) only
@@ -50,8 +47,11 @@ def test_grouped_batches_cover_each_epoch_once_with_far_less_padding():
     assert padded_tokens(grouped, steps) < 0.7 * padded_tokens(plain, steps)
     real = sum(len(f["input_ids"]) for f in feats)
     assert padded_tokens(grouped, steps) < 1.2 * real  # nearly no padding left
-    lengths = [b["input_ids"].shape[1] for b in grouped.for_step(0)]
-    assert lengths  # each batch's examples come from one stretch of the sorted pool
+    spans = []  # each batch's examples come from one stretch of a length-sorted pool
+    for step in range(steps):
+        lengths = [len(feats[i]["input_ids"]) for i in grouped.order(0)[step * 8:(step + 1) * 8].tolist()]
+        spans.append(max(lengths) - min(lengths))
+    assert np.mean(spans) < 0.1 * 58
 
 
 def test_a_grouped_pool_is_the_plain_pool_sorted():
@@ -118,7 +118,7 @@ def test_paired_replicates_fine_tune_a_teacher_per_seed_and_pair_them(tmp_path):
 
 def test_a_paired_sweep_runs_with_entropy_matched_soft_labels(tmp_path):
     spec = SweepSpec(**sweep(tmp_path, seeds=[0, 1], methods=["kd"], students=dict(shapes=["1L-16H-4A"]),
-                             weights=dict(task=dict(soft=1.0, hard=1.0, relation=0.0, target_entropy=0.4))))
+                             weights=dict(kd=dict(soft=1.0, hard=1.0, target_entropy=0.4))))
     run_sweep(spec, progress=False, log=lambda *a: None)
     table = build_table(tmp_path)
     students = table[(table.role == "student") & (table.split == "dev")]
@@ -127,7 +127,6 @@ def test_a_paired_sweep_runs_with_entropy_matched_soft_labels(tmp_path):
     for folder in set(students.run_dir):
         soft.append(json.loads((tmp_path / "runs" / Path(folder).name / "result.json").read_text())["teacher"][
             "soft_labels"])
-    print(soft)
     assert all(s["entropy"] == pytest.approx(0.4, abs=1e-4) and s["target_entropy"] == 0.4 for s in soft)
     assert len({round(s["temperature"], 6) for s in soft}) > 1  # each teacher replicate its own temperature
     r = curse_test(table[table.split == "dev"]).iloc[0]
@@ -142,21 +141,22 @@ def test_the_solved_temperature_gives_the_target_entropy():
         p = F.softmax(logits.double() / t, -1)
         assert float(-(p * p.log()).sum(-1).mean()) == pytest.approx(target, abs=1e-5)
     assert mean_entropy(logits, 1.0) < mean_entropy(logits, 2.0)  # softer with T
-    with pytest.raises(ConfigError, match=r"target_entropy 0\.8 nats is out of reach .* log C = 0\.6931"):
+    with pytest.raises(ConfigError, match=r"target_entropy 0\.8 nats is out of reach .*log C = 0\.6931"):
         temperature_for_entropy(logits, 0.8)
 
 
 # -- lift against a parameter-matched dense student ------------------------------------------------
 def wide_table(curse_wide: float, curse_moe: float, n=6, seed=0):
     """2L-12H kd with a 2-point curse; 2L-12H-192F kd (the parameters of 2L-12H-1,4E) and MiniMoE with the
-    given curses; seed noise 0.2."""
+    given curses; a replicate effect (sd 1) shared by every cell, and noise of sd 0.05 in each."""
     rng = np.random.default_rng(seed)
+    replicate = rng.normal(0, 1.0, size=n)
     rows = []
     for student, method, drop in (("2L-12H", "kd", 2.0), ("2L-12H-192F", "kd", curse_wide),
                                   ("2L-12H", "minimoe", curse_moe)):
         for teacher, shift in (("T1", drop), ("T3", 0.0)):
             for s in range(n):
-                r = row(teacher, "2L-10H", method, s, 75 + shift + rng.normal(0, 0.2))
+                r = row(teacher, "2L-10H", method, s, 75 + shift + replicate[s] + rng.normal(0, 0.05))
                 r["student"] = student
                 rows.append(r)
     return pd.DataFrame(rows, columns=COLUMNS)
@@ -170,14 +170,14 @@ def test_lift_rows_compare_minimoe_and_the_wide_dense_student_with_both_baseline
                         ("2L-12H", "minimoe", "2L-12H-192F", "same parameters")}
     assert got[("2L-12H", "minimoe", "2L-12H", "same shape")].verdict == "lift"
     wide = got[("2L-12H-192F", "kd", "2L-12H", "wider FFN")]
-    assert wide.verdict == "not established" and abs(wide.lift) < 0.5  # parameters alone lift nothing
+    assert wide.verdict == "not established" and abs(wide.lift) < 0.3  # parameters alone lift nothing
     matched = got[("2L-12H", "minimoe", "2L-12H-192F", "same parameters")]
     assert matched.verdict == "lift" and matched.lift == pytest.approx(2.0, abs=0.4)
-    assert len(lift) == 3 and set(lift.p_holm) and (lift.p_holm >= lift.p).all()  # one Holm family
+    assert len(lift) == 3 and (lift.p_holm >= lift.p).all() and lift.p_holm.max() > 0.05  # one Holm family
 
 
 def test_when_the_wide_student_lifts_as_much_minimoe_gains_nothing_at_equal_parameters():
     lift = lift_test(wide_table(curse_wide=0.0, curse_moe=0.0, seed=1), baseline="kd")
     matched = lift[lift.comparison == "same parameters"].iloc[0]
-    assert matched.verdict == "not established" and abs(matched.lift) < 0.5
+    assert matched.verdict == "not established" and abs(matched.lift) < 0.3
     assert lift[lift.comparison == "wider FFN"].iloc[0].verdict == "lift"

@@ -199,6 +199,15 @@ class SweepSpec:
                             f"or finetune.")
         for stage, w in self.weights.items():
             _validate(LossWeights, w, f"sweep.weights.{stage}")
+        # Dense KD students read weights.kd in their task stage, the others weights.task: a sweep comparing
+        # them that sets one and not the other would train them on different loss terms without a word.
+        names = {m["name"] if isinstance(m, dict) else m for m in self.methods}
+        if "task" in self.stages and "kd" in names and names - {"kd"} and ("kd" in self.weights) != (
+                "task" in self.weights):
+            given, missing = ("kd", "task") if "kd" in self.weights else ("task", "kd")
+            _check(False, f"sweep.weights sets {given} but not {missing}: the kd students' task stage reads weights.kd "
+                          f"and the other methods' weights.task, so they would learn from different loss terms; set "
+                          f"weights.{missing} too (the same terms, to compare them).")
         if self.agnostic_data is not None:
             _validate(DataSpec, self.agnostic_data, "sweep.agnostic_data")
         needs_text = "agnostic" in self.stages and any(m.name != "kd" for m in self.method_variants())
