@@ -101,10 +101,17 @@ class _Planner:
         return w
 
     def run_config(self, stage: str, student, teacher, data: dict, seed: int, method: MethodSpec | None = None,
-                   weights_stage: str | None = None) -> dict:
+                   weights_stage: str | None = None, budget_stage: str | None = None) -> dict:
         return dict(stage=stage, student=student, teacher=teacher, data=data, train=self.train(
-            "finetune" if stage == "finetune" else stage, seed), weights=self.weights(weights_stage or stage, method),
+            budget_stage or stage, seed), weights=self.weights(weights_stage or stage, method),
             relation_heads=self.spec.relation_heads)
+
+    def task_uses_teacher(self, method: MethodSpec) -> bool:
+        """Whether the task stage after a task-agnostic one learns from the fine-tuned teacher (soft labels,
+        hidden states or relations), or fine-tunes the student on the labels alone (the paper's
+        task-agnostic setting: the teacher acts only through the first stage)."""
+        w = self.weights("task", method)
+        return any(w.get(term, 0) > 0 for term in ("soft", "hidden", "relation"))
 
     def agnostic_data(self, task: dict) -> dict:
         """The data of a task-agnostic run: ``agnostic_data``, or the task's own (unlabeled) stream, which
@@ -165,6 +172,11 @@ class _Planner:
                     [ft.id], dict(meta, stage="task"))
             return
         teacher_agn, deps_agn, replicate = self.relation_teacher(t, task, tseed)
+        labels_only = ft is not None and not self.task_uses_teacher(method)
+        if labels_only:  # no fine-tuned teacher behind the task stage: its replicates do not apply
+            ft = None
+            meta["teacher_seed"] = None
+            slug = base
         teacher_task, deps_task = (self.best(ft), [ft.id]) if ft is not None else (None, [])
         if method.name == "minilm_ta":
             assistant = str(method.option("assistant"))
@@ -186,9 +198,9 @@ class _Planner:
                        self.run_config("agnostic", variant, teacher_agn, self.agnostic_data(task), seed, method),
                        deps_agn, agn_meta)
         if "task" in stages:
-            self.add("task", f"task-{slug}-{task['task']}", self.run_config(
-                "task", self.best(agn), teacher_task, task, seed, method), deps_task + [agn.id],
-                dict(meta, stage="task"))
+            config = (self.run_config("finetune", self.best(agn), None, task, seed, method, "task", "task")
+                      if labels_only else self.run_config("task", self.best(agn), teacher_task, task, seed, method))
+            self.add("task", f"task-{slug}-{task['task']}", config, deps_task + [agn.id], dict(meta, stage="task"))
 
 
 def plan(spec: SweepSpec) -> list[Node]:
