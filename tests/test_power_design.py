@@ -181,3 +181,28 @@ def test_when_the_wide_student_lifts_as_much_minimoe_gains_nothing_at_equal_para
     matched = lift[lift.comparison == "same parameters"].iloc[0]
     assert matched.verdict == "not established" and abs(matched.lift) < 0.3
     assert lift[lift.comparison == "wider FFN"].iloc[0].verdict == "lift"
+
+
+# -- a task stage on the labels alone after a task-agnostic one -------------------------------------
+def test_a_labels_only_task_stage_needs_no_fine_tuned_teacher(tmp_path):
+    # Pre-trained teachers: the task-agnostic stage distils from them as they are, once for every teacher seed.
+    spec = SweepSpec(**sweep(tmp_path, stages=["agnostic", "task"], methods=["minilm", dict(name="minimoe")],
+                             teachers=["org/bert-a", "org/bert-b"], students=dict(shapes=["1L-16H-4A"]),
+                             teacher_seed=[0, 1], seeds=[0, 1],
+                             weights=dict(task=dict(soft=0.0, hard=1.0))))
+    nodes = plan(spec)
+    by_id = {n.id: n for n in nodes}
+    tasks = [n for n in nodes if n.kind == "task"]
+    assert len(tasks) == 2 * 2 * 2  # teachers x methods x seeds: not multiplied by the teacher seeds
+    for n in tasks:
+        (dep,) = n.deps
+        assert by_id[dep].kind == "agnostic" and n.config["stage"] == "finetune" and n.config["teacher"] is None
+        assert n.meta["teacher_seed"] is None and "-t0" not in n.id and "-t1" not in n.id
+        assert n.config["train"]["lr"] == spec.budgets["all"]["lr"] and n.config["weights"]["hard"] == 1.0
+    # With soft labels the task stage distils from each fine-tuned replicate, as before.
+    soft = plan(SweepSpec(**sweep(tmp_path, stages=["agnostic", "task"], methods=["minilm"], teacher_seed=[0, 1],
+                                  teachers=["org/bert-a", "org/bert-b"],
+                                  students=dict(shapes=["1L-16H-4A"]), seeds=[0],
+                                  weights=dict(task=dict(soft=1.0)))))
+    distilled = [n for n in soft if n.kind == "task"]
+    assert len(distilled) == 2 * 2 and all(n.config["stage"] == "task" and n.config["teacher"] for n in distilled)
