@@ -80,3 +80,18 @@ def test_sweep_gpu_dry_run_goes_through_the_sweep(tmp_path, capsys, one_thread):
     assert "grouped speedup" in out and "units of work: 1 grouped, 2 alone" in out
     grouped = sorted(p.name for p in (tmp_path / "work" / "grouped" / "runs").iterdir())
     assert len(grouped) == 2 and all(name.startswith("agn-bert-base-random-1L-96H-4A-") for name in grouped)
+
+
+def test_quickstart_load_scales_every_step_budget():
+    bench = load_benchmark("quickstart_load")
+    sets = bench.overrides(0.25)
+    assert "budgets.task.max_steps=150" in sets and "budgets.finetune.max_steps=100" in sets
+    assert "budgets.task.eval_every=25" in sets and all(int(s.split("=")[1]) >= 2 for s in bench.overrides(0.001))
+
+
+@pytest.mark.slow
+def test_quickstart_load_dry_run(capsys):
+    bench = load_benchmark("quickstart_load")
+    sys.argv = ["quickstart_load.py", "--dry-run", "--executors", "local"]
+    bench.main()
+    assert "slowdown" in capsys.readouterr().out
