@@ -300,6 +300,10 @@ def _run_status(args: argparse.Namespace) -> int:
 def _add_results_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir", help="a sweep's output_dir")
     parser.add_argument("--csv", action="store_true", help="print the whole table as CSV")
+    parser.add_argument("--export", metavar="OUT",
+                        help="also write the table to OUT with each run's result.json and dev predictions (no "
+                             "weights), run_dir relative to OUT: a folder to commit that gapkit report reads as "
+                             "it reads the sweep")
 
 
 def _run_results(args: argparse.Namespace) -> int:
@@ -308,6 +312,12 @@ def _run_results(args: argparse.Namespace) -> int:
     from .sweep.table import summary, write_table
 
     table = write_table(args.dir)  # rebuilt from the run folders, whatever happened before
+    if args.export:
+        from .sweep.table import export_table
+
+        export_table(args.dir, args.export)
+        print(f"Exported to {args.export}: results.csv/.parquet and runs/<run>/ (result.json, dev predictions).",
+              file=sys.stderr)
     if args.csv:
         print(table.to_csv(index=False), end="")
         return 0

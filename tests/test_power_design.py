@@ -206,3 +206,29 @@ def test_a_labels_only_task_stage_needs_no_fine_tuned_teacher(tmp_path):
                                   weights=dict(task=dict(soft=1.0)))))
     distilled = [n for n in soft if n.kind == "task"]
     assert len(distilled) == 2 * 2 and all(n.config["stage"] == "task" and n.config["teacher"] for n in distilled)
+
+
+# -- committed results that stand on their own ----------------------------------------------------
+def test_an_exported_sweep_reports_as_the_sweep_does_with_its_dev_examples(tmp_path):
+    from gapkit.analysis import load_table
+    from gapkit.sweep.table import export_table
+
+    out = tmp_path / "sweep"
+    spec = SweepSpec(**sweep(out, seeds=[0, 1], methods=["kd"], students=dict(shapes=["1L-16H-4A"]),
+                             tasks=[dict(task="synthetic", max_len=24, max_train_examples=64, max_eval_examples=24,
+                                         holdout=16)]))
+    run_sweep(spec, progress=False, log=lambda *a: None)
+    export_table(out, tmp_path / "export")
+    exported = load_table(tmp_path / "export")
+    assert not any(p.startswith(str(out)) for p in exported.run_dir.dropna())  # nothing points back at the sweep
+    assert all((Path(p) / "best" / "predictions.safetensors").is_file() for p in exported.run_dir.dropna())
+    assert not list((tmp_path / "export").rglob("*model*.safetensors"))  # no weights
+    here, there = curse_test(load_table(out)), curse_test(exported)
+    # Every run scored the same 24 dev examples (a fixed subset, whatever the run's seed), so the test takes
+    # their variance, and the exported copy gives the same verdict to the last digit.
+    assert here.iloc[0].scope == "teacher fine-tunes (one student seed each) + dev examples"
+    assert here.iloc[0].n_examples == 24
+    cols = ["curse_drop", "drop_low", "drop_high", "p", "verdict", "scope"]
+    pd.testing.assert_frame_equal(here[cols], there[cols])
+    with pytest.raises(ConfigError, match="needs a folder other than the sweep's own"):
+        export_table(out, out)

@@ -41,11 +41,17 @@ def load_table(path: str | Path):
         raise DataError(f"{path} is neither a .parquet nor a .csv results table.")
     try:
         if suffix == ".parquet":
-            return pd.read_parquet(path)
-        return pd.read_csv(path, dtype={"experts": "string", "student": "string", "teacher": "string"})
+            table = pd.read_parquet(path)
+        else:
+            table = pd.read_csv(path, dtype={"experts": "string", "student": "string", "teacher": "string"})
     except Exception as err:  # pyarrow and the CSV parser raise many types for a corrupt file
         first = " ".join(str(err).split())[:200]
         raise DataError(f"Cannot read {path} as a results table ({type(err).__name__}: {first}).") from None
+    if "run_dir" in table.columns:  # an exported table (gapkit results --export) names its runs relative to itself
+        base = path.resolve().parent
+        table["run_dir"] = table.run_dir.map(
+            lambda d: str(base / d) if isinstance(d, str) and d and not Path(d).is_absolute() else d)
+    return table
 
 
 def default_baseline(table) -> str:

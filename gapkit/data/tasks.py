@@ -8,7 +8,9 @@ are scored with them. With ``data.select_on: holdout`` a holdout is carved from 
 (:func:`carve_holdout`) and is the only selection split (``evals == {"holdout": ...}``); every dev split
 (MNLI's two, CoNLL's dev) moves to ``tests`` beside any labeled test split: scored with the weights the
 holdout selected, never used to select. ``max_eval_examples`` subsamples the dev and test splits, not
-the holdout (its size is ``data.holdout``).
+the holdout (its size is ``data.holdout``), with a fixed seed (:data:`EVAL_SEED`), not the run's: every run
+of every seed scores the same examples, so that runs can be compared example by example (the curse and lift
+tests take the dev examples' variance from that).
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
 from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
 from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments
+
+EVAL_SEED = 0  # the seed of the dev/test subsets of max_eval_examples: the same examples for every run
 
 KINDS = ("sequence", "regression", "token", "unlabeled")
 HOLDOUT = "holdout"  # the name of the selection split carved from the training split
@@ -206,7 +210,7 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
     glue = get_glue_task(task)
     train, holdout = _train_and_holdout(load_glue(task, "train", spec.data_dir), spec, seed, task)
     eval_splits = [s for s in glue.split_files if s != "train" and not (task == "mnli" and s == "dev")]
-    evals = {s: load_glue(task, s, spec.data_dir, spec.max_eval_examples, seed) for s in eval_splits}
+    evals = {s: load_glue(task, s, spec.data_dir, spec.max_eval_examples, EVAL_SEED) for s in eval_splits}
     kind = "regression" if glue.is_regression else "sequence"
 
     def score(split, logits, labels):
@@ -227,10 +231,10 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
 
 def _conll(spec, tokenizer, seed: int) -> TaskData:
     train, holdout = _train_and_holdout(load_conll("train", spec.data_dir), spec, seed, "conll")
-    dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, seed)
+    dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, EVAL_SEED)
     # The test split has labels (Hub and classic files); a local folder without test.txt has none.
     has_test = spec.data_dir is None or (Path(spec.data_dir) / CONLL_SPLIT_FILES["test"]).is_file()
-    test = load_conll("test", spec.data_dir, spec.max_eval_examples, seed) if has_test else None
+    test = load_conll("test", spec.data_dir, spec.max_eval_examples, EVAL_SEED) if has_test else None
 
     def score(split, logits, labels):
         pred_tags, gold_tags = align_predictions(logits, labels, CONLL_LABELS)
@@ -265,7 +269,7 @@ def _synthetic_task(spec) -> SyntheticTask:
 def _synthetic(spec, seed: int) -> TaskData:
     task = _synthetic_task(spec)
     train, holdout = _train_and_holdout(task.examples("train"), spec, seed, "synthetic")
-    dev = subsample(task.examples("dev"), spec.max_eval_examples, seed)
+    dev = subsample(task.examples("dev"), spec.max_eval_examples, EVAL_SEED)
     evals, tests = _layout({"dev": dev}, holdout)
 
     def score(split, logits, labels):

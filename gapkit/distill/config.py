@@ -69,7 +69,8 @@ class DataSpec:
         tokenizer: a tokenizer folder or Hub name; None uses the teacher's (or the model's).
         max_len: maximum sequence length (the paper uses 128).
         max_train_examples, max_eval_examples: seeded subsets (None: all). ``max_eval_examples`` applies
-            to the dev (and test) splits, never to the holdout.
+            to the dev (and test) splits, never to the holdout, and draws the same examples for every run
+            (a fixed seed), so that runs of different seeds score the same examples.
         synthetic: keyword arguments of ``SyntheticTask`` for ``synthetic``.
         select_on: the split that selects the run's ``best/`` weights. ``dev`` (the default for a single
             run): the dev split selects and is also scored, which flatters the score. ``holdout`` (the

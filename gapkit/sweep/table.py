@@ -24,7 +24,7 @@ from ..io import atomic_write
 from .execute import node_status
 from .plan import read_plan
 
-__all__ = ["build_table", "write_table", "COLUMNS"]
+__all__ = ["build_table", "write_table", "export_table", "COLUMNS"]
 
 COLUMNS = ["sweep", "run", "role", "stage", "teacher", "teacher_kind", "teacher_family", "teacher_params",
            "teacher_gflops", "student", "experts", "method", "params_total", "params_active", "gflops",
@@ -107,6 +107,42 @@ def write_table(output_dir: str | Path):
     """Rebuild the table and write ``results.parquet`` and ``results.csv`` atomically; returns it."""
     table = build_table(output_dir)
     out = Path(output_dir)
+    atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
+    atomic_write(out / "results.csv", table.to_csv(index=False))
+    return table
+
+
+EXPORTED_FILES = ("result.json", "best/predictions.safetensors")  # what a run's row needs to be re-analysed
+
+
+def export_table(output_dir: str | Path, out: str | Path):
+    """The results of the sweep in ``output_dir`` as a folder that stands on its own (e.g. to commit beside a
+    paper): ``out/results.parquet`` and ``results.csv``, whose ``run_dir`` is ``runs/<run>`` relative to
+    ``out``, and of each run only ``runs/<run>/result.json`` and ``best/predictions.safetensors`` (its dev
+    predictions: what the curse and lift tests need for the dev examples' variance), no weights.
+    ``gapkit report out`` then gives the same verdicts as on the sweep folder. Returns the table.
+
+    Raises:
+        ConfigError: ``out`` is the sweep folder itself.
+    """
+    import shutil
+
+    from ..errors import ConfigError
+
+    source, out = Path(output_dir).resolve(), Path(out).resolve()
+    if out == source:
+        raise ConfigError(f"gapkit results --export needs a folder other than the sweep's own ({out}).")
+    table = build_table(source)
+    runs = table.run_dir.dropna().unique()
+    for run_dir in runs:
+        for name in EXPORTED_FILES:
+            src = Path(run_dir) / name
+            if src.is_file():
+                dest = out / "runs" / Path(run_dir).name / name
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dest)
+    table["run_dir"] = table.run_dir.map(lambda d: f"runs/{Path(d).name}" if isinstance(d, str) else d)
+    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write(out / "results.csv", table.to_csv(index=False))
     return table
