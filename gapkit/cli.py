@@ -491,6 +491,13 @@ def _run_quickstart(args: argparse.Namespace) -> int:
     with pd.option_context("display.width", 200, "display.max_columns", 50):
         print("\nStudent dev score (best weights, seeds averaged) per teacher; the first row is each teacher's own:")
         print(grid.to_string())
+    try:  # the declared tests: what the table above establishes, and what it does not
+        from .analysis.report import report as report_tables
+        from .analysis.report import summary as verdicts
+
+        print("\n" + verdicts(report_tables(table)))
+    except GapkitError as err:
+        print(f"\nThe curse and lift tests could not run on these results: {err}", file=sys.stderr)
     try:
         from .analysis.plots import plot_sweep
 
