@@ -464,8 +464,9 @@ QUICKSTART = Path(__file__).with_name("sweep") / "quickstart.yaml"
 
 def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/quickstart", help="the sweep folder (default runs/quickstart)")
-    parser.add_argument("--executor", choices=("inline", "local", "slurm"), default="inline",
-                        help="where the runs go (default inline: one process)")
+    parser.add_argument("--executor", choices=("inline", "local", "slurm"), default=None,
+                        help="where the runs go (default: the quickstart's own, local: 2 single-threaded worker "
+                             "processes, which a busy machine slows only as much as its load)")
     parser.add_argument("--print-config", action="store_true", help="print the quickstart's sweep file and exit")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the quickstart's sweep (as gapkit sweep --set)")
@@ -484,7 +485,8 @@ def _run_quickstart(args: argparse.Namespace) -> int:
     spec = SweepSpec.from_file(QUICKSTART, [f"output_dir={args.out}", *args.overrides])
     print(f"gapkit quickstart: {spec.name}, a small teacher x student sweep on gapkit's synthetic task, offline on "
           f"CPU (a few minutes): teachers of {len(spec.teacher_entries())} sizes trained from scratch, then dense "
-          f"and MiniMoE students of {len(spec.student_specs())} sizes distilled from each.\n")
+          f"and MiniMoE students ({', '.join(spec.student_specs())}) distilled from each, {len(spec.seeds)} "
+          f"seed(s); then the curse and lift tests on the results.\n")
     report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
     table = build_table(spec.output_dir)
     grid = summary(table)

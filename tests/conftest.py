@@ -23,13 +23,16 @@ def shared_data_dir():
     return shared_data()
 
 
-# `gapkit quickstart` with its budgets cut to a few steps, a small task and one student shape (the real one
-# takes minutes): the same sweep, teachers of 3 sizes, dense and MiniMoE students, in about 40 s on 2 cores.
+# `gapkit quickstart` with its budgets cut to a few steps, a small task, one student shape and one seed, in one
+# process (the real one takes minutes): the same sweep, teachers of 3 sizes, dense and MiniMoE students, in
+# about 40 s on 2 cores.
 QUICKSTART_OVERRIDES = (
     "budgets={all: {lr: 1.0e-3, max_steps: 3, batch_size: 32, eval_every: 3, device: cpu}}",
     "tasks=[{task: synthetic, max_len: 18, synthetic: {rule: span, min_len: 14, max_len: 18, n_train: 256, "
     "n_dev: 64}}]",
     "students={shapes: [1L-16H-4A]}",
+    "seeds=[0]",
+    "executor={kind: inline}",
 )
 
 
