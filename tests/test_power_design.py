@@ -232,3 +232,17 @@ def test_an_exported_sweep_reports_as_the_sweep_does_with_its_dev_examples(tmp_p
     pd.testing.assert_frame_equal(here[cols], there[cols])
     with pytest.raises(ConfigError, match="needs a folder other than the sweep's own"):
         export_table(out, out)
+
+
+def test_the_summary_says_when_no_number_of_seeds_can_reach_an_effect_on_this_dev_set():
+    from gapkit.analysis.report import summary
+    from gapkit.analysis.verdicts import CURSE_COLUMNS
+
+    row = {c: None for c in CURSE_COLUMNS}
+    row.update(task="sst2", student="2L-192H", experts="dense", method="kd", curse_drop=0.4, drop_low=-1.5,
+               drop_high=2.3, p_holm=1.0, established="no", verdict="not established", mde=3.06, units="seeds",
+               n_units=4, n_examples=872, effect=1.0, seeds_for=float("inf"), note="")
+    text = summary({"curse": pd.DataFrame([row], columns=CURSE_COLUMNS)})
+    assert "no number of seeds would detect 1.00 points with 80% power on these 872 dev examples" in text
+    row.update(seeds_for=9.0)
+    assert "9 seeds would detect 1.00 points" in summary({"curse": pd.DataFrame([row], columns=CURSE_COLUMNS)})

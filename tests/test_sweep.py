@@ -328,10 +328,14 @@ def test_quickstart_runs_end_to_end_and_shows_the_gap_table(quickstart_results, 
     assert main(["quickstart", "--print-config"]) == 0
     packaged = yaml.safe_load(capsys.readouterr().out)
     assert packaged["tasks"][0]["synthetic"]["rule"] == "span"
+    # The packaged design: enough seeds for the declared tests, on single-threaded workers.
+    assert len(packaged["seeds"]) >= 4 and packaged["executor"] == {"kind": "local", "workers": 2}
     out = quickstart_results.out
     assert quickstart_results.status == 0
     printed = quickstart_results.printed
     assert "(teacher itself)" in printed and "4L-128H-4A" in printed and "gapkit report" in printed
+    # ... and it ends with what the tests establish (one seed here: nothing, and it says why).
+    assert "What the tests establish" in printed and "1 matched seed (needs 2 or more)" in printed
     table = pd.read_csv(out / "results.csv")
     assert set(table[table.role == "teacher"].teacher) == {"1L-32H-4A", "2L-64H-4A", "4L-128H-4A"}
     assert (out / "figures" / "pareto.png").is_file() and (out / "figures" / "gap_curve.png").is_file()

@@ -50,7 +50,8 @@ def load_table(path: str | Path):
     if "run_dir" in table.columns:  # an exported table (gapkit results --export) names its runs relative to itself
         base = path.resolve().parent
         table["run_dir"] = table.run_dir.map(
-            lambda d: str(base / d) if isinstance(d, str) and d and not Path(d).is_absolute() else d)
+            lambda d: str(base / d) if isinstance(d, str) and d and not Path(d).is_absolute() and (base / d).is_dir()
+            else d)
     return table
 
 
@@ -344,7 +345,12 @@ def summary(tables: dict, level: float = 0.95) -> str:
                              f"{r.units} ({r.scope}).")
             elif _known(r.get("p_holm")):
                 need = ""
-                if _known(r.get("seeds_for")):
+                if _known(r.get("seeds_for")) and float(r.seeds_for) == float("inf"):
+                    need = (f"; no number of {r.units} would detect {_fixed(r.effect)} points with 80% power on these "
+                            f"{_count(r.n_examples)} dev examples (their own variance is too large: a larger "
+                            f"evaluation set is needed)" if _known(r.get("n_examples")) else
+                            f"; more than 10000 {r.units} would be needed to detect {_fixed(r.effect)} points")
+                elif _known(r.get("seeds_for")):
                     need = (f"; {_count(r.seeds_for)} {r.units} would detect {_fixed(r.effect)} points with 80% power")
                 lines.append(f"- {what} {label}: not established ({_fixed(r[column])} points [{_fixed(low)}, "
                              f"{_fixed(high)}], p (Holm) {_p(r.p_holm)}); this design detects {_fixed(r.mde)} points "
