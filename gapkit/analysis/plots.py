@@ -1028,7 +1028,9 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
     if not results.is_file():
         raise ConfigError(f"{sweep_dir} has no results.parquet: is it a sweep's output_dir? (`gapkit results "
                           f"{sweep_dir}` rebuilds the table from the run folders).")
-    table = _read_parquet(results, f"rebuild it with `gapkit results {sweep_dir}`.")
+    from .report import resolve_run_dirs
+
+    table = resolve_run_dirs(_read_parquet(results, f"rebuild it with `gapkit results {sweep_dir}`."), results.parent)
     out = Path(out) if out is not None else sweep_dir / "figures"
     written, skipped = [], []
 

@@ -47,8 +47,13 @@ def load_table(path: str | Path):
     except Exception as err:  # pyarrow and the CSV parser raise many types for a corrupt file
         first = " ".join(str(err).split())[:200]
         raise DataError(f"Cannot read {path} as a results table ({type(err).__name__}: {first}).") from None
-    if "run_dir" in table.columns:  # an exported table (gapkit results --export) names its runs relative to itself
-        base = path.resolve().parent
+    return resolve_run_dirs(table, path.resolve().parent)
+
+
+def resolve_run_dirs(table, base: Path):
+    """``table`` with the relative ``run_dir`` values of an exported table (gapkit results --export: runs named
+    relative to the table's folder ``base``) made absolute; other values (a sweep's own table) unchanged."""
+    if "run_dir" in table.columns:
         table["run_dir"] = table.run_dir.map(
             lambda d: str(base / d) if isinstance(d, str) and d and not Path(d).is_absolute() and (base / d).is_dir()
             else d)

@@ -70,7 +70,7 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
                     student=m.get("student"), experts=m.get("experts"), method=m.get("method"),
                     convention=convention, task=m.get("task"), seed=m.get("seed"),
                     teacher_seed=m["teacher_seed"] if "teacher_seed" in m else _old_teacher_seed(node, sweep),
-                    run_dir=str(node.folder(output_dir)))
+                    run_dir=str(node.folder(Path(output_dir).resolve())))
         result = results.get(node.id)
         if result is None:
             status, reason = node_status(node, output_dir)
@@ -112,14 +112,15 @@ def write_table(output_dir: str | Path):
     return table
 
 
-EXPORTED_FILES = ("result.json", "best/predictions.safetensors")  # what a run's row needs to be re-analysed
+EXPORTED_FILES = ("result.json", "config.json", "best/predictions.safetensors", "routing.parquet")  # what re-analysis reads
 
 
 def export_table(output_dir: str | Path, out: str | Path):
     """The results of the sweep in ``output_dir`` as a folder that stands on its own (e.g. to commit beside a
     paper): ``out/results.parquet`` and ``results.csv``, whose ``run_dir`` is ``runs/<run>`` relative to
-    ``out``, and of each run only ``runs/<run>/result.json`` and ``best/predictions.safetensors`` (its dev
-    predictions: what the curse and lift tests need for the dev examples' variance), no weights.
+    ``out``, and of each run only ``runs/<run>/result.json``, ``config.json``, ``best/predictions.safetensors``
+    (its dev predictions: what the curse and lift tests need for the dev examples' variance) and a MiniMoE
+    run's ``routing.parquet`` (the routing figures), no weights.
     ``gapkit report out`` then gives the same verdicts as on the sweep folder. Returns the table.
 
     Raises:
