@@ -246,3 +246,13 @@ def test_the_summary_says_when_no_number_of_seeds_can_reach_an_effect_on_this_de
     assert "no number of seeds would detect 1.00 points with 80% power on these 872 dev examples" in text
     row.update(seeds_for=9.0)
     assert "9 seeds would detect 1.00 points" in summary({"curse": pd.DataFrame([row], columns=CURSE_COLUMNS)})
+
+
+def test_the_lift_caption_names_each_comparison():
+    from gapkit.analysis.plots import verdict_caption
+
+    caption = verdict_caption(wide_table(curse_wide=2.0, curse_moe=0.0), kind="lift")
+    assert "established for 2L-12H-1,4E minimoe (lift), 2L-12H-1,4E minimoe vs 2L-12H-192F (lift)" in caption
+    assert caption.endswith("not established for the other 1")
+    none = verdict_caption(wide_table(curse_wide=2.0, curse_moe=2.0, seed=2), kind="lift")
+    assert none.endswith("not established for any of the 3 comparisons (gapkit report: power, seeds needed)")

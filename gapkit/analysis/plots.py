@@ -187,13 +187,15 @@ def verdict_caption(table, task: str | None = None, metric: str | None = None, k
     if frame.empty:
         return ""
     label = [f"{r.student}{'-' + r.experts if r.experts not in (None, 'dense') and r.experts == r.experts else ''} "
-             f"{r.method}" for r in frame.itertuples()]
+             f"{r.method}" + (f" vs {r.baseline_student}" if kind == "lift" and getattr(r, "baseline_student", None)
+                              not in (None, r.student) else "") for r in frame.itertuples()]
     yes = [f"{name} ({r.verdict})" for name, r in zip(label, frame.itertuples()) if r.established == "yes"]
     test = ("curse test: smallest vs largest teacher, paired, Holm" if kind == "curse"
             else "lift test: drop(baseline) - drop(method), paired, Holm")
     if yes:
         return f"{test}: established for {', '.join(yes)}; not established for the other {len(frame) - len(yes)}"
-    return f"{test}: not established for any of the {len(frame)} students (gapkit report: power, seeds needed)"
+    what = "students" if kind == "curse" else "comparisons"
+    return f"{test}: not established for any of the {len(frame)} {what} (gapkit report: power, seeds needed)"
 
 
 def _teacher_order(points) -> list[str]:
