@@ -85,7 +85,7 @@ def test_sweep_gpu_dry_run_goes_through_the_sweep(tmp_path, capsys, one_thread):
 def test_quickstart_load_scales_every_step_budget():
     bench = load_benchmark("quickstart_load")
     sets = bench.overrides(0.25)
-    assert "budgets.task.max_steps=150" in sets and "budgets.finetune.max_steps=100" in sets
+    assert "budgets.task.max_steps=75" in sets and "budgets.finetune.max_steps=100" in sets
     assert "budgets.task.eval_every=25" in sets and all(int(s.split("=")[1]) >= 2 for s in bench.overrides(0.001))
 
 

@@ -255,6 +255,7 @@ def test_hard_label_loss_ignores_minus_100_and_regression():
 def test_loss_weights_validation_names_the_field():
     assert dataclasses.asdict(LossWeights()) == {
         "relation": 1.0, "soft": 0.0, "hard": 0.0, "hidden": 0.0, "load_balance": 0.01, "temperature": 1.0,
+        "target_entropy": None,
     }
     with pytest.raises(ValueError, match="soft"):
         LossWeights(soft=-0.5)
