@@ -315,7 +315,7 @@ def _run_results(args: argparse.Namespace) -> int:
     if args.export:
         from .sweep.table import export_table
 
-        export_table(args.dir, args.export)
+        export_table(args.dir, args.export, table)
         print(f"Exported to {args.export}: results.csv/.parquet and runs/<run>/ (result.json, dev predictions).",
               file=sys.stderr)
     if args.csv:

@@ -505,7 +505,7 @@ def _comparisons(blocks: dict, baseline: str):
             if narrow is not None:
                 yield block, narrow, "wider FFN"
         if method != baseline and own is not None and experts not in (None, "dense") and isinstance(experts, str):
-            y = int(experts.rstrip("E").partition(",")[2] or 1)
+            y = spec_from_name(f"{student}-{experts}").ffn_experts
             wide = dense.get((task, own[:3] + (y * own[3],)))
             if wide is not None and wide is not block:
                 yield block, wide, "same parameters"

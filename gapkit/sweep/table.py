@@ -115,13 +115,14 @@ def write_table(output_dir: str | Path):
 EXPORTED_FILES = ("result.json", "config.json", "best/predictions.safetensors", "routing.parquet")  # what re-analysis reads
 
 
-def export_table(output_dir: str | Path, out: str | Path):
+def export_table(output_dir: str | Path, out: str | Path, table=None):
     """The results of the sweep in ``output_dir`` as a folder that stands on its own (e.g. to commit beside a
     paper): ``out/results.parquet`` and ``results.csv``, whose ``run_dir`` is ``runs/<run>`` relative to
     ``out``, and of each run only ``runs/<run>/result.json``, ``config.json``, ``best/predictions.safetensors``
     (its dev predictions: what the curse and lift tests need for the dev examples' variance) and a MiniMoE
     run's ``routing.parquet`` (the routing figures), no weights.
-    ``gapkit report out`` then gives the same verdicts as on the sweep folder. Returns the table.
+    ``gapkit report out`` then gives the same verdicts as on the sweep folder. ``table``: the sweep's table
+    when the caller has just built it (None: built here). Returns the exported table.
 
     Raises:
         ConfigError: ``out`` is the sweep folder itself.
@@ -133,7 +134,7 @@ def export_table(output_dir: str | Path, out: str | Path):
     source, out = Path(output_dir).resolve(), Path(out).resolve()
     if out == source:
         raise ConfigError(f"gapkit results --export needs a folder other than the sweep's own ({out}).")
-    table = build_table(source)
+    table = (build_table(source) if table is None else table).copy()
     runs = table.run_dir.dropna().unique()
     for run_dir in runs:
         for name in EXPORTED_FILES:
