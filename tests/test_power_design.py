@@ -256,3 +256,20 @@ def test_the_lift_caption_names_each_comparison():
     assert caption.endswith("not established for the other 1")
     none = verdict_caption(wide_table(curse_wide=2.0, curse_moe=2.0, seed=2), kind="lift")
     assert none.endswith("not established for any of the 3 comparisons (gapkit report: power, seeds needed)")
+
+
+def test_the_offline_corpus_interleaves_the_training_sentences_of_every_source(tmp_path):
+    import importlib.util
+
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("offline_corpus", repo / "configs" / "sweeps" / "offline_corpus.py")
+    corpus = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(corpus)
+    samples = repo / "tests" / "samples"
+    docs = list(corpus.documents(str(samples / "glue"), str(samples / "conll2003")))
+    assert len(docs[0]) == 2 and len(docs[1]) == 2  # an MRPC pair, then an STS-B pair
+    assert 1 <= len(docs[2]) <= corpus.DOC and 1 <= len(docs[3]) <= corpus.DOC  # SST-2, then CoNLL sentences
+    out = tmp_path / "corpus.txt"
+    corpus.main(str(samples / "glue"), str(samples / "conll2003"), str(out))
+    text = out.read_text(encoding="utf-8")
+    assert text.count("\n\n") == len(docs) and docs[2][0] in text
