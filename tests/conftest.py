@@ -49,7 +49,9 @@ def quickstart_results(tmp_path_factory) -> QuickstartRun:
     quickstart test, the notebooks). Tests may read its folder, and resume it, but not change its runs."""
     from gapkit.cli import main
 
-    out = tmp_path_factory.mktemp("quickstart") / "qs"
+    # Where the README's main command puts it, in a folder that stands for a fresh checkout: the README's
+    # command list (tests/test_readme_commands.py) goes on from there.
+    out = tmp_path_factory.mktemp("checkout") / "runs" / "quickstart"
     args = ["quickstart", "--quiet", "--out", str(out)]
     for override in QUICKSTART_OVERRIDES:
         args += ["--set", override]
