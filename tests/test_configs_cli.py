@@ -45,7 +45,7 @@ def test_shipped_ta_chain_has_the_stages_of_ta_chain(tmp_path):
 
 
 def test_config_round_trip_and_overrides(tmp_path):
-    spec = DistillSpec.from_file(CONFIGS[0], ["train.lr=0.5", "output_dir=elsewhere"])
+    spec = DistillSpec.from_file(CONFIGS[0].with_name("synthetic_teacher.yaml"), ["train.lr=0.5", "output_dir=elsewhere"])
     assert spec.train.lr == 0.5 and spec.output_dir == "elsewhere"
     path = tmp_path / "c.yaml"
     path.write_text(spec.to_yaml())
