@@ -244,11 +244,12 @@ class Design:
             G = min(EXAMPLE_GROUPS, n)
             group = np.random.default_rng(0).permutation(n) % G  # a fixed split of the examples into G groups
             task = block.key[0]
-            full = score_predictions(task, block.split, preds, labels)[block.metric]
+            # run_dir: a data set of the user's own is scored by the metrics its run config names
+            full = score_predictions(task, block.split, preds, labels, run_dir=run_dir)[block.metric]
             import torch
 
             leave_out = np.array([score_predictions(task, block.split, preds[torch.from_numpy(group != g)],
-                                                    labels[torch.from_numpy(group != g)])[block.metric]
+                                                    labels[torch.from_numpy(group != g)], run_dir=run_dir)[block.metric]
                                   for g in range(G)])
             digest = hashlib.sha256(labels.numpy().tobytes()).hexdigest()
             out = (G * full - (G - 1) * leave_out, (n, digest))  # (G,) pseudo-values: group means for a mean metric

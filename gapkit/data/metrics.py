@@ -30,6 +30,9 @@ _METRICS = {
     "pearson": lambda p, g: pearsonr(p, g)[0],
     "spearmanr": lambda p, g: spearmanr(p, g)[0],
 }
+# Which metrics score which kind of task (a data set of the user's own names them, gapkit.data.custom).
+CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
+REGRESSION_METRICS = ("pearson", "spearmanr")
 
 
 def _task_name(task: str) -> str:
@@ -62,9 +65,29 @@ def glue_metrics(task: str, predictions, labels) -> dict[str, float]:
         accuracy; stsb: pearson and spearmanr. Each dict also has ``score``.
     """
     spec = get_glue_task(_task_name(task))
-    preds, gold = _as_arrays(f"glue_metrics({task!r})", predictions, labels, spec.is_regression)
-    out = {m: 100 * float(_METRICS[m](preds, gold)) for m in spec.metrics}
-    out["score"] = _task_score(spec.name, out)
+    return named_metrics(spec.metrics, predictions, labels, spec.is_regression, f"glue_metrics({task!r})")
+
+
+def named_metrics(metrics: Sequence[str], predictions, labels, regression: bool,
+                  where: str = "named_metrics") -> dict[str, float]:
+    """The named metrics in percent, plus ``score``: their mean (the GLUE rule of ``glue_score``).
+
+    Args:
+        metrics: names from CLASSIFICATION_METRICS (``f1``: binary, positive class id 1) or
+            REGRESSION_METRICS.
+        predictions: (N,) class ids or (N, C) logits; for regression (N,) or (N, 1) scores.
+        labels: (N,) gold class ids or scores.
+        regression: whether predictions are scores (else class ids or logits).
+        where: what asked, for messages.
+    """
+    known = REGRESSION_METRICS if regression else CLASSIFICATION_METRICS
+    unknown = [m for m in metrics if m not in known]
+    if unknown or not metrics:
+        raise DataError(f"{where}: metric(s) {unknown or list(metrics)} cannot score a "
+                        f"{'regression' if regression else 'classification'} task; use {', '.join(known)}.")
+    preds, gold = _as_arrays(where, predictions, labels, regression)
+    out = {m: 100 * float(_METRICS[m](preds, gold)) for m in metrics}
+    out["score"] = float(np.mean([out[m] for m in metrics]))
     return out
 
 

@@ -25,9 +25,10 @@ import torch
 
 from ..errors import DataError
 from .conll import CONLL_LABELS, CONLL_SPLIT_FILES, load_conll
+from .custom import CustomSpec, custom_metrics, load_custom
 from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
 from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
-from .metrics import classification_metrics, glue_metrics, ner_metrics, primary_metric
+from .metrics import classification_metrics, glue_metrics, named_metrics, ner_metrics, primary_metric
 from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments
 
@@ -89,6 +90,7 @@ class TaskData:
 
 
 OTHER_TASKS = ("conll", "synthetic", "text")
+BUILT_IN_TASKS = (*GLUE_TASKS, *OTHER_TASKS)
 
 
 def predictions_of(kind: str, logits: torch.Tensor) -> torch.Tensor:
@@ -99,13 +101,22 @@ def predictions_of(kind: str, logits: torch.Tensor) -> torch.Tensor:
     return logits.argmax(-1).to(torch.int32)
 
 
-def score_predictions(task: str, split: str, predictions: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
+def score_predictions(task: str, split: str, predictions: torch.Tensor, labels: torch.Tensor,
+                      run_dir: str | Path | None = None) -> dict[str, float]:
     """A split's metrics from stored predictions (:func:`predictions_of`) and labels, without loading the
     data: the same numbers as the task's own scoring of the logits they came from.
 
+    Args:
+        task, split: the task's name and the scored split.
+        predictions, labels: as the run stored them.
+        run_dir: the run folder they came from: a data set of the user's own (``data.custom``) is scored by
+            the metrics its run config names (its name alone does not say them); gapkit's tasks need none.
     Raises:
-        DataError: an unknown task, or predictions and labels that do not fit.
+        DataError: an unknown task (or a custom one without its run folder), or predictions and labels
+            that do not fit.
     """
+    if _normal(task) not in BUILT_IN_TASKS:
+        return _score_custom(task, predictions, labels, run_dir)
     name = check_task_name(task)
     preds, gold = predictions, labels
     if name == "conll":
@@ -119,12 +130,45 @@ def score_predictions(task: str, split: str, predictions: torch.Tensor, labels: 
     return glue_metrics(glue_name, preds.numpy(), gold.numpy())
 
 
-def check_task_name(task: str) -> str:
-    """Normalise a task name (``SST-2`` -> ``sst2``); DataError naming the known tasks if unknown."""
+def _score_custom(task: str, predictions: torch.Tensor, labels: torch.Tensor, run_dir) -> dict[str, float]:
+    """Stored predictions of a ``data.custom`` task, scored by the metrics its run's config.json names."""
+    import json
+
+    config = Path(run_dir) / "config.json" if run_dir else None
+    if config is None or not config.is_file():
+        raise DataError(f"Unknown task {task!r}: a data set of your own (data.custom) is scored by the metrics its run "
+                        f"config names; pass the run folder (run_dir=) whose config.json has them.")
+    custom = (json.loads(config.read_text()).get("data") or {}).get("custom")
+    if not custom:
+        raise DataError(f"The run config {config} has task {task!r} but no data.custom: gapkit does not know how to "
+                        f"score it.")
+    regression = predictions.dtype.is_floating_point  # predictions_of: scores for regression, class ids else
+    metrics = custom_metrics(CustomSpec.from_dict(custom), regression)
+    return named_metrics(metrics, predictions.numpy(), labels.numpy(), regression, f"task {task!r}")
+
+
+def _normal(task: str) -> str:
     name = task.lower().replace("-", "")
-    name = "conll" if name == "conll2003" else name
-    if name not in GLUE_TASKS and name not in OTHER_TASKS:
-        raise DataError(f"Unknown task {task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text.")
+    return "conll" if name == "conll2003" else name
+
+
+def check_task_name(task: str, custom: dict | None = None) -> str:
+    """Normalise a task name (``SST-2`` -> ``sst2``); DataError naming the known tasks if unknown.
+
+    With ``custom`` (the settings of a data set of the user's own, ``data.custom``) the name is the
+    user's: kept as written, and refused when it is one of gapkit's tasks (it would be scored as that task).
+    """
+    name = _normal(task)
+    if custom:
+        if name in BUILT_IN_TASKS:
+            raise DataError(f"Task name {task!r} is one of gapkit's tasks; a data set of your own (data.custom) needs a "
+                            f"name of its own in data.task (e.g. {name}_own).")
+        if not task.strip() or task != task.strip():
+            raise DataError(f"Task name {task!r} of the data set in data.custom must be a plain name (e.g. reviews).")
+        return task
+    if name not in BUILT_IN_TASKS:
+        raise DataError(f"Unknown task {task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text, "
+                        f"or describe a data set of your own in data.custom.")
     return name
 
 
@@ -138,7 +182,8 @@ def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:
     Raises:
         DataError: unknown task, missing folder/split, malformed rows, no tokenizer where one is needed.
     """
-    task = check_task_name(spec.task)
+    custom = getattr(spec, "custom", None)
+    task = check_task_name(spec.task, custom)
     if task != "synthetic" and tokenizer is None:
         raise DataError(f"Task {spec.task!r} needs a tokenizer: set data.tokenizer or use a teacher with one.")
     if task == "synthetic":
@@ -147,6 +192,8 @@ def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:
         return _conll(spec, tokenizer, seed)
     if task == "text":
         return _text(spec, tokenizer, seed)
+    if custom:
+        return _custom(task, spec, tokenizer, seed)
     return _glue(task, spec, tokenizer, seed)
 
 
@@ -229,6 +276,29 @@ def _glue(task: str, spec, tokenizer, seed: int) -> TaskData:
     )
 
 
+def _custom(task: str, spec, tokenizer, seed: int) -> TaskData:
+    """A data set of the user's own (gapkit.data.custom): tokenized as GLUE's, scored by its own metrics."""
+    data = load_custom(spec.custom, task, spec.data_dir)
+    train, holdout = _train_and_holdout(data.splits["train"], spec, seed, task)
+    dev = subsample(data.splits["dev"], spec.max_eval_examples, EVAL_SEED)
+    test = ({"test": tokenize_glue(subsample(data.splits["test"], spec.max_eval_examples, EVAL_SEED), tokenizer,
+                                   spec.max_len)} if "test" in data.splits else {})
+    if data.label_names is not None:
+        logger.info("Task %s: classes by id: %s", task, ", ".join(f"{i}={n}" for i, n in enumerate(data.label_names)))
+
+    def score(split, logits, labels):
+        return named_metrics(data.metrics, logits.float().numpy(), labels.numpy(), data.regression, f"task {task!r}")
+
+    evals, tests = _layout({"dev": tokenize_glue(dev, tokenizer, spec.max_len)},
+                           None if holdout is None else tokenize_glue(holdout, tokenizer, spec.max_len), test)
+    return TaskData(
+        task=task, kind="regression" if data.regression else "sequence", num_labels=data.num_labels,
+        train=tokenize_glue(train, tokenizer, spec.max_len), evals=evals, tests=tests,
+        pad_token_id=tokenizer.pad_token_id, vocab_size=_vocab_size(tokenizer),
+        label_names=data.label_names, primary="score", _score=score,
+    )
+
+
 def _conll(spec, tokenizer, seed: int) -> TaskData:
     train, holdout = _train_and_holdout(load_conll("train", spec.data_dir), spec, seed, "conll")
     dev = load_conll("dev", spec.data_dir, spec.max_eval_examples, EVAL_SEED)
@@ -305,4 +375,4 @@ def _text(spec, tokenizer, seed: int) -> TaskData:
     )
 
 
-__all__ = ["TaskData", "build_task", "carve_holdout", "holdout_size", "HOLDOUT", "check_task_name", "score_predictions", "predictions_of", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]
+__all__ = ["TaskData", "build_task", "carve_holdout", "holdout_size", "HOLDOUT", "check_task_name", "BUILT_IN_TASKS", "score_predictions", "predictions_of", "synthetic_unlabeled", "KINDS", "IGNORE_INDEX"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import yaml
 
 from ..configtools import check_fields
+from ..data.custom import CustomSpec
 from ..data.tasks import check_task_name
 from ..errors import ConfigError
 from ..models.spec import PRESETS, StudentSpec, spec_from_name
@@ -72,6 +73,8 @@ class DataSpec:
             to the dev (and test) splits, never to the holdout, and draws the same examples for every run
             (a fixed seed), so that runs of different seeds score the same examples.
         synthetic: keyword arguments of ``SyntheticTask`` for ``synthetic``.
+        custom: a labeled data set of your own (``gapkit.data.custom.CustomSpec``: ``files`` or ``dataset``,
+            ``text``, ``label``, ``splits``, ``labels``, ``kind``, ``metric``); ``task`` is then its name.
         select_on: the split that selects the run's ``best/`` weights. ``dev`` (the default for a single
             run): the dev split selects and is also scored, which flatters the score. ``holdout`` (the
             default of every labeled stage of a sweep): a holdout carved from the training split
@@ -95,12 +98,15 @@ class DataSpec:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     synthetic: dict = field(default_factory=dict)
+    custom: dict = field(default_factory=dict)
     select_on: str = "dev"
     holdout: float | int = 0.1
 
     def __post_init__(self):
         check_fields(self, "DataSpec")
-        self.task = check_task_name(self.task)
+        if self.custom:  # every setting a file is not needed for is checked now, before any run
+            self.custom = CustomSpec.from_dict(self.custom).to_dict()
+        self.task = check_task_name(self.task, self.custom)
         _check(self.max_len >= 8, f"DataSpec.max_len must be at least 8, got {self.max_len}.")
         _check(self.line_mode in LINE_MODES,
                f"DataSpec.line_mode must be one of {', '.join(LINE_MODES)}, got {self.line_mode!r}.")

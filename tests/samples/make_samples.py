@@ -2,7 +2,10 @@
 
 The rows are invented from templates (no real corpus text): they only have the on-disk formats of
 GLUE (SST-2, MRPC, STS-B TSV files) and CoNLL-2003 (``token<TAB>tag``, blank line between sentences),
-so that tests of the loaders, tokenisation and the training loop run on a fresh clone. Tests that need
+so that tests of the loaders, tokenisation and the training loop run on a fresh clone. ``reviews/`` and
+``pairs/`` are a data set of one's own (docs/data.md): product reviews with three string classes, as
+CSV files per split and as one JSON Lines file with a split field, and sentence pairs with a similarity
+score as TSV files. Tests that need
 the real data use ``data_helpers.shared_data`` instead. The output is deterministic; rerunning this
 script rewrites the same files.
 """
@@ -104,6 +107,71 @@ def conll_sentences(rng, n):
     return lines
 
 
+# ---- A data set of one's own: reviews (3 classes) and sentence pairs (scores) ------------------------
+PRODUCTS = ["kettle", "desk lamp", "rain jacket", "coffee grinder", "backpack", "phone case", "blender",
+            "pair of boots", "toaster", "bike light"]
+OPINIONS = {
+    "positive": ["works perfectly", "is sturdy and well made", "exceeded what I hoped for", "is a joy to use",
+                 "was worth every penny", 'is, honestly, the "best" buy this year'],
+    "negative": ["broke after a week", "feels cheap and flimsy", "stopped working, twice", "was a waste of money",
+                 "arrived damaged", 'is "waterproof" only on the box'],
+    "neutral": ["does the job", "is about what you would expect", "is fine, nothing special", "is okay for the price",
+                "works, mostly", "is average in every way"],
+}
+TAILS = ["", " and delivery was quick", ", I would say", " after a month of use", " for daily use", " overall"]
+
+
+def review_rows(rng, n):
+    """(review, label) rows: the label is the opinion's class."""
+    rows = []
+    for _ in range(n):
+        label = rng.choice(sorted(OPINIONS))
+        rows.append((f"The {rng.choice(PRODUCTS)} {rng.choice(OPINIONS[label])}{rng.choice(TAILS)}.", label))
+    return rows
+
+
+def csv_lines(header, rows):
+    import csv
+    import io
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return out.getvalue().splitlines()
+
+
+def pair_rows(rng, n):
+    """(sentence1, sentence2, score in [0, 5]) rows: the same action scores high, another one low."""
+    rows = []
+    for _ in range(n):
+        s, a = rng.choice(SUBJECTS), rng.choice(ACTIONS)
+        kind = rng.randrange(3)
+        if kind == 0:
+            b, score = f"{s} {a}.", round(rng.uniform(4.4, 5.0), 2)
+        elif kind == 1:
+            b, score = f"{rng.choice(SUBJECTS)} {a}.", round(rng.uniform(2.0, 4.0), 2)
+        else:
+            b, score = f"{s} {rng.choice([x for x in ACTIONS if x != a])}.", round(rng.uniform(0.0, 1.6), 2)
+        rows.append(f"{s} {a}.\t{b}\t{score}")
+    return rows
+
+
+def write_own_data_sets() -> None:
+    import json
+
+    rng = random.Random(18)  # a stream of its own: the GLUE and CoNLL samples above stay as they were
+    jsonl = []
+    for split, n in (("train", 240), ("dev", 60), ("test", 60)):
+        rows = review_rows(rng, n)
+        write(HERE / "reviews" / f"{split}.csv", csv_lines(["id", "review", "label"],
+                                                           [(f"{split}-{i}", r, y) for i, (r, y) in enumerate(rows)]))
+        jsonl += [json.dumps(dict(review=r, label=y, split=split)) for r, y in rows]
+    write(HERE / "reviews" / "reviews.jsonl", jsonl)
+    for split, n in (("train", 160), ("dev", 60)):
+        write(HERE / "pairs" / f"{split}.tsv", ["sentence1\tsentence2\tsimilarity", *pair_rows(rng, n)])
+
+
 def write(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
@@ -117,6 +185,7 @@ def main() -> None:
         write(HERE / "glue" / "STS-B" / f"{split}.tsv", stsb_rows(rng, n))
     for split, n in (("train", 40), ("valid", 24), ("test", 24)):
         write(HERE / "conll2003" / f"{split}.txt", conll_sentences(rng, n))
+    write_own_data_sets()
 
 
 if __name__ == "__main__":
