@@ -3,7 +3,7 @@
     gapkit flops [MODEL ...] [--seq-len N] [--convention macs|flops|paper] [--json]
     gapkit distill CONFIG [--set KEY=VALUE ...] [--resume]
     gapkit pipeline CONFIG [--set KEY=VALUE ...] [--resume]
-    gapkit sweep CONFIG [--executor inline|local|slurm] [--dry-run [--pilot DIR --seeds-for EFFECT]]
+    gapkit sweep CONFIG [--executor inline|local|slurm] [--replan] [--dry-run [--pilot DIR --seeds-for EFFECT]]
     gapkit status DIR
     gapkit results DIR [--csv]
     gapkit plot DIR [--out DIR] [--routing representative|all|none] [--paper]
@@ -222,6 +222,9 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a sweep setting, e.g. --set output_dir=runs/x --set seeds=[0,1]")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--replan", action="store_true",
+                        help="plan a sweep folder anew although its earlier plan has started runs this one drops (they "
+                             "stay in runs/ but leave the results and status); without it such a reuse is refused")
     parser.add_argument("--pilot", metavar="DIR",
                         help="with --dry-run and --seeds-for: a finished (pilot) sweep whose variances say how many "
                              "seeds each student needs")
@@ -246,14 +249,27 @@ def _run_sweep(args: argparse.Namespace) -> int:
         pilot = seeds_plan(load_table(args.pilot), args.seeds_for)
     spec = SweepSpec.from_file(args.config, args.overrides)
     nodes = plan(spec)
+    from .sweep.plan import plan_changes
+
+    changes = plan_changes(spec.output_dir, nodes, spec)  # the folder's earlier plan, if any
+    dropped = changes is not None and bool(changes.dropped)
     if args.dry_run:
         print(format_plan(nodes, spec))
+        if dropped:
+            print("\nNote: " + changes.sentence(spec.output_dir))
         if pilot is not None:
             from .analysis.report import format_seeds_plan
 
             print("\n" + format_seeds_plan(pilot, args.seeds_for, args.pilot, len(spec.seeds),
                                             len(spec.teacher_seeds())))
         return 0
+    if dropped and not args.replan:  # before anything is written: the earlier plan and table stay as they are
+        from .errors import ConfigError
+
+        raise ConfigError(changes.sentence(spec.output_dir))
+    if dropped:
+        print(f"Replanning {spec.output_dir}: {len(changes.dropped)} run(s) of its earlier plan are left out of the "
+              f"results and status (their folders stay in runs/).", file=sys.stderr)
     report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
     import pandas as pd
 
@@ -385,8 +401,10 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
 def _run_report(args: argparse.Namespace) -> int:
     from .analysis import format_report, load_table, report, write_report
     from .analysis.report import default_baseline
+    from .analysis.scores import require_scores
 
     table = load_table(args.dir)
+    require_scores(table, str(args.dir))  # one sentence for a table with nothing to report
     args.baseline = args.baseline or default_baseline(table)
     tables = report(table, metric=args.metric, split=args.split, baseline=args.baseline, family=args.family,
                     level=args.level, effect=args.seeds_for, examples=not args.no_examples)

@@ -326,7 +326,7 @@ def one_teacher(table):
 @pytest.mark.parametrize("figure, change, message", [
     (plot_curse, one_teacher, r"curse figure needs students distilled with minilm, minilm_ta or kd from at least 2 "
                               r"teachers; .* minilm: 1, minilm_ta: 1"),
-    (plot_curse, lambda t: t.drop(columns=["gflops"]), r"curse figure needs the results table's column\(s\) gflops"),
+    (plot_curse, lambda t: t.drop(columns=["gflops"]), r"lacks column gflops, which the curse figure needs"),
     (plot_curse, lambda t: t[t.role != "student"], r"no finished task-stage student"),
     (plot_curse, lambda t: pd.concat([t, t.assign(task="mrpc")]), r"several tasks \(mrpc, sst2\): pass task="),
     (plot_moe_vs_dense, lambda t: t[~t.method.str.startswith("minimoe")], r"needs MiniMoE students .* has none"),
@@ -339,7 +339,7 @@ def one_teacher(table):
      .astype({"seed": "Int64"}), r"Pareto figure needs at least 2 students .* has 1"),
     (plot_pareto, lambda t: t.assign(convention=np.where(t.student == "2L-192H", "macs", "paper")),
      r"mixes FLOP conventions"),
-    (plot_pareto, lambda t: t.drop(columns=["metric"]), r"column\(s\) metric"),
+    (plot_pareto, lambda t: t.drop(columns=["metric"]), r"lacks column metric, which the Pareto figure needs"),
 ])
 def test_a_table_without_what_a_figure_needs_gets_one_sentence(figure, change, message):
     with pytest.raises(ConfigError, match=message):

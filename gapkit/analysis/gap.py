@@ -17,8 +17,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
-from .scores import STUDENT_KEYS, STUDENT_SIZES, aggregate, higher_is_better, require_columns, student_rows
+from .scores import STUDENT_KEYS, STUDENT_SIZES, aggregate, require_columns, student_rows
 from .scores import known as _known
+from .verdicts import top_teacher
 
 __all__ = ["AXES", "gap_curve", "gap_curves", "teacher_scale_fit", "NOT_ESTIMABLE"]
 
@@ -135,7 +136,7 @@ def teacher_scale_fit(table, family: str | None = None, metric: str | None = Non
 
     MiniMA (arXiv 2311.07052) finds the optimal teacher scale grows almost linearly with the student
     scale. For each (task, experts, method), each student shape with 3 or more teachers of distinct sizes
-    whose top teacher (highest mean score; of ties the smaller) lies strictly inside the measured range
+    whose top teacher (:func:`gapkit.analysis.verdicts.top_teacher`) lies strictly inside the measured range
     gives one point (student size, top teacher size). A top teacher at the smallest or largest size only
     bounds the optimum, so those students are left out (``n_at_edge`` counts them). Two ordinary
     least-squares lines are fitted: ``space="linear"`` (y = slope * x + intercept) and ``space="log-log"``
@@ -167,8 +168,7 @@ def teacher_scale_fit(table, family: str | None = None, metric: str | None = Non
             block = _ordered(block)
             if _size_problem(block):
                 continue
-            sign = 1.0 if higher_is_better(block.metric.iloc[0]) else -1.0
-            best = int(np.argmax(sign * block["mean"].to_numpy(dtype=float)))
+            best = top_teacher(block["mean"], block.metric.iloc[0])
             points.append((student, block[x_col][best], block[y_col][best], best in (0, len(block) - 1)))
         points = [p for p in points if _known(p[1]) and _known(p[2])]
         at_edge = sum(p[3] for p in points)

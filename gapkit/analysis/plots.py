@@ -42,10 +42,10 @@ ROUTING_ORDER = {"learned": 0, "random": 1, "hash": 2}
 # The numbers a figure draws
 # ----------------------------------------------------------------------------------------------------
 def _need_columns(table, columns, figure: str) -> None:
-    missing = [c for c in columns if c not in table.columns]
-    if missing:
-        raise ConfigError(f"The {figure} needs the results table's column(s) {', '.join(missing)}, which the table "
-                          f"given lacks: pass a gapkit results table (gapkit.sweep.build_table or results.parquet).")
+    """The tables' one column check (:func:`~gapkit.analysis.scores.require_columns`), as a figure's ConfigError."""
+    from .scores import require_columns
+
+    require_columns(table, list(columns), f"the {figure}", error=ConfigError)
 
 
 def student_points(table, metric: str | None = None, task: str | None = None, split: str | None = None):
@@ -742,15 +742,19 @@ def plot_ablations(table, metric: str | None = None, task: str | None = None):
 # 4. Pareto front
 # ----------------------------------------------------------------------------------------------------
 def pareto_front(points, x: str = "gflops", y: str = "mean"):
-    """The points no other point beats (at most the compute and at least the score, one of them strictly),
-    by increasing ``x``."""
-    ordered = points.sort_values([x, y], ascending=[True, False])
+    """The points no other point beats (at most the compute and at least as good a score, one of them
+    strictly), by increasing ``x``; "better" as the verdicts orient the points' metric (a loss: lower)."""
+    from .verdicts import orientation
+
+    sign = orientation(points.metric.iloc[0]) if "metric" in points.columns and len(points) else 1.0
+    ordered = points.assign(_better=sign * points[y].astype(float)).sort_values([x, "_better"],
+                                                                               ascending=[True, False])
     keep, best = [], -math.inf
     for index, row in ordered.iterrows():
-        if row[y] > best:
+        if row["_better"] > best:
             keep.append(index)
-            best = row[y]
-    return ordered.loc[keep]
+            best = row["_better"]
+    return ordered.loc[keep].drop(columns="_better")
 
 
 def plot_pareto(table, metric: str | None = None, task: str | None = None):
@@ -1022,8 +1026,11 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
         (files written, [(figure name, why it was skipped)]).
     Raises:
         ConfigError: no or an unreadable results.parquet.
+        DataError: a table with no score to draw (no rows, every run failed ...: one sentence says which).
     """
     import matplotlib.pyplot as plt
+
+    from .scores import require_scores
 
     sweep_dir = Path(sweep_dir)
     results = sweep_dir / "results.parquet"
@@ -1033,6 +1040,7 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
     from .report import resolve_run_dirs
 
     table = resolve_run_dirs(_read_parquet(results, f"rebuild it with `gapkit results {sweep_dir}`."), results.parent)
+    require_scores(table, str(results))
     out = Path(out) if out is not None else sweep_dir / "figures"
     written, skipped = [], []
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import DataError
 from .scores import known as _known
+from .verdicts import default_baseline  # defined beside the lift test it serves; asked for here too
 
 __all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES", "seeds_plan",
            "format_seeds_plan"]
@@ -60,13 +61,6 @@ def resolve_run_dirs(table, base: Path):
     return table
 
 
-def default_baseline(table) -> str:
-    """The dense method a sweep's other methods are measured against: ``minilm`` (the paper's) when the table
-    has MiniLM students, else plain logit ``kd`` when it has those (the figures make the same choice)."""
-    methods = set(table.method.dropna()) if "method" in getattr(table, "columns", ()) else set()
-    return "kd" if "minilm" not in methods and "kd" in methods else "minilm"
-
-
 def report(table, metric: str | None = None, split: str | None = None, baseline: str | None = None,
            family: str | None = None, level: float = 0.95, effect: float | None = None, examples: bool = True,
            token_tasks: bool = False) -> dict:
@@ -86,10 +80,15 @@ def report(table, metric: str | None = None, split: str | None = None, baseline:
         ``{name: DataFrame}`` for the names of :data:`REPORT_TABLES`: ``teacher_scores``, ``student_scores``,
         ``curse`` (:func:`~gapkit.analysis.curse_test`), ``lift`` (:func:`~gapkit.analysis.lift_test`),
         ``teacher_scale_fit`` and ``gap_curves`` (every axis, stacked).
+    Raises:
+        DataError: a table with no score at all (no rows, every run failed, no finished task-stage student or
+            fine-tuned teacher), in one sentence that says which; missing columns.
     """
     from .gap import gap_curves, teacher_scale_fit
-    from .scores import student_scores, teacher_scores
+    from .scores import require_scores, student_scores, teacher_scores
     from .verdicts import Design, curse_test, lift_test
+
+    require_scores(table)
 
     baseline = default_baseline(table) if baseline is None else baseline
     design = Design(table, family, metric, split, examples, token_tasks)

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import DataError
 
-__all__ = ["student_scores", "teacher_scores", "score_rows", "choose_metrics", "higher_is_better",
+__all__ = ["student_scores", "teacher_scores", "score_rows", "choose_metrics", "require_columns", "require_scores",
            "STUDENT_KEYS", "TEACHER_KEYS"]
 
 # One student cell: seeds of the same task, teacher, student shape, experts and method.
@@ -32,8 +32,6 @@ TEACHER_SIZES = ["teacher_family", "teacher_params", "teacher_gflops", "conventi
 SELECT_COLUMNS = ["role", "stage", "task", "split", "metric", "value", "model", "seed"]
 
 SPLIT_PREFERENCE = ("dev", "dev_matched", "validation")  # the split each task selects its best weights on
-METRIC_PREFERENCE = ("score", "glue", "f1", "accuracy")  # when the task's primary metric is unknown
-LOWER_IS_BETTER = frozenset({"relation"})  # the distillation loss; every other metric is a score
 
 
 def known(value) -> bool:
@@ -43,27 +41,35 @@ def known(value) -> bool:
     return value is not None and not pd.isna(value)
 
 
-def higher_is_better(metric: str) -> bool:
-    """Whether a larger value of ``metric`` is better (all metrics but the ``relation`` loss)."""
-    return metric not in LOWER_IS_BETTER
-
-
-def require_columns(table, columns, needed_by: str) -> None:
-    """Raise one :class:`DataError` sentence naming the columns of ``columns`` that ``table`` lacks."""
-    missing = [c for c in columns if c not in table.columns]
+def require_columns(table, columns, needed_by: str, error: type[Exception] = DataError) -> None:
+    """Raise one sentence naming the columns of ``columns`` that ``table`` lacks (the one check of a table's
+    columns: the tables raise :class:`DataError`, the figures pass ``ConfigError``)."""
+    missing = [c for c in columns if c not in getattr(table, "columns", ())]
     if missing:
-        raise DataError(
+        raise error(
             f"The results table lacks column{'s' if len(missing) > 1 else ''} {', '.join(missing)}, which "
             f"{needed_by} needs (a gapkit results table, gapkit.sweep.table.COLUMNS, has them all).")
 
 
-def _primary_metric(task: str) -> str | None:
-    from ..data.metrics import primary_metric
-
-    try:
-        return primary_metric(str(task))
-    except DataError:  # a task gapkit does not know (the paper's "glue" average, a user's own)
-        return None
+def require_scores(table, where: str = "The results table") -> None:
+    """Raise one :class:`DataError` sentence saying why ``table`` holds no score at all (no rows; every run
+    failed; no finished task-stage student or fine-tuned teacher yet), naming ``where`` (a sweep folder or
+    file); nothing when it holds one."""
+    require_columns(table, SELECT_COLUMNS, "scoring runs")
+    if table.empty:
+        raise DataError(f"{where} holds no results (0 rows): no run of the sweep has finished or failed yet; "
+                        f"`gapkit status` says where the sweep stands, `gapkit results` rebuilds the table.")
+    if not score_rows(table).empty:
+        return
+    failed = table[table.status.fillna("") == "failed"] if "status" in table.columns else table.iloc[:0]
+    if len(failed) == len(table):
+        first = failed.iloc[0]
+        raise DataError(f"{where} holds no score: all {failed.run.nunique() if 'run' in failed else len(failed)} "
+                        f"run(s) in it failed (first: {first.get('run', '?')}: {first.get('reason', '?')}); fix the "
+                        f"cause and rerun the sweep.")
+    raise DataError(f"{where} holds {len(table)} row(s) but no score yet: no task-stage student or fine-tuned teacher "
+                    f"has finished with best weights (only {', '.join(sorted(set(table.stage.dropna().astype(str))))} "
+                    f"stage rows); let the sweep finish, `gapkit status` says where it stands.")
 
 
 def choose_metrics(rows, metric: str | None = None, split: str | None = None) -> dict[str, tuple[str, str]]:
@@ -98,9 +104,9 @@ def choose_metrics(rows, metric: str | None = None, split: str | None = None) ->
                                 f"(its metrics there: {', '.join(metrics)}).")
             task_metric = metric
         else:
-            primary = _primary_metric(task)
-            candidates = ([primary] if primary else []) + list(METRIC_PREFERENCE)
-            task_metric = next((m for m in candidates if m in metrics), None)
+            from .verdicts import default_metric  # the rule is defined beside the verdicts (which import this module)
+
+            task_metric = default_metric(task, metrics)
             if task_metric is None:
                 raise DataError(f"Cannot choose the metric to score task {task!r} by among {', '.join(metrics)}: "
                                 f"pass metric=.")

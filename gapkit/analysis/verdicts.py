@@ -2,11 +2,17 @@
 decides whether a bigger teacher made a worse student, which teachers can be best, and whether MiniMoE
 (or any method) lifts the curse. Every table, figure and notebook reads these verdicts.
 
-Definitions, fixed before any data is seen (docs/analysis.md says the same):
+Definitions, fixed before any data is seen (docs/analysis.md says the same). The first three are
+functions of this module that every table, figure and summary calls (:func:`default_metric`,
+:func:`orientation`, :func:`top_teacher`):
 
+- A **score** is a task's primary metric (``score`` for GLUE and the synthetic task, ``f1`` for
+  CoNLL-2003; else the first of :data:`METRIC_PREFERENCE` the table has) of the best weights, **oriented**
+  so that larger is better: the losses of :data:`LOWER_IS_BETTER` (``relation``, ``hidden``) are negated.
+- The **top teacher** of a student is the teacher whose students have the highest mean oriented score; of
+  tied means, the smaller teacher. It is a description, not a verdict (see best teachers below).
 - A **block** is one student (task, shape, experts, method) distilled from two or more teachers of
-  different sizes, the teachers ordered by ``teacher_params``. Scores are the task's primary metric of
-  the best weights, oriented so that larger is better (the ``relation`` loss is negated).
+  different sizes, the teachers ordered by ``teacher_params``.
 - **Replicates** are matched across the cells a contrast compares: student seeds, or teacher fine-tunes
   where a sweep fine-tuned each teacher several times (``teacher_seed``; their students' seeds averaged
   within each). Where runs kept their dev predictions, dev examples are a second, crossed source of
@@ -46,10 +52,48 @@ import numpy as np
 
 from ..errors import DataError
 from .inference import contrast_stats, detectable_effect, fieller, holm, seeds_needed, signflip_p
-from .scores import STUDENT_KEYS, higher_is_better, require_columns, student_rows
+from .scores import STUDENT_KEYS, require_columns, student_rows
 from .scores import known as _known
 
-__all__ = ["curse_test", "lift_test", "CURSE_COLUMNS", "LIFT_COLUMNS", "EXAMPLE_GROUPS", "verdict_of"]
+__all__ = ["curse_test", "lift_test", "CURSE_COLUMNS", "LIFT_COLUMNS", "EXAMPLE_GROUPS", "verdict_of", "orientation",
+           "top_teacher", "default_metric", "higher_is_better", "LOWER_IS_BETTER", "METRIC_PREFERENCE"]
+
+# ----------------------------------------------------------------------------------------------------
+# What a score is and which teacher is on top: one definition each (the module docstring), called by the
+# score tables (gapkit.analysis.scores), the fits (gap), the figures (plots) and the sweep's summary.
+# ----------------------------------------------------------------------------------------------------
+LOWER_IS_BETTER = frozenset({"relation", "hidden"})  # distillation losses; every other metric is a score
+METRIC_PREFERENCE = ("score", "glue", "f1", "accuracy", "relation")  # when the task's primary metric is not there
+
+
+def higher_is_better(metric: str) -> bool:
+    """Whether a larger value of ``metric`` is better (all metrics but the losses of :data:`LOWER_IS_BETTER`)."""
+    return metric not in LOWER_IS_BETTER
+
+
+def orientation(metric: str) -> float:
+    """+1 for a score, -1 for a loss: ``orientation(metric) * value`` is larger when better."""
+    return 1.0 if higher_is_better(metric) else -1.0
+
+
+def top_teacher(means, metric: str) -> int:
+    """The index of the top teacher: the highest mean oriented score (``means`` of the teachers ordered from
+    small to large); of tied means the first, the smaller teacher."""
+    return int(np.argmax(orientation(metric) * np.asarray(means, dtype=float)))
+
+
+def default_metric(task, metrics) -> str | None:
+    """The metric that scores ``task`` when none is named: its primary metric (``score``: GLUE and the
+    synthetic task; ``f1``: CoNLL-2003) when ``metrics`` has it, else the first of :data:`METRIC_PREFERENCE`
+    there; None when none of them is."""
+    from ..data.metrics import primary_metric
+
+    try:
+        primary = primary_metric(str(task)) if task is not None else None
+    except DataError:  # a task gapkit does not know (the paper's "glue" average, a user's own)
+        primary = None
+    return next((m for m in ([primary] if primary else []) + list(METRIC_PREFERENCE) if m in set(metrics)), None)
+
 
 NOT_ESTIMABLE = "not estimable"
 EXAMPLE_GROUPS = 100  # grouped-jackknife groups of dev examples (fewer when the split is smaller)
@@ -143,7 +187,7 @@ class Design:
                                     f"first.")
                 cell.runs[unit] = (float(run.value), getattr(run, "run_dir", None))
             cells.append(cell)
-        block = Block(tuple(key), metric, split, 1.0 if higher_is_better(metric) else -1.0, cells)
+        block = Block(tuple(key), metric, split, orientation(metric), cells)
         sizes = [c.teacher_params for c in cells]
         if len(cells) < 2:
             block.problem = f"{NOT_ESTIMABLE}: {len(cells)} teacher (needs 2 or more of different sizes)"
@@ -327,8 +371,7 @@ def _curse_row(design: Design, block: Block, level: float):
     if block.problem:
         return dict(row, note=block.problem), None
     small, large = block.cells[0], block.cells[-1]
-    means = np.array([block.sign * c.mean for c in block.cells])
-    top = int(np.argmax(means))  # of tied means, the smaller teacher
+    top = top_teacher([c.mean for c in block.cells], block.metric)
     row.update(smallest_teacher=small.teacher, largest_teacher=large.teacher, smallest_score=small.mean,
                largest_score=large.mean, top_teacher=block.cells[top].teacher)
     c = design.contrast([(block, small, 1.0), (block, large, -1.0)])
@@ -379,8 +422,7 @@ def _best_set(design: Design, block: Block, alpha: float) -> str:
 
 def _onset(block: Block) -> list:
     """[kind, teacher, ratio_params, ratio_gflops] of an established curse (module docstring)."""
-    means = np.array([block.sign * c.mean for c in block.cells])
-    top = int(np.argmax(means))
+    top = top_teacher([c.mean for c in block.cells], block.metric)
     cell = block.cells[top]
     return ["upper bound" if top == 0 else "estimate", cell.teacher, cell.ratio_params, cell.ratio_gflops]
 
@@ -434,6 +476,13 @@ LIFT_COLUMNS = ["task", "family", "student", "method", "experts", "baseline", "b
                 "seeds_for", "ci_level", "note"]
 
 
+def default_baseline(table) -> str:
+    """The dense method a sweep's other methods are measured against: ``minilm`` (the paper's) when the table
+    has MiniLM students, else plain logit ``kd`` when it has those (the figures make the same choice)."""
+    methods = set(table.method.dropna()) if "method" in getattr(table, "columns", ()) else set()
+    return "kd" if "minilm" not in methods and "kd" in methods else "minilm"
+
+
 def lift_test(table, baseline: str | None = None, family: str | None = None, metric: str | None = None,
               split: str | None = None, level: float = 0.95, effect: float | None = None, examples: bool = True,
               token_tasks: bool = False, design: Design | None = None, curse=None):
@@ -461,8 +510,6 @@ def lift_test(table, baseline: str | None = None, family: str | None = None, met
         established``, Holm-corrected over every row.
     """
     import pandas as pd
-
-    from .report import default_baseline
 
     alpha = _check(level, effect)
     baseline = baseline or default_baseline(table)

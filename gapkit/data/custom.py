@@ -244,6 +244,9 @@ def load_custom(spec: CustomSpec | dict, task: str, data_dir: str | Path | None 
     raw = {split: _raw_labels(spec, where, ds) for split, (where, ds) in tables.items()}
     regression = _is_regression(spec, raw, tables)
     label_names, ids = (None, None) if regression else _label_set(spec, raw, tables)
+    if "f1" in spec.metric and label_names is not None and len(label_names) != 2:
+        raise DataError(f"data.custom.metric f1 is binary F1 (positive class id 1), but the labels hold "
+                        f"{len(label_names)} classes ({', '.join(label_names)}); use accuracy or mcc.")
     splits = {}
     for split, (where, ds) in tables.items():
         texts = [_texts(where, ds, column) for column in spec.text]
@@ -287,9 +290,11 @@ def _read_files(spec: CustomSpec, data_dir) -> dict[str, tuple[str, Any]]:
             where = "data.custom.files" if split == "all" else f"data.custom.files.{split}"
             raise DataError(f"The file {path} ({where}) does not exist; check the path"
                             f"{' (relative paths are read from data.data_dir)' if data_dir is not None else ''}.")
-        if _format_of(spec, path) != "jsonl":
+        if _format_of(spec, path) == "jsonl":
+            _check_utf8(path)  # Arrow's JSON reader does not check: a bad byte would surface later, or never
+        else:
             _check_header(spec, path, _format_of(spec, path))
-    tables = {split: (f"File {path}", _load_file(spec, path)) for split, path in paths.items()}
+    tables = {split: (f"File {path}", _load_file(spec, path, split)) for split, path in paths.items()}
     if not isinstance(spec.files, str):
         return {s: tables[s] for s in SPLITS if s in tables}
     where, ds = tables["all"]
@@ -303,7 +308,8 @@ def _check_header(spec: CustomSpec, path: Path, fmt: str) -> None:
             header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
                                      quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL), None)
     except UnicodeDecodeError:
-        raise _not_utf8(path) from None
+        _check_utf8(path)
+        raise
     if header is None:
         raise DataError(f"File {path} is empty; expected a header row naming its columns.")
     for column in (*spec.text, spec.label, *([spec.split_column] if spec.split_column else [])):
@@ -313,8 +319,15 @@ def _check_header(spec: CustomSpec, path: Path, fmt: str) -> None:
                             f"data.custom.{key} to one of them.")
 
 
-def _not_utf8(path: Path) -> DataError:
-    """The sentence for a file that is not UTF-8, found without reading it whole into memory."""
+def _check_utf8(path: Path) -> None:
+    """Raise the sentence of :func:`_not_utf8` unless the file is UTF-8 (read in chunks, not whole)."""
+    error = _not_utf8(path)
+    if error is not None:
+        raise error
+
+
+def _not_utf8(path: Path) -> DataError | None:
+    """The sentence for a file that is not UTF-8 (None when it is), found without reading it whole."""
     decoder = codecs.getincrementaldecoder("utf-8")()
     offset = lines = 0
     with open(path, "rb") as f:
@@ -327,10 +340,14 @@ def _not_utf8(path: Path) -> DataError:
                 return DataError(f"File {path} is not UTF-8 text at byte {bad} (line {line}): convert it to "
                                  f"UTF-8 (e.g. iconv -f latin1 -t utf-8).")
             offset, lines = offset + len(chunk), lines + chunk.count(b"\n")
-    return utf8_error(path, "File")  # an incomplete character at the very end
+    try:
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return utf8_error(path, "File")  # an incomplete character at the very end
+    return None
 
 
-def _load_file(spec: CustomSpec, path: Path):
+def _load_file(spec: CustomSpec, path: Path, split: str):
     """One local file as a datasets.Dataset, through the csv or json builder (cached as Arrow)."""
     import datasets
 
@@ -350,14 +367,19 @@ def _load_file(spec: CustomSpec, path: Path):
         return datasets.load_dataset(builder, data_files={"rows": [str(path)]}, split="rows",
                                      cache_dir=str(cache_root() / "datasets"), **kwargs)
     except Exception as err:  # the builders' errors come in many types: find what is wrong with the file
-        raise _file_problem(spec, path, fmt, err) from None
+        raise _file_problem(path, fmt, split, err) from None
 
 
-def _file_problem(spec: CustomSpec, path: Path, fmt: str, err: Exception) -> DataError:
+def _file_problem(path: Path, fmt: str, split: str, err: Exception) -> DataError:
     """The one sentence for a local file the datasets builder could not read."""
-    text = f"{err} {err.__cause__ or ''}"
-    if isinstance(err, UnicodeDecodeError) or "UnicodeDecodeError" in text or "codec can't decode" in text:
-        return _not_utf8(path)
+    not_utf8 = _not_utf8(path)
+    if not_utf8 is not None:
+        return not_utf8
+    with open(path, encoding="utf-8") as f:
+        rows = sum(1 for line in f if line.strip()) - (fmt != "jsonl")  # a CSV/TSV file's header is no row
+    if rows <= 0:
+        what = "the split column's splits" if split == "all" else f"the {split} split"
+        return DataError(f"File {path} has no rows: {what} cannot be empty.")
     if fmt == "jsonl":
         try:
             with open(path, encoding="utf-8") as f:
@@ -373,9 +395,7 @@ def _file_problem(spec: CustomSpec, path: Path, fmt: str, err: Exception) -> Dat
                         return DataError(f"File {path}, line {line_no} is a JSON {type(row).__name__}, not an object "
                                          f"of columns; fix or remove that line.")
         except UnicodeDecodeError:
-            return _not_utf8(path)
-    if path.stat().st_size == 0:
-        return DataError(f"File {path} is empty: the split it holds cannot be empty.")
+            pass
     return DataError(f"Could not read {fmt} file {path} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
                      f"); check that it is {'one JSON object a line' if fmt == 'jsonl' else 'a ' + fmt.upper() + ' file with a header row'}.")
 
@@ -386,13 +406,13 @@ def _split_by_column(spec: CustomSpec, where: str, ds) -> dict[str, tuple[str, A
         raise DataError(f"{where} has no column {column!r} (its columns: {', '.join(ds.column_names)}); set "
                         f"data.custom.split_column to one of them.")
     values = ds[column]
-    present = sorted({str(v) for v in values})
-    wanted = dict(spec.splits) if spec.splits else {
-        s: v for s, v in _COLUMN_SPLITS.items() if s != "test" or v in present}
-    for split in ("train", "dev"):
-        if split not in wanted:
-            raise DataError(f"data.custom.splits names no {split} split; map it to a value of column {column!r} "
-                            f"({', '.join(present)}).")
+    present = sorted({str(v) for v in values if v is not None})
+    missing = next((i for i, v in enumerate(values) if v is None or str(v).strip() == ""), None)
+    if missing is not None:
+        raise DataError(f"{where}, row {missing + 1} has no value in the split column {column!r}; give every row "
+                        f"its split ({', '.join(present)}) or remove it.")
+    wanted = {s: v for s, v in _COLUMN_SPLITS.items() if s != "test" or v in present}
+    wanted.update(spec.splits)
     out = {}
     for split in SPLITS:
         if split not in wanted:

@@ -1,29 +1,38 @@
 """From a sweep spec to the runs it needs, in dependency order, each shared stage once.
 
-Every run is a node: a ``DistillSpec`` (or, for a truncated teacher, a "prepare" step that writes the
-first k layers of a model), the nodes it depends on (their ``best/`` folders are its teacher or
-student), and the labels the results table needs (teacher, student shape, method, experts, task,
-seed). A node's folder is ``<output_dir>/runs/<slug>-<hash>``, the hash being that of its resolved
-config, so a stage shared by several students (a teacher's fine-tuning, an assistant, a task-agnostic
-student used on several tasks) is one node, and a changed setting is a new folder, never a reused one.
+Every run is a node: the ``DistillSpec`` it runs, built once here (or, for a truncated teacher, a
+"prepare" step that writes the first k layers of a model), the nodes it depends on (their ``best/``
+folders are its teacher or student, named in ``teacher_from``/``student_from``), and the labels the
+results table needs (teacher, student shape, method, experts, task, seed). A node's folder is
+``<output_dir>/runs/<slug>-<hash>``, the hash being the first :data:`ID_HASH` characters of
+:func:`gapkit.distill.result.run_id` of its resolved ``DistillSpec`` (the ``run_id`` its ``result.json``
+records), so a stage shared by several students (a teacher's fine-tuning, an assistant, a task-agnostic
+student used on several tasks) is one node, and a changed setting, or a changed default of gapkit that
+resolves into the config, is a new folder, never a reused one.
 
 Order: prepare -> teacher fine-tuning -> assistant (agnostic, task) -> student agnostic -> student task.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
+import dataclasses
+import itertools
 import json
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..distill.config import DistillSpec
+from ..distill.config import DataSpec, DistillSpec
+from ..distill.result import run_id
 from ..errors import ConfigError
 from ..models.spec import StudentSpec, spec_from_name
 from .spec import MethodSpec, SweepSpec, TeacherEntry
 
-__all__ = ["Node", "plan", "format_plan", "estimate", "KNOWN_TRAIN_SIZES"]
+__all__ = ["Node", "plan", "format_plan", "estimate", "KNOWN_TRAIN_SIZES", "ID_HASH", "read_plan", "plan_changes",
+           "PlanChanges"]
+
+ID_HASH = 8  # characters of a run's run_id in its folder name
 
 # Training-set sizes of the tasks (GLUE's official train splits, CoNLL-2003 sentences), for the
 # compute estimate of a dry run before any data is read.
@@ -44,11 +53,15 @@ class Node:
     Attributes:
         id: the run folder's name under ``runs/``.
         kind: ``prepare``, ``finetune``, ``agnostic`` or ``task``.
-        config: the run's ``DistillSpec`` as a dict (``output_dir`` set), or ``{ref, layers}`` for a prepare step.
+        config: the run's resolved ``DistillSpec`` as a dict (``spec().to_dict()``: what its config.json
+            holds), or ``{ref, layers}`` for a prepare step.
         deps: ids of the nodes whose folders this one reads.
         meta: the table's labels (role, teacher, teacher_kind, student, method, experts, task, seed,
             teacher_seed: the fine-tuning seed of the teacher replicate the run learned from, or its own for
             a teacher or assistant; None for a run that does not depend on a fine-tuned teacher ...).
+        teacher_from, student_from: the node whose ``best/`` folder is this run's teacher or student (None:
+            a model named in the sweep, or a fresh student).
+        run: the ``DistillSpec`` (None for a prepare step; a plan read from plan.json builds it on first use).
     """
 
     id: str
@@ -56,17 +69,27 @@ class Node:
     config: dict
     deps: list = field(default_factory=list)
     meta: dict = field(default_factory=dict)
+    teacher_from: str | None = None
+    student_from: str | None = None
+    run: DistillSpec | None = field(default=None, repr=False, compare=False)
 
     def folder(self, output_dir: str | Path) -> Path:
         return Path(output_dir) / "runs" / self.id
 
     def spec(self) -> DistillSpec:
-        return DistillSpec.from_dict(self.config)
+        """The run's ``DistillSpec`` (the one the plan built)."""
+        if self.kind == "prepare":
+            raise ConfigError(f"{self.id} is a prepare step (a truncated teacher), not a run: it has no DistillSpec.")
+        if self.run is None:
+            self.run = DistillSpec.from_dict(self.config)
+        return self.run
+
+    def to_dict(self) -> dict:
+        """The node as plan.json holds it (``run`` is ``config``)."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "run"}
 
 
-def _hash(config: dict) -> str:
-    keyed = {k: v for k, v in config.items() if k not in ("output_dir", "name")}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:8]
+NODE_FIELDS = tuple(f.name for f in dataclasses.fields(Node) if f.name != "run")
 
 
 class _Planner:
@@ -76,35 +99,44 @@ class _Planner:
         # Absolute: a student's config names its teacher's folder, and so does its hash; "runs/x" and
         # "/home/me/runs/x" must plan the same folders, or finished runs would look pending.
         self.runs = Path(spec.output_dir).resolve() / "runs"
+        self.made: dict[str, str] = {}  # a node's best/ folder -> its id: what a later run names as its model
+        self.memo: dict[tuple, Node] = {}  # shared stages asked for again by every student cell
 
     def add(self, kind: str, slug: str, config: dict, deps: list[str], meta: dict) -> Node:
-        node_id = f"{slug}-{_hash(config)}"
+        """The node of a run (``config``: DistillSpec fields) or a prepare step (``{ref, layers}``), built once;
+        the node already planned when the same resolved config was added before."""
+        run = None
+        if kind != "prepare":  # every run must build: a bad combination fails the plan, before any run
+            run = DistillSpec(**config, output_dir=str(self.runs / slug))
+            config = run.to_dict()
+        node_id = f"{slug}-{run_id(config)[:ID_HASH]}"
         if node_id not in self.nodes:
-            if kind != "prepare":
-                config = dict(config, output_dir=str(self.runs / node_id), name=node_id)
-                DistillSpec.from_dict(config)  # every run must build: a bad combination fails the plan
-            self.nodes[node_id] = Node(node_id, kind, config, sorted(set(deps)), dict(meta, kind=kind))
+            if run is not None:  # where it is and its label: left out of run_id, set once it is known
+                run.output_dir, run.name = str(self.runs / node_id), node_id
+                config = run.to_dict()
+            node = Node(node_id, kind, config, sorted(set(deps)), dict(meta, kind=kind),
+                        teacher_from=self.made.get(str(run.teacher)) if run is not None else None,
+                        student_from=self.made.get(str(run.student)) if run is not None else None, run=run)
+            self.nodes[node_id] = node
+            self.made[self.best(node)] = node_id
         return self.nodes[node_id]
 
     def best(self, node: Node) -> str:
         return str(self.runs / node.id / "best")
 
     # -- pieces ----------------------------------------------------------------------------------------
-    def train(self, stage: str, seed: int) -> dict:
-        budgets = self.spec.budgets
-        return dict(budgets.get("all", {}), **budgets.get(stage, {}), seed=seed)
-
     def weights(self, stage: str, method: MethodSpec | None = None) -> dict:
         w = dict(DEFAULT_WEIGHTS[stage], **self.spec.weights.get(stage, {}))
         if method is not None and method.option("load_balance") is not None:
             w["load_balance"] = float(method.option("load_balance"))
         return w
 
-    def run_config(self, stage: str, student, teacher, data: dict, seed: int, method: MethodSpec | None = None,
+    def run_config(self, stage: str, student, teacher, data: DataSpec, seed: int, method: MethodSpec | None = None,
                    weights_stage: str | None = None, budget_stage: str | None = None) -> dict:
-        return dict(stage=stage, student=student, teacher=teacher, data=data, train=self.train(
-            budget_stage or stage, seed), weights=self.weights(weights_stage or stage, method),
-            relation_heads=self.spec.relation_heads)
+        """The fields of a run's ``DistillSpec``."""
+        return dict(stage=stage, student=student, teacher=teacher, data=copy.deepcopy(data),
+                    train=self.spec.train_spec(budget_stage or stage, seed),
+                    weights=self.weights(weights_stage or stage, method), relation_heads=self.spec.relation_heads)
 
     def task_uses_teacher(self, method: MethodSpec) -> bool:
         """Whether the task stage after a task-agnostic one learns from the fine-tuned teacher (soft labels,
@@ -113,12 +145,13 @@ class _Planner:
         w = self.weights("task", method)
         return any(w.get(term, 0) > 0 for term in ("soft", "hidden", "relation"))
 
-    def agnostic_data(self, task: dict) -> dict:
+    def agnostic_data(self, task: DataSpec) -> DataSpec:
         """The data of a task-agnostic run: ``agnostic_data``, or the task's own (unlabeled) stream, which
         has no labels to select on: its holdout settings are left out (the run selects on dev)."""
-        if self.spec.agnostic_data is not None:
-            return dict(self.spec.agnostic_data)
-        return {k: v for k, v in task.items() if k not in ("select_on", "holdout")}
+        if self.spec.agnostic_spec is not None:
+            return self.spec.agnostic_spec
+        return DataSpec(**{f.name: getattr(task, f.name) for f in dataclasses.fields(task)
+                           if f.name not in ("select_on", "holdout")})
 
     def tseed_slug(self, tseed: int) -> str:
         """The teacher seed in a slug: only when the sweep has several (one keeps the folders it always had)."""
@@ -128,22 +161,30 @@ class _Planner:
     def prepared(self, t: TeacherEntry) -> tuple[str, list[str]]:
         """The teacher's pre-trained weights as a reference (and the nodes that make them)."""
         if t.kind == "truncate":
-            node = self.add("prepare", f"prepare-{_slug(t.name)}", dict(ref=t.ref, layers=t.layers), [],
+            key = ("prepare", t.name)
+            node = self.memo.get(key) or self.add("prepare", f"prepare-{_slug(t.name)}", dict(ref=t.ref, layers=t.layers), [],
                             dict(role="teacher", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family))
+            self.memo[key] = node
             return self.best(node), [node.id]
         return t.ref, []
 
-    def finetuned(self, t: TeacherEntry, task: dict, tseed: int) -> Node:
+    def finetuned(self, t: TeacherEntry, task: DataSpec, tseed: int) -> Node:
         """The teacher ``t`` fine-tuned on ``task`` with teacher seed ``tseed`` (one replicate)."""
+        key = ("finetune", t.name, task.task, tseed)
+        if key not in self.memo:
+            self.memo[key] = self._finetuned(t, task, tseed)
+        return self.memo[key]
+
+    def _finetuned(self, t: TeacherEntry, task: DataSpec, tseed: int) -> Node:
         ref, deps = self.prepared(t)
         student = t.ref if t.kind == "scratch" else ref
         config = self.run_config("finetune", student, None, task, tseed)
-        return self.add("finetune", f"teacher-{_slug(t.name)}-{task['task']}{self.tseed_slug(tseed)}", config, deps,
+        return self.add("finetune", f"teacher-{_slug(t.name)}-{task.task}{self.tseed_slug(tseed)}", config, deps,
                         dict(role="teacher", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family,
-                             student=t.name, method="finetune", task=task["task"], seed=tseed, teacher_seed=tseed,
+                             student=t.name, method="finetune", task=task.task, seed=tseed, teacher_seed=tseed,
                              stage="finetune"))
 
-    def relation_teacher(self, t: TeacherEntry, task: dict, tseed: int) -> tuple[str, list[str], bool]:
+    def relation_teacher(self, t: TeacherEntry, task: DataSpec, tseed: int) -> tuple[str, list[str], bool]:
         """The teacher of the task-agnostic stage: the pre-trained model, or (trained from scratch,
         there is no other) the fine-tuned one; and whether it is a teacher-seed replicate."""
         if t.kind == "scratch":
@@ -152,7 +193,7 @@ class _Planner:
         return (*self.prepared(t), False)
 
     # -- students --------------------------------------------------------------------------------------
-    def student(self, t: TeacherEntry, task: dict, shape: str, method: MethodSpec, seed: int, tseed: int) -> None:
+    def student(self, t: TeacherEntry, task: DataSpec, shape: str, method: MethodSpec, seed: int, tseed: int) -> None:
         """The runs of one student seed distilled from teacher ``t``'s replicate of teacher seed ``tseed``.
         A run that does not depend on that replicate (the task-agnostic stage from a pre-trained teacher)
         is one node for every teacher seed, with no teacher seed of its own."""
@@ -160,14 +201,14 @@ class _Planner:
         ft = self.finetuned(t, task, tseed) if "task" in stages else None  # the task stage's teacher
         variant, experts = _variant(shape, method)
         meta = dict(role="student", teacher=t.name, teacher_kind=t.kind, teacher_family=t.family, student=shape,
-                    method=method.label, method_name=method.name, experts=experts, task=task["task"], seed=seed,
+                    method=method.label, method_name=method.name, experts=experts, task=task.task, seed=seed,
                     teacher_seed=tseed if ft is not None else None,
                     routing=method.option("routing", "learned") if method.name == "minimoe" else None)
         base = f"{_slug(t.name)}-{_slug(shape)}-{_slug(method.label)}-s{seed}"
         slug = base + self.tseed_slug(tseed)
         if method.name == "kd" or "agnostic" not in stages:
             if "task" in stages:
-                self.add("task", f"task-{slug}-{task['task']}", self.run_config(
+                self.add("task", f"task-{slug}-{task.task}", self.run_config(
                     "task", variant, self.best(ft), task, seed, method, "kd" if method.name == "kd" else "task"),
                     [ft.id], dict(meta, stage="task"))
             return
@@ -184,23 +225,23 @@ class _Planner:
             a_slug = f"assistant-{_slug(t.name)}-{_slug(assistant)}{self.tseed_slug(tseed)}"
             a_agn = self.add("agnostic", a_slug, self.run_config(
                 "agnostic", assistant, teacher_agn, self.agnostic_data(task), tseed), deps_agn,
-                dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task["task"]))
+                dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task.task))
             teacher_agn, deps_agn, replicate = self.best(a_agn), [a_agn.id], True
             if "task" in stages:
-                a_task = self.add("task", f"{a_slug}-{task['task']}",
+                a_task = self.add("task", f"{a_slug}-{task.task}",
                                   self.run_config("task", self.best(a_agn), teacher_task, task, tseed),
                                   deps_task + [a_agn.id], dict(a_meta, stage="task"))
                 teacher_task, deps_task = self.best(a_task), [a_task.id]
-        agn_meta = dict(meta, stage="agnostic", task=None if spec.agnostic_data else task["task"],
+        agn_meta = dict(meta, stage="agnostic", task=None if spec.agnostic_data else task.task,
                         teacher_seed=tseed if replicate else None)
         agn = self.add("agnostic", f"agn-{slug if replicate else base}" + ("" if spec.agnostic_data else
-                                                                          f"-{task['task']}"),
+                                                                          f"-{task.task}"),
                        self.run_config("agnostic", variant, teacher_agn, self.agnostic_data(task), seed, method),
                        deps_agn, agn_meta)
         if "task" in stages:
             config = (self.run_config("finetune", self.best(agn), None, task, seed, method, "task", "task")
                       if labels_only else self.run_config("task", self.best(agn), teacher_task, task, seed, method))
-            self.add("task", f"task-{slug}-{task['task']}", config, deps_task + [agn.id], dict(meta, stage="task"))
+            self.add("task", f"task-{slug}-{task.task}", config, deps_task + [agn.id], dict(meta, stage="task"))
 
 
 def plan(spec: SweepSpec) -> list[Node]:
@@ -212,18 +253,13 @@ def plan(spec: SweepSpec) -> list[Node]:
     """
     p = _Planner(spec)
     if "task" in spec.stages:  # an agnostic-only sweep distils from the teachers as they are
-        for task in spec.tasks:
-            for t in spec.teacher_entries():
-                for tseed in spec.teacher_seeds():
-                    p.finetuned(t, task, tseed)
-    for task in spec.tasks:
-        for t in spec.teacher_entries():
-            for shape in spec.student_specs():
-                for method in spec.method_variants():
-                    if not method.applies_to(shape):
-                        continue
-                    for tseed, seed in spec.replicates():  # a full cross, or paired
-                        p.student(t, task, shape, method, seed, tseed)
+        for task, t, tseed in itertools.product(spec.task_data, spec.teacher_list, spec.teacher_seeds()):
+            p.finetuned(t, task, tseed)
+    for task, t, shape, method in itertools.product(spec.task_data, spec.teacher_list, spec.student_shapes,
+                                                    spec.variants):
+        if method.applies_to(shape):
+            for tseed, seed in spec.replicates():  # a full cross, or paired
+                p.student(t, task, shape, method, seed, tseed)
     order = {"prepare": 0, "finetune": 1}
     nodes = list(p.nodes.values())
     # A stable topological order: by kind rank, then declaration order, with every dependency first.
@@ -255,7 +291,7 @@ def _variant(shape: str, method: MethodSpec):
     if not extra:
         return name, f"{x},{y}E"
     # Ablations of the router are spec fields: the run gets the whole spec (still a random init).
-    return StudentSpec.from_dict(dict(spec_from_name(name).to_dict(), **extra, name=None)).to_dict(), f"{x},{y}E"
+    return StudentSpec.from_dict(dict(spec_from_name(name).to_dict(), **extra, name=None)), f"{x},{y}E"
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -280,11 +316,10 @@ def node_shape(node: Node, nodes: dict[str, Node]) -> StudentSpec | None:
         base = _model_spec(node.config["ref"])
         return None if base is None else StudentSpec.from_dict(dict(base.to_dict(), layers=node.config["layers"],
                                                                     name=None))
-    student = node.config["student"]
-    for other in nodes.values():
-        if isinstance(student, str) and student.endswith(f"/{other.id}/best"):
-            return node_shape(other, nodes)
-    return _model_spec(student)
+    if node.student_from in nodes:  # an earlier stage's best/ weights: the shape declared there
+        return node_shape(nodes[node.student_from], nodes)
+    student = node.spec().student
+    return student if isinstance(student, StudentSpec) else _model_spec(student)
 
 
 def estimate(nodes: list[Node]) -> list[dict]:
@@ -298,29 +333,27 @@ def estimate(nodes: list[Node]) -> list[dict]:
     rows = []
     for node in nodes:
         spec = node_shape(node, by_id)
-        data = node.config.get("data") or {}
-        if spec is not None and data.get("task") == "synthetic":  # the task's own vocabulary, as the run builds it
-            vocab = (data.get("synthetic") or {}).get("vocab_size", 128)
-            spec = StudentSpec.from_dict(dict(spec.to_dict(), vocab_size=vocab, name=None))
+        run = node.spec() if node.kind != "prepare" else None
+        if spec is not None and run is not None and run.data.task == "synthetic":  # the task's vocabulary, as built
+            spec = StudentSpec.from_dict(dict(spec.to_dict(), vocab_size=run.data.synthetic.get("vocab_size", 128),
+                                              name=None))
         row = dict(id=node.id, kind=node.kind, params_total=None, params_active=None, gflops_paper=None,
                    steps=None, pflops=None)
         if spec is not None:
             params = count_params(ResolvedModel(node.id, spec).build("meta"))
             row.update(params_total=params["total"], params_active=params["active"],
                        gflops_paper=analytic_count(spec, convention="paper") / 1e9)
-        if node.kind != "prepare":
-            cfg = node.config
-            data, train = cfg["data"], dict(cfg.get("train") or {})
-            ts = DistillSpec.from_dict(cfg).train
-            n = data.get("max_train_examples") or KNOWN_TRAIN_SIZES.get(data.get("task"))
-            if data.get("task") == "synthetic":
-                n = n or (data.get("synthetic") or {}).get("n_train", 2048)
+        if run is not None:
+            data, ts = run.data, run.train
+            n = data.max_train_examples or KNOWN_TRAIN_SIZES.get(data.task)
+            if data.task == "synthetic":
+                n = n or data.synthetic.get("n_train", 2048)
             steps = ts.max_steps or (math.ceil(ts.epochs * (n // ts.batch_size)) if n else None)
             row["steps"] = steps
-            teacher = by_id.get(cfg["teacher"].split("/")[-2]) if cfg.get("teacher") and "/" in cfg["teacher"] else None
+            teacher = by_id.get(node.teacher_from)
             t_spec = node_shape(teacher, by_id) if teacher is not None else (
-                _model_spec(cfg["teacher"]) if cfg.get("teacher") else None)
-            L = data.get("max_len", 128)
+                _model_spec(run.teacher) if run.teacher else None)
+            L = data.max_len
             if steps and spec is not None:
                 per_step = 3 * analytic_count(spec, seq_len=L, batch=ts.batch_size, convention="flops")
                 if t_spec is not None:
@@ -376,7 +409,7 @@ def _number(value: float) -> str:
 
 
 def plan_json(nodes: list[Node], spec: SweepSpec) -> str:
-    return json.dumps(dict(sweep=spec.to_dict(), nodes=[asdict(n) for n in nodes]), indent=1)
+    return json.dumps(dict(sweep=spec.to_dict(), nodes=[n.to_dict() for n in nodes]), indent=1)
 
 
 def read_plan(output_dir: str | Path) -> tuple[dict, list[Node]]:
@@ -387,7 +420,48 @@ def read_plan(output_dir: str | Path) -> tuple[dict, list[Node]]:
                           f"the sweep's output_dir.")
     try:
         data = json.loads(path.read_text())
-        return data["sweep"], [Node(**n) for n in data["nodes"]]
+        return data["sweep"], [Node(**{k: v for k, v in n.items() if k in NODE_FIELDS}) for n in data["nodes"]]
     except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(f"{path} is not a readable sweep plan ({type(err).__name__}): rerun the sweep to write "
                           f"it again.") from None
+
+
+@dataclass
+class PlanChanges:
+    """How a new plan differs from the one a sweep folder already holds (:func:`plan_changes`).
+
+    Attributes:
+        dropped: ids of the earlier plan's runs that have a folder with something in it and are not in the
+            new plan (they would drop out of ``results`` and ``status``).
+        added: ids of the new plan's runs that the earlier plan did not have.
+        settings: the sweep settings (top-level keys) that differ between the two.
+    """
+
+    dropped: list
+    added: list
+    settings: list
+
+    def sentence(self, output_dir) -> str:
+        """Why a sweep folder cannot simply be reused with the new plan, and what to do."""
+        changed = (f"settings changed: {', '.join(self.settings)}" if self.settings else
+                   "the same settings, resolved by this gapkit into other run configs")
+        return (f"{output_dir} holds a sweep planned from other settings ({changed}): {len(self.dropped)} of its "
+                f"started runs (e.g. {self.dropped[0]}) are not in this plan and would drop out of its results and "
+                f"status; pass --replan to plan the folder anew (their run folders stay in runs/), or set "
+                f"output_dir to a new folder.")
+
+
+def plan_changes(output_dir: str | Path, nodes: list[Node], spec: SweepSpec) -> PlanChanges | None:
+    """The difference between ``nodes`` (the plan of ``spec``) and the plan already in ``output_dir``; None
+    when the folder holds no readable plan. Extending a sweep (more seeds, a new teacher) drops nothing."""
+    try:
+        sweep, old = read_plan(output_dir)
+    except ConfigError:
+        return None
+    new = {n.id for n in nodes}
+    dropped = [n.id for n in old if n.id not in new and n.folder(output_dir).is_dir()
+               and any(n.folder(output_dir).iterdir())]
+    before = {n.id for n in old}
+    settings = sorted(k for k, v in spec.to_dict().items() if k != "output_dir" and json.dumps(
+        sweep.get(k), sort_keys=True, default=str) != json.dumps(v, sort_keys=True, default=str))
+    return PlanChanges(dropped, [n.id for n in nodes if n.id not in before], settings)

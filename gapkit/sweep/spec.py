@@ -26,10 +26,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import itertools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..configtools import check_fields, unknown_keys_message
+from ..configtools import check_fields, coerce, unknown_keys_message
 from ..distill.config import DataSpec, TrainSpec, apply_overrides, read_config_file
 from ..distill.losses import LossWeights
 from ..errors import ConfigError
@@ -40,6 +41,7 @@ __all__ = ["SweepSpec", "TeacherEntry", "MethodSpec", "METHODS", "FAMILIES", "EX
 METHODS = ("minilm", "minimoe", "minilm_ta", "kd")
 FAMILIES = ("single", "sizes", "truncate", "scratch")
 EXECUTORS = ("inline", "local", "slurm")
+EXECUTOR_KEYS = ("kind", "workers", "cluster", "slurm")  # what gapkit.sweep.execute reads
 STAGES = ("agnostic", "task")
 # Ablation switches of a method; a list value makes one variant per value.
 METHOD_OPTIONS = ("experts", "routing", "load_balance", "gate_noise", "assistant")
@@ -97,14 +99,27 @@ class MethodSpec:
         """(attention experts, FFN experts) of the students this method trains."""
         if self.name != "minimoe":
             return (1, 1)
-        text = str(self.option("experts", "1,4E")).rstrip("E")
-        x, _, y = text.partition(",")
-        return int(x), int(y)
+        return parse_experts(self.option("experts", "1,4E"))
+
+
+_EXPERTS = re.compile(r"^\s*(\d+)\s*,\s*(\d+)\s*E?\s*$", re.IGNORECASE)
+
+
+def parse_experts(value) -> tuple[int, int]:
+    """``"x,yE"`` (attention experts, FFN experts) as ``(x, y)``; ConfigError when it is not of that form."""
+    match = _EXPERTS.match(value) if isinstance(value, str) else None
+    _check(match is not None, f"experts must be 'x,yE' (attention experts, FFN experts, e.g. '1,4E'), got {value!r}.")
+    return int(match[1]), int(match[2])
 
 
 @dataclass
 class SweepSpec:
     """A teacher x student x method grid over tasks and seeds.
+
+    The fields are the sweep file's keys, kept as written (``to_dict`` gives them back). ``__post_init__``
+    checks them and expands them once into typed entries that planning reads: ``task_data`` (a
+    ``DataSpec`` per task), ``agnostic_spec``, ``teacher_list`` (:class:`TeacherEntry`), ``student_shapes``,
+    ``variants`` (:class:`MethodSpec`) and ``train_settings`` (each stage's ``TrainSpec`` settings).
 
     Args:
         name: the sweep's label.
@@ -124,10 +139,11 @@ class SweepSpec:
         agnostic_data: data of the task-agnostic stage (``DataSpec`` fields); None uses each task's own
             unlabeled stream (synthetic) or is required (real tasks).
         budgets: ``TrainSpec`` settings per stage: ``finetune`` (teachers and assistants on the task),
-            ``agnostic``, ``task``; ``all`` applies to every stage.
+            ``agnostic``, ``task``; ``all`` applies to every stage. Seeds come from ``seeds`` and
+            ``teacher_seed``, never from here.
         weights: loss weights per stage (``agnostic``, ``task``, ``kd``) over gapkit's defaults.
         relation_heads: R of the relation loss.
-        seeds: student seeds (each seed sets a student's init and data order).
+        seeds: student seeds, each listed once (each seed sets a student's init and data order).
         teacher_seed: the seed of teacher (and assistant) fine-tuning and distillation: one integer, or a
             list of distinct integers: every teacher (and assistant) is then fine-tuned once per teacher
             seed, and every student seed is distilled from every one of these replicates (a full cross),
@@ -137,7 +153,7 @@ class SweepSpec:
             the cheapest design whose verdicts generalise over both).
         data_dir: a local data folder (``glue_data/``-style, or the CoNLL files) for every task that
             does not name its own; None loads from the Hub.
-        executor: ``{kind: inline|local|slurm, ...}`` (see gapkit.sweep.execute).
+        executor: ``{kind: inline|local|slurm, workers?, cluster?, slurm?}`` (see gapkit.sweep.execute).
         group_memory_gb: memory budget of one group of students trained on one teacher pass.
     """
 
@@ -157,70 +173,124 @@ class SweepSpec:
     data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
+    # The declaration expanded once (not settings: to_dict leaves them out).
+    task_data: list = field(init=False, repr=False, compare=False)
+    agnostic_spec: DataSpec | None = field(init=False, repr=False, compare=False)
+    teacher_list: list = field(init=False, repr=False, compare=False)
+    student_shapes: list = field(init=False, repr=False, compare=False)
+    variants: list = field(init=False, repr=False, compare=False)
+    train_settings: dict = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
         check_fields(self, "sweep")
-        _check(bool(self.tasks), "sweep.tasks is empty: list at least one task, e.g. tasks: [{task: sst2}].")
-        if self.data_dir is not None:  # one folder for the tasks that name none
-            self.tasks = [dict(t, data_dir=t.get("data_dir") or self.data_dir) if isinstance(t, dict) else t
-                          for t in self.tasks]
-        for i, t in enumerate(self.tasks):
-            _check(isinstance(t, dict), f"sweep.tasks[{i}] must be a mapping of data settings (e.g. {{task: sst2}}), "
-                                        f"got {t!r}.")
-        # A sweep's labeled stages select their best weights on a holdout of the training split, never on
-        # the dev split that scores them (unless a task entry says select_on: dev).
-        self.tasks = [t if t.get("task") == "text" else dict(t, select_on=t.get("select_on", "holdout"))
-                      for t in self.tasks]
-        for i, t in enumerate(self.tasks):
-            _validate(DataSpec, t, f"sweep.tasks[{i}]")
+        self._check_tasks()
         _check(bool(self.teachers), "sweep.teachers is empty: name at least one teacher (a Hub name, folder or family).")
         _check(bool(self.stages) and all(s in STAGES for s in self.stages),
                f"sweep.stages must be a non-empty list of {', '.join(STAGES)}, got {self.stages!r}.")
-        _check(bool(self.seeds) and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in self.seeds),
-               f"sweep.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}.")
-        ts = self.teacher_seed
-        _check(ts == "paired" or isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 or isinstance(ts, list) and bool(ts) and all(
-            isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in ts),
-               f"sweep.teacher_seed must be an integer >= 0, a non-empty list of integers >= 0 or 'paired', got {ts!r}.")
-        dupes = sorted({s for s in ts if ts.count(s) > 1}) if isinstance(ts, list) else []
-        _check(not dupes, f"sweep.teacher_seed lists seed {', '.join(map(str, dupes))} twice: list each teacher seed "
-                          f"once.")
+        self._check_seeds()
         _check(self.relation_heads >= 1, f"sweep.relation_heads must be >= 1, got {self.relation_heads}.")
         _check(self.group_memory_gb > 0, f"sweep.group_memory_gb must be > 0, got {self.group_memory_gb}.")
-        kind = self.executor.get("kind", "inline") if isinstance(self.executor, dict) else None
-        _check(kind in EXECUTORS, f"sweep.executor.kind must be one of {', '.join(EXECUTORS)}, got {kind!r}.")
-        unknown = set(self.budgets) - {"finetune", "agnostic", "task", "all"}
-        _check(not unknown, f"sweep.budgets has unknown stage(s) {', '.join(sorted(unknown))}: use finetune, agnostic, "
-                            f"task or all.")
-        for stage, settings in self.budgets.items():
-            _validate(TrainSpec, settings, f"sweep.budgets.{stage}")
+        self._check_executor()
+        self.train_settings = self._train_settings()
         unknown = set(self.weights) - {"agnostic", "task", "kd", "finetune"}
         _check(not unknown, f"sweep.weights has unknown stage(s) {', '.join(sorted(unknown))}: use agnostic, task, kd "
                             f"or finetune.")
         for stage, w in self.weights.items():
-            _validate(LossWeights, w, f"sweep.weights.{stage}")
+            _build(LossWeights, w, f"sweep.weights.{stage}")
+        # Expand everything once: a bad teacher, shape or method fails here, before any run.
+        self.teacher_list = self._teacher_entries()
+        self.student_shapes = self._student_shapes()
+        self.variants = self._method_variants()
         # Dense KD students read weights.kd in their task stage, the others weights.task: a sweep comparing
         # them that sets one and not the other would train them on different loss terms without a word.
-        names = {m["name"] if isinstance(m, dict) else m for m in self.methods}
+        names = {m.name for m in self.variants}
         if "task" in self.stages and "kd" in names and names - {"kd"} and ("kd" in self.weights) != (
                 "task" in self.weights):
             given, missing = ("kd", "task") if "kd" in self.weights else ("task", "kd")
             _check(False, f"sweep.weights sets {given} but not {missing}: the kd students' task stage reads weights.kd "
                           f"and the other methods' weights.task, so they would learn from different loss terms; set "
                           f"weights.{missing} too (the same terms, to compare them).")
-        if self.agnostic_data is not None:
-            _validate(DataSpec, self.agnostic_data, "sweep.agnostic_data")
-        needs_text = "agnostic" in self.stages and any(m.name != "kd" for m in self.method_variants())
-        if needs_text and self.agnostic_data is None:
-            real = [t["task"] for t in self.tasks if t.get("task", "synthetic") != "synthetic"]
+        self.agnostic_spec = None if self.agnostic_data is None else _build(DataSpec, self.agnostic_data,
+                                                                           "sweep.agnostic_data")
+        needs_text = "agnostic" in self.stages and any(m.name != "kd" for m in self.variants)
+        if needs_text and self.agnostic_spec is None:
+            real = [t.task for t in self.task_data if t.task != "synthetic"]
             _check(not real, f"sweep.agnostic_data is missing: the task-agnostic stage of {', '.join(real)} needs "
                              f"raw text (e.g. agnostic_data: {{task: text, text: [wikimedia/wikipedia]}}).")
-        # Expand everything once: a bad teacher, shape or method fails here, before any run.
-        self.teacher_entries()
-        self.student_specs()
-        self.method_variants()
+
+    # -- checks ----------------------------------------------------------------------------------------
+    def _check_tasks(self) -> None:
+        _check(bool(self.tasks), "sweep.tasks is empty: list at least one task, e.g. tasks: [{task: sst2}].")
+        for i, t in enumerate(self.tasks):
+            _check(isinstance(t, dict), f"sweep.tasks[{i}] must be a mapping of data settings (e.g. {{task: sst2}}), "
+                                        f"got {t!r}.")
+        if self.data_dir is not None:  # one folder for the tasks that name none
+            self.tasks = [dict(t, data_dir=t.get("data_dir") or self.data_dir) for t in self.tasks]
+        # A sweep's labeled stages select their best weights on a holdout of the training split, never on
+        # the dev split that scores them (unless a task entry says select_on: dev).
+        self.tasks = [t if t.get("task") == "text" else dict(t, select_on=t.get("select_on", "holdout"))
+                      for t in self.tasks]
+        self.task_data = [_build(DataSpec, t, f"sweep.tasks[{i}]") for i, t in enumerate(self.tasks)]
+        # Runs and table rows are told apart by the task's name: two entries of one task would share them.
+        names = [t.task for t in self.task_data]
+        for i, name in enumerate(names):
+            _check(name not in names[:i], f"sweep.tasks[{i}] repeats task {name!r} (also sweep.tasks"
+                                          f"[{names.index(name)}]): runs are told apart by task name, so list each "
+                                          f"task once (two settings of one task are two sweeps).")
+
+    def _check_seeds(self) -> None:
+        def seed_list(values) -> bool:
+            return isinstance(values, list) and bool(values) and all(
+                isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in values)
+
+        _check(seed_list(self.seeds), f"sweep.seeds must be a non-empty list of integers >= 0, got {self.seeds!r}.")
+        ts = self.teacher_seed
+        _check(ts == "paired" or isinstance(ts, int) and not isinstance(ts, bool) and ts >= 0 or seed_list(ts),
+               f"sweep.teacher_seed must be an integer >= 0, a non-empty list of integers >= 0 or 'paired', got {ts!r}.")
+        for key, values in (("seeds", self.seeds), ("teacher_seed", ts if isinstance(ts, list) else [])):
+            dupes = sorted({s for s in values if values.count(s) > 1})
+            what = "seed" if key == "seeds" else "teacher seed"
+            _check(not dupes, f"sweep.{key} lists seed {', '.join(map(str, dupes))} twice: list each {what} once "
+                              f"(a repeated seed would be one run counted twice).")
+
+    def _check_executor(self) -> None:
+        ex = self.executor
+        _check(isinstance(ex, dict), f"sweep.executor must be a mapping like {{kind: local, workers: 2}}, got {ex!r}.")
+        kind = ex.get("kind", "inline")
+        _check(kind in EXECUTORS, f"sweep.executor.kind must be one of {', '.join(EXECUTORS)}, got {kind!r}.")
+        unknown = set(ex) - set(EXECUTOR_KEYS)
+        _check(not unknown, unknown_keys_message("sweep.executor", unknown, EXECUTOR_KEYS))
+        workers = ex.get("workers")
+        _check(workers is None or isinstance(workers, int) and not isinstance(workers, bool) and workers >= 1,
+               f"sweep.executor.workers must be a whole number of CPU worker processes >= 1, got {workers!r}.")
+        _check(ex.get("cluster") is None or isinstance(ex["cluster"], str),
+               f"sweep.executor.cluster must be a submitit cluster name (e.g. local, slurm), got {ex.get('cluster')!r}.")
+        _check(ex.get("slurm") is None or isinstance(ex["slurm"], dict),
+               f"sweep.executor.slurm must be a mapping of submitit parameters (e.g. {{timeout_min: 240}}), got "
+               f"{ex.get('slurm')!r}.")
+
+    def _train_settings(self) -> dict[str, dict]:
+        """Each stage's ``TrainSpec`` settings (``all`` under the stage's own), checked as merged."""
+        unknown = set(self.budgets) - {"finetune", "agnostic", "task", "all"}
+        _check(not unknown, f"sweep.budgets has unknown stage(s) {', '.join(sorted(unknown))}: use finetune, agnostic, "
+                            f"task or all.")
+        for stage, settings in self.budgets.items():
+            _check(isinstance(settings, dict), f"sweep.budgets.{stage} must be a mapping of settings, got {settings!r}.")
+            seeded = sorted(set(settings) & {"seed", "init_seed", "data_seed"})
+            _check(not seeded, f"sweep.budgets.{stage}.{seeded[0] if seeded else ''}: a sweep sets each run's seeds "
+                               f"from seeds and teacher_seed; remove it from budgets.")
+            _build(TrainSpec, settings, f"sweep.budgets.{stage}")
+        out = {}
+        for stage in ("finetune", "agnostic", "task"):
+            out[stage] = dict(self.budgets.get("all", {}), **self.budgets.get(stage, {}))
+            _build(TrainSpec, out[stage], f"sweep.budgets (all and {stage} together)")
+        return out
 
     # -- expansion -------------------------------------------------------------------------------------
+    def train_spec(self, stage: str, seed: int) -> TrainSpec:
+        """The ``TrainSpec`` of a run of ``stage`` (``finetune``, ``agnostic``, ``task``) with ``seed``."""
+        return TrainSpec(**dict(self.train_settings[stage], seed=seed))
+
     def teacher_seeds(self) -> list[int]:
         """The teacher fine-tuning seeds, as a list (one for an integer ``teacher_seed``, the student seeds
         when ``paired``)."""
@@ -237,6 +307,17 @@ class SweepSpec:
 
     def teacher_entries(self) -> list[TeacherEntry]:
         """The teachers, families expanded, in declaration order."""
+        return list(self.teacher_list)
+
+    def student_specs(self) -> list[str]:
+        """The student shapes (dense), grid expanded, as shape strings."""
+        return list(self.student_shapes)
+
+    def method_variants(self) -> list[MethodSpec]:
+        """The methods, list-valued options expanded into one variant per value."""
+        return list(self.variants)
+
+    def _teacher_entries(self) -> list[TeacherEntry]:
         entries: list[TeacherEntry] = []
         for i, t in enumerate(self.teachers):
             where = f"sweep.teachers[{i}]"
@@ -260,7 +341,8 @@ class SweepSpec:
             elif family == "truncate":
                 layers = t.get("layers")
                 _check(isinstance(t.get("ref"), str) and t["ref"], f"{where}.ref must name the model to truncate.")
-                _check(isinstance(layers, list) and layers and all(isinstance(k, int) and k >= 1 for k in layers),
+                _check(isinstance(layers, list) and layers and all(
+                    isinstance(k, int) and not isinstance(k, bool) and k >= 1 for k in layers),
                        f"{where}.layers must be a non-empty list of layer counts >= 1 (e.g. [2, 4, 6]).")
                 base = t.get("name") or _short(t["ref"])
                 entries += [TeacherEntry(f"{base}-L{k}", t["ref"], "truncate", k, label) for k in layers]
@@ -277,13 +359,15 @@ class SweepSpec:
                           f"name.")
         return entries
 
-    def student_specs(self) -> list[str]:
-        """The student shapes (dense), grid expanded, as shape strings."""
+    def _student_shapes(self) -> list[str]:
         s = self.students
         _check(isinstance(s, dict), f"sweep.students must be a mapping ({{layers: [...], hidden: [...]}} or "
                                     f"{{shapes: [...]}}), got {s!r}.")
         if "shapes" in s:
             _check(set(s) == {"shapes"}, "sweep.students takes either shapes or a layers x hidden grid, not both.")
+            _check(isinstance(s["shapes"], list) and bool(s["shapes"]),
+                   f"sweep.students.shapes must be a non-empty list of shapes (e.g. [2L-192H, 3L-384H]), got "
+                   f"{s['shapes']!r}.")
             shapes = list(s["shapes"])
         else:
             _check(not set(s) - {"layers", "hidden", "heads"},
@@ -294,13 +378,21 @@ class SweepSpec:
                    "sweep.students needs lists layers and hidden (e.g. {layers: [2, 3], hidden: [192, 384]}).")
             heads = s.get("heads")
             shapes = [f"{L}L-{H}H" + (f"-{heads}A" if heads else "") for L, H in itertools.product(layers, hidden)]
-        _check(bool(shapes), "sweep.students gives no student.")
+        # The same architecture twice (listed twice, or spelled two ways) would be one student trained twice.
+        seen: dict[tuple, str] = {}
         for shape in shapes:
-            _shape_spec(shape, "sweep.students")
+            arch = tuple(sorted((k, str(v)) for k, v in _shape_spec(shape, "sweep.students").to_dict().items()
+                                if k != "name"))
+            if arch in seen:
+                spelled = f" (as {seen[arch]} and {shape})" if seen[arch] != shape else ""
+                raise ConfigError(f"sweep.students lists the student shape {shape} twice{spelled}: list each student "
+                                  f"once.")
+            seen[arch] = shape
         return shapes
 
-    def method_variants(self) -> list[MethodSpec]:
-        """The methods, list-valued options expanded into one variant per value."""
+    def _method_variants(self) -> list[MethodSpec]:
+        _check(isinstance(self.methods, list) and bool(self.methods),
+               f"sweep.methods is empty: list at least one of {', '.join(METHODS)} (e.g. methods: [minilm]).")
         variants = []
         for i, m in enumerate(self.methods):
             where = f"sweep.methods[{i}]"
@@ -312,7 +404,7 @@ class SweepSpec:
             _check(not unknown, unknown_keys_message(where, unknown, set(METHOD_OPTIONS) | {"name", "students"}))
             students = m.get("students")
             if students is not None:
-                shapes = self.student_specs()
+                shapes = self.student_shapes
                 _check(isinstance(students, list) and students and all(x in shapes for x in students),
                        f"{where}.students must be a non-empty list of the sweep's student shapes "
                        f"({', '.join(shapes)}), got {students!r}.")
@@ -320,17 +412,15 @@ class SweepSpec:
             if m["name"] == "minilm_ta":
                 options.setdefault("assistant", "12L-384H")
             axes = [(k, v if isinstance(v, list) else [v]) for k, v in sorted(options.items())]
+            for k, values in axes:
+                _check(bool(values), f"{where}.{k} is an empty list: give one value, or a list of the values to "
+                                     f"compare.")
             for values in itertools.product(*[vs for _, vs in axes]):
                 chosen = tuple(zip([k for k, _ in axes], values))
                 swept = [f"{k}={v}" for (k, vs), (_, v) in zip(axes, chosen) if len(vs) > 1]
                 label = m["name"] + (f"[{','.join(swept)}]" if swept else "")
                 variant = MethodSpec(m["name"], label, chosen, students)
-                if variant.name == "minimoe":
-                    x, y = variant.experts
-                    _check(x >= 1 and y >= 1 and (x, y) != (1, 1),
-                           f"{where}.experts must be 'x,yE' with more than one expert, got {variant.option('experts')!r}.")
-                if variant.name == "minilm_ta":
-                    _shape_spec(str(variant.option("assistant")), f"{where}.assistant")
+                _check_variant(variant, where, (students or self.student_shapes)[0])
                 variants.append(variant)
         labels = [v.label for v in variants]
         _check(len(set(labels)) == len(labels), "sweep.methods repeat a method variant: list each once.")
@@ -353,7 +443,7 @@ class SweepSpec:
         """
         _check(isinstance(data, dict), f"{where} must be a mapping of sweep settings, not {type(data).__name__}.")
         data = apply_overrides(copy.deepcopy(data), overrides or [])
-        known = {f.name for f in dataclasses.fields(cls)}
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
         unknown = set(data) - known
         _check(not unknown, f"{where}: " + unknown_keys_message("sweep", unknown, known))
         for key in ("tasks", "teachers", "students"):
@@ -364,14 +454,43 @@ class SweepSpec:
             raise ConfigError(f"{where}: {err}.") from None
 
     def to_dict(self) -> dict:
-        return copy.deepcopy(dataclasses.asdict(self))
+        """The sweep's settings (the file's keys), as ``from_dict`` reads them."""
+        return {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.init}
 
 
-def _validate(cls, settings, where: str) -> None:
-    """Build ``cls(**settings)`` once, so a bad setting fails here with ``where`` in its sentence."""
+def _check_variant(variant: MethodSpec, where: str, shape: str) -> None:
+    """A method variant's options, each checked where it is declared (not at planning, as a traceback)."""
+    if variant.name == "minimoe":
+        try:
+            x, y = variant.experts
+        except ConfigError as err:
+            raise ConfigError(f"{where}.{err}") from None
+        _check(x >= 1 and y >= 1 and (x, y) != (1, 1),
+               f"{where}.experts must be 'x,yE' with more than one expert, got {variant.option('experts')!r}.")
+        router = {k: variant.option(k) for k in ("routing", "gate_noise") if variant.option(k) is not None}
+        try:  # the student it trains, with its router settings: the model's own sentence for a bad one
+            StudentSpec.from_dict(dict(spec_from_name(f"{shape}-{x},{y}E").to_dict(), **router, name=None))
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{where}: {err}") from None
+    else:
+        given = sorted(k for k in ("experts", "routing", "gate_noise") if variant.option(k) is not None)
+        _check(not given, f"{where}.{given[0] if given else ''} applies to minimoe only, not {variant.name}: remove it.")
+    lb = variant.option("load_balance")
+    if lb is not None:
+        _check(coerce(lb, float, f"{where}.load_balance") >= 0,
+               f"{where}.load_balance must be a number >= 0 (the load-balance loss weight), got {lb!r}.")
+    if variant.name == "minilm_ta":
+        _shape_spec(str(variant.option("assistant")), f"{where}.assistant")
+    else:
+        _check(variant.option("assistant") is None,
+               f"{where}.assistant applies to minilm_ta only, not {variant.name}: remove it.")
+
+
+def _build(cls, settings, where: str):
+    """``cls(**settings)``, a bad setting failing here with ``where`` in its sentence."""
     _check(isinstance(settings, dict), f"{where} must be a mapping of settings, got {settings!r}.")
     try:
-        cls(**settings)
+        return cls(**settings)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where}: {err}") from None
 

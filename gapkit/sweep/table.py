@@ -157,8 +157,9 @@ def summary(table, metric: str | None = None):
 
     dev = table[(table.model == "best") & (table.split == "dev")]
     if metric is None:
-        preferred = [m for m in ("score", "f1", "accuracy", "relation") if m in set(dev.metric)]
-        metric = preferred[0] if preferred else None
+        from ..analysis.verdicts import default_metric  # the one rule: the task's primary metric first
+
+        metric = default_metric(next(iter(dev.task.dropna()), None), set(dev.metric))
     dev = dev[dev.metric == metric]
     teachers = dev[dev.role == "teacher"].groupby("teacher")["value"].mean()
     students = dev[(dev.role == "student") & (dev.stage == "task")]
