@@ -165,13 +165,12 @@ def measure(args, device: torch.device, work: Path) -> list[dict]:
 
     # The group on one teacher pass per step (outputs and relation rows shared, as run_group does).
     grouped = Meter(device)
+    side.share_relation_rows = True
     for i in range(args.warmup + args.steps):
         micro = runs[group[0]].next_batches()
         if i >= args.warmup:
             grouped.__enter__()
         outputs = teacher_pass(micro)
-        for out in outputs:
-            out.relation_cache = {}
         for s in group:
             runs[s].step(micro, outputs)
         if i >= args.warmup:

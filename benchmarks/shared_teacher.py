@@ -145,6 +145,7 @@ def shared_teacher(specs: list[DistillSpec]) -> TeacherSide:
 
 def build_group(specs: list[DistillSpec]) -> tuple[TeacherSide, list[Run]]:
     teacher = shared_teacher(specs)
+    teacher.share_relation_rows = True  # as gapkit.sweep.group.run_group: the teacher's relation rows once for all
     return teacher, [Run(spec, teacher=teacher, progress=False) for spec in specs]
 
 
@@ -159,8 +160,6 @@ def step_group(teacher: TeacherSide, runs: list[Run]) -> float:
         micro = lead.next_batches()
         t0 = time.perf_counter()
         outs = [teacher({k: v.to(teacher.device) for k, v in b.items()}) for b in micro]
-        for out in outs:  # as gapkit.sweep.group.run_group: the teacher's relation rows once for the group
-            out.relation_cache = {}
         _sync(teacher.device.type)
         teacher_s += time.perf_counter() - t0
         for r in runs:
@@ -280,8 +279,6 @@ def profile_grouped(specs_for) -> None:
             micro = lead.next_batches()
             with record_function("## teacher"):
                 outs = [teacher(b) for b in micro]
-                for out in outs:  # as in the measured loop (step_group)
-                    out.relation_cache = {}
             for r in runs:
                 with record_function(f"## step {r.spec.name}"):
                     r.step(micro, outs)

@@ -1,5 +1,6 @@
-"""Run configuration: what to train on (``DataSpec``), how (``TrainSpec``), and the distillation
-(``DistillSpec``, which holds the other two). All round-trip to YAML/JSON and validate at construction.
+"""Run configuration: what to train on (``DataSpec``), how (``TrainSpec``), the objective (``LossWeights``)
+and the distillation (``DistillSpec``, which holds the other three). All round-trip to YAML/JSON and validate
+at construction.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from ..data.custom import CustomSpec
 from ..data.tasks import check_task_name
 from ..errors import ConfigError
 from ..models.spec import PRESETS, StudentSpec, spec_from_name
-from .losses import LossWeights
 
 STAGES = ("finetune", "agnostic", "task")
 # data.select_on: the split that selects a run's best weights. ``holdout`` is carved from the training
@@ -31,10 +31,21 @@ LINE_MODES = ("sentence", "document")
 # max-autotune), cudagraphs (CUDA graphs of the captured graph's eager kernels: compiles in seconds),
 # or aot_eager (graphs captured, eager kernels: a capture check without a compiler).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "cudagraphs", "aot_eager")
+# Loss-term names understood by ``LossWeights`` and ``gapkit.distill.losses.combine``, in the order a run
+# computes, sums and scores them.
+LOSS_TERMS = ("relation", "soft", "hard", "hidden", "load_balance")
 # The loss terms each stage can train (the others need a teacher or labels the stage does not have);
-# load balance is an auxiliary term and trains nothing by itself.
+# load balance is an auxiliary term and trains nothing by itself. ``LossWeights.active`` reads this.
 STAGE_TERMS = {"finetune": ("hard",), "agnostic": ("relation", "hidden"),
                "task": ("relation", "soft", "hard", "hidden")}
+# The weights a sweep gives each stage unless its ``weights:`` say otherwise (gapkit.sweep.plan reads this);
+# the ``LossWeights`` defaults fill the rest (load balance 0.01, temperature 1). A single run's default is
+# ``LossWeights()`` itself. The values are floats, as written into planned configs (and their hashes).
+STAGE_WEIGHTS = {
+    "finetune": dict(relation=0.0, soft=0.0, hard=1.0, hidden=0.0),
+    "agnostic": dict(relation=1.0, soft=0.0, hard=0.0, hidden=0.0),
+    "task": dict(relation=0.0, soft=1.0, hard=0.0, hidden=0.0),
+}
 # Preset names that are also pretrained checkpoints on the Hugging Face Hub: gapkit flops reads them as
 # shapes, but as a run's student they mean the pretrained weights (never a random model behind the name).
 HUB_MODEL_IDS = frozenset({"bert-base-uncased", "bert-large-uncased", "bert-base-cased", "bert-large-cased"})
@@ -241,6 +252,75 @@ class TrainSpec:
 
 
 @dataclass
+class LossWeights:
+    """Weights of the distillation objective's terms, and the KD temperature.
+
+    Defaults are the MiniMoE task-agnostic stage: relation loss only, plus load balance at 0.01
+    (docs/method.md). Round-trips through ``dataclasses.asdict`` / ``LossWeights(**d)``. Which terms a run
+    trains on is :meth:`active`, and only that: the teacher side, the trainee, the run's checks and its
+    evaluation all read it.
+
+    Attributes:
+        relation: weight of the Q/K/V relation loss.
+        soft: weight of soft-label (or regression) KD.
+        hard: weight of the ground-truth loss.
+        hidden: weight of the hidden-state MSE.
+        load_balance: weight of the MiniMoE load-balance loss (1.0 at perfect balance; computed by
+            ``gapkit.routing.load_balance_of``). This is the one place the weight lives: students
+            return the unweighted ``load_balance``.
+        temperature: soft-label KD temperature, > 0.
+        target_entropy: when set (nats, > 0), the temperature is not this setting but solved per run from
+            the teacher's logits over the training set, so that its soft labels' mean entropy equals
+            ``target_entropy`` (:func:`temperature_for_entropy`): teachers of different sizes then hand
+            their students equally soft labels, and soft-label entropy cannot explain a difference
+            between them. Classification tasks with task KD from logits alone (cached logits).
+    """
+
+    relation: float = 1.0
+    soft: float = 0.0
+    hard: float = 0.0
+    hidden: float = 0.0
+    load_balance: float = 0.01
+    temperature: float = 1.0
+    target_entropy: float | None = None
+
+    def __post_init__(self) -> None:
+        check_fields(self, "LossWeights")  # numbers (numeric strings converted), finite, never bools
+        for name in LOSS_TERMS:
+            _check(getattr(self, name) >= 0, f"LossWeights.{name} must be a finite number >= 0 (0 turns the term "
+                                             f"off), got {getattr(self, name)!r}.")
+        _check(self.temperature > 0, f"LossWeights.temperature must be a finite number > 0, got {self.temperature!r}.")
+        _check(self.target_entropy is None or self.target_entropy > 0,
+               f"LossWeights.target_entropy must be a number of nats > 0 (or null: the fixed temperature), got "
+               f"{self.target_entropy!r}.")
+
+    def weight(self, term: str) -> float:
+        """The weight of loss term ``term`` (one of ``LOSS_TERMS``)."""
+        if term not in LOSS_TERMS:
+            raise ValueError(f"Unknown loss term {term!r}; known terms are {', '.join(LOSS_TERMS)}.")
+        return getattr(self, term)
+
+    def active(self, stage: str, moe: bool = False) -> tuple[str, ...]:
+        """The loss terms a run of ``stage`` trains on, in ``LOSS_TERMS`` order.
+
+        A term is on when the stage can train it (``STAGE_TERMS``: e.g. soft labels need the task stage's
+        fine-tuned teacher, hard labels need labels) and its weight is > 0; load balance is on for a MiniMoE
+        student (``moe``) when its weight is > 0. The distillation terms of a task-agnostic run
+        (``active("agnostic")``) are also what its evaluation scores.
+
+        Args:
+            stage: a ``DistillSpec.stage``.
+            moe: whether the student is a MiniMoE (it has a load-balance loss).
+        """
+        if stage not in STAGE_TERMS:
+            raise ValueError(f"Unknown stage {stage!r}; stages are {', '.join(STAGES)}.")
+        on = {t for t in STAGE_TERMS[stage] if getattr(self, t) > 0}
+        if moe and self.load_balance > 0:
+            on.add("load_balance")
+        return tuple(t for t in LOSS_TERMS if t in on)
+
+
+@dataclass
 class DistillSpec:
     """One run: fine-tune a model, or distil a teacher into a student.
 
@@ -322,7 +402,7 @@ class DistillSpec:
             self.hidden_layers = [list(pair) for pair in self.hidden_layers]
         terms = STAGE_TERMS[self.stage]
         names = " / ".join(f"weights.{t}" for t in terms)
-        _check(any(getattr(self.weights, t) > 0 for t in terms),
+        _check(bool(self.weights.active(self.stage)),
                f"Nothing to train: stage {self.stage!r} learns from {names}, "
                f"{'which is 0' if len(terms) == 1 else 'all 0'}; set {'it' if len(terms) == 1 else 'one'} > 0 "
                f"(e.g. weights.{terms[0]}: 1.0).")

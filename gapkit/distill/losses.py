@@ -13,14 +13,14 @@ What lives here:
   See docs/method.md, "The relation objective".
 - task KD: ``soft_label_kd`` (Hinton), ``regression_kd``, ``hidden_mse`` (TinyBERT-style hidden states),
   ``hard_label_loss``;
-- ``LossWeights`` / ``combine`` to form the training objective, and ``check_finite`` to stop a run on a
-  NaN/inf loss with one sentence that names the step and the term.
+- ``combine`` to form the training objective from the terms and their ``LossWeights`` (a config, in
+  :mod:`gapkit.distill.config`, which also decides which terms a run trains on: ``LossWeights.active``), and
+  ``check_finite`` to stop a run on a NaN/inf loss with one sentence that names the step and the term.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
@@ -30,8 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..configtools import check_fields
 from ..errors import ConfigError
+from .config import LOSS_TERMS, LossWeights  # re-exported: the objective's weights, beside its terms
 
 __all__ = [
     "mean_entropy",
@@ -57,10 +57,6 @@ __all__ = [
 MASK_VALUE = -10000.0
 # The authors add 1e-7 to student and teacher relations before the KL (log(0) guard).
 KL_EPS = 1e-7
-
-# Loss-term names understood by ``LossWeights`` and ``combine``.
-LOSS_TERMS = ("relation", "soft", "hard", "hidden", "load_balance")
-
 
 # --------------------------------------------------------------------------------------------------
 # Self-attention relation distillation (MiniLM v2, as in MiniMoE)
@@ -485,56 +481,6 @@ def temperature_for_entropy(logits: Tensor, target: float, tol: float = 1e-6) ->
 # --------------------------------------------------------------------------------------------------
 # Combining terms, and stopping on NaN
 # --------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class LossWeights:
-    """Weights of the distillation objective's terms, and the KD temperature.
-
-    Defaults are the MiniMoE task-agnostic stage: relation loss only, plus load balance at 0.01
-    (docs/method.md). Round-trips through ``dataclasses.asdict`` / ``LossWeights(**d)``.
-
-    Attributes:
-        relation: weight of the Q/K/V relation loss.
-        soft: weight of soft-label (or regression) KD.
-        hard: weight of the ground-truth loss.
-        hidden: weight of the hidden-state MSE.
-        load_balance: weight of the MiniMoE load-balance loss (1.0 at perfect balance; computed by
-            ``gapkit.routing.load_balance_of``). This is the one place the weight lives: students
-            return the unweighted ``load_balance``.
-        temperature: soft-label KD temperature, > 0.
-        target_entropy: when set (nats, > 0), the temperature is not this setting but solved per run from
-            the teacher's logits over the training set, so that its soft labels' mean entropy equals
-            ``target_entropy`` (:func:`temperature_for_entropy`): teachers of different sizes then hand
-            their students equally soft labels, and soft-label entropy cannot explain a difference
-            between them. Classification tasks with task KD from logits alone (cached logits).
-    """
-
-    relation: float = 1.0
-    soft: float = 0.0
-    hard: float = 0.0
-    hidden: float = 0.0
-    load_balance: float = 0.01
-    temperature: float = 1.0
-    target_entropy: float | None = None
-
-    def __post_init__(self) -> None:
-        check_fields(self, "LossWeights")  # numbers (numeric strings converted), finite, never bools
-        for name in LOSS_TERMS:
-            if getattr(self, name) < 0:
-                raise ConfigError(f"LossWeights.{name} must be a finite number >= 0 (0 turns the term off), "
-                                  f"got {getattr(self, name)!r}.")
-        if self.temperature <= 0:
-            raise ConfigError(f"LossWeights.temperature must be a finite number > 0, got {self.temperature!r}.")
-        if self.target_entropy is not None and self.target_entropy <= 0:
-            raise ConfigError(f"LossWeights.target_entropy must be a number of nats > 0 (or null: the fixed "
-                              f"temperature), got {self.target_entropy!r}.")
-
-    def weight(self, term: str) -> float:
-        """The weight of loss term ``term`` (one of ``LOSS_TERMS``)."""
-        if term not in LOSS_TERMS:
-            raise ValueError(f"Unknown loss term {term!r}; known terms are {', '.join(LOSS_TERMS)}.")
-        return getattr(self, term)
 
 
 def combine(terms: Mapping[str, Tensor], weights: LossWeights) -> tuple[Tensor, dict[str, float]]:

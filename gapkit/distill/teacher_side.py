@@ -9,6 +9,10 @@ With logits alone (task KD without relations or hidden states) the teacher's out
 (it is frozen and in eval mode), so :meth:`TeacherSide.cache_logits` computes them once for the whole
 training set instead of once per step.
 
+A side that feeds several runs (``share_relation_rows``) also shares the teacher's half of the relation
+loss: each output carries a ``relation_rows`` dict, filled by the first student's relation loss and read
+by the others (:class:`TeacherSideOutput`).
+
 With ``train.compile`` the teacher's encoder is compiled (``torch.compile``, see
 :mod:`gapkit.distill.compiling`) and every batch is padded up to a bucket length, its outputs cut back
 to the batch's own length: callers see the shapes they passed.
@@ -17,7 +21,7 @@ to the batch's own length: callers see the shapes they passed.
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -29,7 +33,7 @@ from .compiling import (GRAPHED_MODES, SHAPES_PER_BUCKET, bucket_lengths, bucket
                         raise_recompile_limit)
 from .config import DistillSpec
 
-__all__ = ["TeacherSide", "TeacherNeeds", "to_device", "autocast"]
+__all__ = ["TeacherSide", "TeacherSideOutput", "TeacherNeeds", "to_device", "autocast"]
 
 
 def to_device(batch: dict, device) -> dict:
@@ -53,8 +57,8 @@ class TeacherNeeds:
 
     @classmethod
     def of(cls, spec: DistillSpec) -> "TeacherNeeds":
-        w = spec.weights
-        return cls(qkv=w.relation > 0, hidden=w.hidden > 0, logits=spec.stage == "task" and w.soft > 0)
+        on = spec.weights.active(spec.stage)
+        return cls(qkv="relation" in on, hidden="hidden" in on, logits="soft" in on)
 
     def __or__(self, other: "TeacherNeeds") -> "TeacherNeeds":
         return TeacherNeeds(self.qkv or other.qkv, self.hidden or other.hidden, self.logits or other.logits)
@@ -62,6 +66,21 @@ class TeacherNeeds:
     @property
     def logits_only(self) -> bool:
         return self.logits and not (self.qkv or self.hidden)
+
+
+@dataclass
+class TeacherSideOutput(TeacherOutput):
+    """The teacher's outputs for one batch, as a :class:`TeacherSide` hands them to its runs.
+
+    Attributes:
+        relation_rows: the teacher's relation rows of this batch, keyed by the number of relation heads
+            (``relation_loss``'s ``teacher_cache``): an empty dict from a side that feeds several runs,
+            filled by the first student's relation loss and reused by the others (the same numbers, so
+            each student's loss is bitwise what it would be alone); None for a run of its own, whose
+            relation loss frees each row as it goes.
+    """
+
+    relation_rows: dict | None = field(default=None, repr=False, compare=False)
 
 
 class TeacherSide:
@@ -76,13 +95,19 @@ class TeacherSide:
             teacher is this side's own) and pad every batch up to a bucket length.
         buckets: the bucket lengths (:func:`gapkit.distill.compiling.bucket_lengths`); needed with
             ``compile``.
+        share_relation_rows: the side feeds several runs (a sweep's group), each reading every output:
+            outputs then carry a ``relation_rows`` dict (:class:`TeacherSideOutput`). Settable after
+            construction (a group shares the side its first run loaded).
     """
 
     def __init__(self, teacher: Teacher, ref: str, needs: TeacherNeeds, device: torch.device, bf16: bool = True,
-                 compile: str = "off", buckets: tuple[int, ...] | None = None):
+                 compile: str = "off", buckets: tuple[int, ...] | None = None, share_relation_rows: bool = False):
         self.teacher = teacher.to(device)
         self.ref, self.needs, self.device, self.bf16 = ref, needs, device, bf16
         self.compile, self.buckets = compile, tuple(buckets or ())
+        self.share_relation_rows = share_relation_rows
+        # cache_logits' passes over a training set, by the key of its features (runs of a group share them).
+        self._logit_cache: dict[str, list[torch.Tensor]] = {}
         if compile != "off":
             if not self.buckets:
                 raise ValueError("A compiled TeacherSide needs its bucket lengths (compiling.bucket_lengths).")
@@ -134,7 +159,7 @@ class TeacherSide:
 
     # -- compute -------------------------------------------------------------------------------------
     @torch.no_grad()
-    def __call__(self, batch: dict) -> TeacherOutput:
+    def __call__(self, batch: dict) -> TeacherSideOutput:
         """Teacher outputs of one batch (already on the device); Q/K/V and hidden states only when
         some run needs them."""
         if self.compile != "off":
@@ -142,8 +167,11 @@ class TeacherSide:
         with autocast(self.device, self.bf16):
             out = self.teacher(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
                                output_hidden_states=self.needs.hidden)
-        return TeacherOutput(last_hidden_state=out.last_hidden_state, qkv=out.qkv if self.needs.qkv else None,
-                             hidden_states=out.hidden_states, logits=out.logits if self.needs.logits else None)
+        return self._output(last_hidden_state=out.last_hidden_state, qkv=out.qkv if self.needs.qkv else None,
+                            hidden_states=out.hidden_states, logits=out.logits if self.needs.logits else None)
+
+    def _output(self, **outputs) -> TeacherSideOutput:
+        return TeacherSideOutput(**outputs, relation_rows={} if self.share_relation_rows else None)
 
     def _compile_teacher(self) -> None:
         """Compile the teacher's encoder in place. One eager call first: some models finish setting up
@@ -156,7 +184,7 @@ class TeacherSide:
         self.teacher.model.compile(dynamic=False, **compile_options(self.compile))
         raise_recompile_limit(SHAPES_PER_BUCKET * len(self.buckets))
 
-    def _compiled_call(self, batch: dict) -> TeacherOutput:
+    def _compiled_call(self, batch: dict) -> TeacherSideOutput:
         """The compiled teacher on the batch padded to its bucket; outputs cut back to its length (and
         copied: CUDA-graph outputs are overwritten by the next replay, and a group's students read these
         one after another)."""
@@ -172,7 +200,7 @@ class TeacherSide:
         logits = out.logits if self.needs.logits else None
         if logits is not None:
             logits = cut(logits, T, copy) if logits.dim() == 3 else (logits.clone() if copy else logits)
-        return TeacherOutput(
+        return self._output(
             last_hidden_state=cut(out.last_hidden_state, T, copy),
             qkv=tuple(cut(x, T, copy) for x in out.qkv) if self.needs.qkv else None,
             hidden_states=tuple(cut(h, T, copy) for h in out.hidden_states) if out.hidden_states is not None else None,
@@ -188,7 +216,7 @@ class TeacherSide:
         Returns:
             One (C,) or, for token tasks, (T_i, C) float tensor per example.
         """
-        memo = self.__dict__.setdefault("_logit_cache", {})
+        memo = self._logit_cache
         if key is not None and key in memo:
             return memo[key]
         cached = []

@@ -162,16 +162,21 @@ def hidden_layer_pairs(spec: DistillSpec, student_layers: int, teacher_layers: i
 class Trainee(nn.Module):
     """The model plus the modules only distillation needs, so that DDP and checkpoints see one module.
 
+    ``terms`` are the loss terms it computes (``LossWeights.active`` of the run's stage and student);
     ``hidden`` is the TinyBERT projection from student to teacher hidden size (shared across the layer
     map); the MiniMoE relation projection lives on the student (``Student.relation``) so that it is
     saved and loaded with it.
+
+    Args:
+        teacher: the run's teacher side (its sizes); None for fine-tuning, whose terms need none.
     """
 
     def __init__(self, model: nn.Module, spec: DistillSpec, task: TaskData, teacher=None):
         super().__init__()
         self.model, self.spec, self.task = model, spec, task
         w = spec.weights
-        self.uses_projection = teacher is not None and w.relation > 0 and (
+        self.terms = w.active(spec.stage, moe=model.is_moe)
+        self.uses_projection = "relation" in self.terms and (
             spec.student_qkv == "projection" or (spec.student_qkv == "auto" and model.is_moe))
         if self.uses_projection:
             if not hasattr(model, "add_relation_projection"):
@@ -188,45 +193,42 @@ class Trainee(nn.Module):
         self.temperature = w.temperature
         self.hidden = None
         self.hidden_pairs: list[tuple[int, int]] = []
-        if teacher is not None and w.hidden > 0:
+        if "hidden" in self.terms:
             self.hidden_pairs = hidden_layer_pairs(spec, model.spec.layers, teacher.num_layers)
             self.hidden = HiddenProjection(model.hidden_size, teacher.hidden_size)
 
-    @property
-    def needs_hidden_states(self) -> bool:
-        return bool(self.hidden_pairs)
-
     def forward(self, batch: dict, teacher_out=None) -> tuple[dict, StudentOutput]:
-        """Loss terms of one micro-batch: (terms dict of scalar tensors, model output)."""
-        spec, w = self.spec, self.spec.weights
-        need_qkv = teacher_out is not None and teacher_out.qkv is not None and w.relation > 0
+        """Loss terms of one micro-batch, those of ``terms`` in their order: (terms dict of scalar tensors,
+        model output). ``teacher_out`` (a :class:`~gapkit.distill.teacher_side.TeacherSideOutput`) is needed
+        when a teacher term is on."""
+        spec, on = self.spec, self.terms
         call = self.model_call if (self.model_call is not None and self.training) else self.model
         out = call(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"),
-                   output_qkv=need_qkv and not self.uses_projection,
-                   output_hidden_states=self.needs_hidden_states and teacher_out is not None)
+                   output_qkv="relation" in on and not self.uses_projection,
+                   output_hidden_states="hidden" in on)
         terms = {}
         mask = batch["attention_mask"]
-        if need_qkv:
+        if "relation" in on:
             student_qkv = self.model.relation_qkv(out.last_hidden_state) if self.uses_projection else out.qkv
             terms["relation"] = relation_loss(
                 teacher_out.qkv, student_qkv, mask, spec.relation_heads,
                 relation_dropout=spec.relation_dropout, training=self.training,
-                teacher_cache=getattr(teacher_out, "relation_cache", None)).total
+                teacher_cache=teacher_out.relation_rows).total
         labels = batch.get("labels")
         logits = out.logits
         regression = self.task.kind == "regression"
-        if logits is not None and teacher_out is not None and teacher_out.logits is not None and w.soft > 0:
+        if "soft" in on:
             if regression:
                 terms["soft"] = regression_kd(logits.squeeze(-1), teacher_out.logits.squeeze(-1))
             else:
                 valid = (labels != IGNORE_INDEX) if (self.task.kind == "token" and labels is not None) else None
                 terms["soft"] = soft_label_kd(logits, teacher_out.logits, self.temperature, valid=valid)
-        if logits is not None and labels is not None and w.hard > 0:
+        if "hard" in on:
             terms["hard"] = hard_label_loss(logits.squeeze(-1) if regression else logits, labels, regression)
-        if self.hidden is not None and teacher_out is not None:
+        if "hidden" in on:
             losses = [hidden_mse(out.hidden_states[s], teacher_out.hidden_states[t], self.hidden, mask)
                       for s, t in self.hidden_pairs]
             terms["hidden"] = torch.stack(losses).mean()
-        if self.model.is_moe and w.load_balance > 0:
+        if "load_balance" in on:
             terms["load_balance"] = out.load_balance
         return terms, out

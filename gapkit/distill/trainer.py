@@ -5,8 +5,9 @@
 files are listed in :mod:`gapkit.distill.runfiles`). A sweep drives several ``Run``s itself: it
 takes the micro-batches of the next step from one run (:meth:`Run.next_batches`; runs with the same
 data seed and batch geometry see the same batches), computes the teacher's outputs once with a
-shared :class:`~gapkit.distill.teacher_side.TeacherSide`, and hands them to every run's
-:meth:`Run.step`.
+shared :class:`~gapkit.distill.teacher_side.TeacherSide`, hands them to every run's
+:meth:`Run.step`, then calls every run's :meth:`Run.after_step` (evaluation pairs shared the same way).
+The loop's own state is a :class:`LoopState`, saved with every checkpoint.
 
 Randomness belongs to the run (:class:`~gapkit.distill.rng.RunRNG`): weight init from
 ``train.init_seed``, dropout/gate noise/relation dropout from a per-rank stream derived from it,
@@ -26,6 +27,7 @@ import logging
 import math
 import os
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +42,6 @@ from ..data.tasks import TaskData, build_task, predictions_of, synthetic_unlabel
 from ..errors import ConfigError, DataError, TrainingFailed
 from ..io import kill_point, save_safetensors
 from ..models.student import Student
-from ..models.teacher import TeacherOutput
 from ..routing import RoutingAccumulator, routing_rows
 from .batches import Batches, eval_batches
 from .checkpointing import load_training_state, save_training_state
@@ -50,10 +51,10 @@ from .losses import NonFiniteLossError, check_finite, combine, mean_entropy, tem
 from .result import RunResult, git_revision, run_id
 from .rng import RunRNG, derive_seed
 from .runfiles import PREDICTIONS, RunFolder
-from .teacher_side import TeacherNeeds, TeacherSide, autocast, to_device
+from .teacher_side import TeacherNeeds, TeacherSide, TeacherSideOutput, autocast, to_device
 from .trainee import Trainee, build_model
 
-__all__ = ["Run", "run", "RunResult", "init_distributed"]
+__all__ = ["Run", "LoopState", "run", "RunResult", "init_distributed"]
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,11 @@ def load_task(spec: DistillSpec, tokenizer) -> TaskData:
         task.kind, task.num_labels, task.primary, task.tests = "unlabeled", 0, "relation", {}
     if spec.stage == "finetune" and task.kind == "unlabeled":
         raise ConfigError("Stage 'finetune' needs labels; raw text is for stage 'agnostic'.")
+    if task.kind == "unlabeled":
+        # A task-agnostic run scores its distillation terms (Run.evaluate) and selects best/ on the first that
+        # is on, in LOSS_TERMS order: the relation loss when it is on (MiniLM's objective, as always), the
+        # hidden-state loss for a run that distils hidden states alone (docs/runs.md).
+        task.primary = spec.weights.active(spec.stage)[0]
     for split, features in [("train", task.train), *task.evals.items(), *task.tests.items()]:
         if len(features) == 0:
             raise DataError(f"The {split} split of task {spec.data.task!r} is empty: check data.data_dir and "
@@ -168,7 +174,7 @@ def check_compatible(spec: DistillSpec, task: TaskData, model: nn.Module, teache
         raise ConfigError(f"The model's vocabulary ({model_vocab} ids) is smaller than the tokenizer's "
                           f"({task.vocab_size}): train a model built for this tokenizer (or set data.tokenizer to "
                           f"the model's own).")
-    if teacher is not None and spec.weights.relation > 0:
+    if teacher is not None and "relation" in spec.weights.active(spec.stage):
         R = spec.relation_heads
         student_size = model.hidden_size if spec.student_qkv == "projection" or (
             spec.student_qkv == "auto" and model.is_moe) else model.spec.attn_size
@@ -317,13 +323,13 @@ class Run:
         # holdout carved from the training split, the dev splits then scored only (``task.tests``).
         self.selection = dict(split="+".join(task.evals), metric=task.primary,
                               higher_is_better=task.kind != "unlabeled")
-        self.state = dict(step=0, best=None, best_step=None, bad_evals=0, best_metrics={}, last_eval=None,
-                          status="running", reason=None)
+        self.state = LoopState()
         if mode == "resume":
-            self.state, rng_state = load_training_state(self.folder.checkpoint_dir, self.trainee, self.optimizer,
-                                                        self.scheduler, self.rank, self.world)
+            saved, rng_state = load_training_state(self.folder.checkpoint_dir, self.trainee, self.optimizer,
+                                                   self.scheduler, self.rank, self.world)
+            self.state = LoopState.from_checkpoint(saved, self.folder.checkpoint_dir)
             self.rng.load_state(rng_state)
-            self.folder.rewind(self.state["step"])
+            self.folder.rewind(self.state.step)
         if train.tensorboard and self.rank == 0:
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -337,28 +343,28 @@ class Run:
                 self.trainee, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 find_unused_parameters=self.model.is_moe)
         self.trainee.train()
-        self.bar = tqdm(total=self.total_steps, initial=self.state["step"], desc=spec.name, dynamic_ncols=True,
+        self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc=spec.name, dynamic_ncols=True,
                         disable=not (progress and self.rank == 0))
         self._window_tokens, self._window_t0 = 0, time.time()
 
     # -- where the run stands ------------------------------------------------------------------------
     @property
     def step_count(self) -> int:
-        return self.state["step"]
+        return self.state.step
 
     @property
     def done(self) -> bool:
-        return self.finished or self.state["step"] >= self.total_steps or self.state["status"] != "running"
+        return self.finished or self.state.step >= self.total_steps or self.state.status != "running"
 
     # -- training ------------------------------------------------------------------------------------
     def next_batches(self) -> list[dict]:
         """This rank's micro-batches of the next optimizer step (on the CPU)."""
-        return self.batches.for_step(self.state["step"])
+        return self.batches.for_step(self.state.step)
 
-    def teacher_output(self, batch: dict) -> TeacherOutput | None:
+    def teacher_output(self, batch: dict) -> TeacherSideOutput | None:
         """What the teacher gives for one micro-batch already on the device (cached logits when there)."""
         if "teacher_logits" in batch:
-            return TeacherOutput(last_hidden_state=None, qkv=None, logits=batch.pop("teacher_logits"))
+            return TeacherSideOutput(last_hidden_state=None, qkv=None, logits=batch.pop("teacher_logits"))
         return self.teacher(batch) if self.teacher is not None else None
 
     def step(self, micro_batches: list[dict] | None = None, teacher_outputs: list | None = None) -> dict:
@@ -374,7 +380,7 @@ class Run:
             NonFiniteLossError: a NaN/inf loss term (on any rank).
         """
         micro = micro_batches if micro_batches is not None else self.next_batches()
-        step = self.state["step"] + 1
+        step = self.state.step + 1
         logs: dict[str, float] = {}
         with self.rng.active():
             for i, batch in enumerate(micro):
@@ -399,7 +405,7 @@ class Run:
             self.optimizer.step()
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
-        self.state["step"] = step
+        self.state.step = step
         kill_point("step")
         self.bar.update(1)
         train = self.train_spec
@@ -423,7 +429,7 @@ class Run:
         at it and at T = 1 (written to result.json), where the teacher's logits are cached; the temperature
         solved for ``weights.target_entropy`` when that is set."""
         w = spec.weights
-        classes = teacher_logits is not None and task.kind == "sequence" and w.soft > 0
+        classes = teacher_logits is not None and task.kind == "sequence" and "soft" in w.active(spec.stage)
         if w.target_entropy is not None and not classes:
             raise ConfigError(f"weights.target_entropy needs soft labels from cached teacher logits on a "
                               f"classification task (weights.soft > 0; relation and hidden 0), and run {spec.name!r} "
@@ -453,18 +459,33 @@ class Run:
             raise error
 
     # -- evaluation ----------------------------------------------------------------------------------
+    @property
+    def eval_uses_teacher(self) -> bool:
+        """Whether evaluation runs the teacher: raw text is scored by the distillation terms."""
+        return self.teacher is not None and self.task.kind == "unlabeled"
+
     def eval_pairs(self, split: str):
         """(batch on the device, teacher output or None) of an evaluation or test split. The teacher
-        runs only where the metric needs it (raw text: the relation loss)."""
+        runs only where the metric needs it (:attr:`eval_uses_teacher`)."""
         task = self.task
         features = task.evals.get(split, task.tests.get(split))
         for batch in eval_batches(features, self.train_spec.eval_batch_size, task.pad_token_id):
             batch = to_device(batch, self.device)
-            yield batch, (self.teacher(batch) if self.teacher is not None and task.kind == "unlabeled" else None)
+            yield batch, (self.teacher(batch) if self.eval_uses_teacher else None)
+
+    def shared_eval_pairs(self) -> dict | None:
+        """Split -> (batch, teacher output) pairs of every split a run may score (selection splits, then
+        scored ones), computed once for the runs of a group that evaluate at this step; None when
+        evaluation needs no teacher."""
+        if not self.eval_uses_teacher:
+            return None
+        task = self.task
+        return {split: list(self.eval_pairs(split)) for split in (*task.evals, *task.tests)}
 
     @torch.no_grad()
     def evaluate(self, split: str, pairs=None, log: bool = True) -> dict[str, float]:
-        """Metrics of one split (the relation loss for raw text), logged with its routing statistics.
+        """Metrics of one split (for raw text: the distillation terms that are on), logged with its routing
+        statistics.
 
         Args:
             split: a name in ``task.evals`` or ``task.tests``.
@@ -474,7 +495,10 @@ class Run:
         task, trainee = self.task, self.trainee
         was_training = trainee.training
         trainee.eval()
-        logits, labels, loss_sum, rows = [], [], 0.0, 0
+        logits, labels, rows = [], [], 0
+        # Raw text is scored by the run's distillation terms, each averaged over the examples (load balance,
+        # an auxiliary term, is not a score); the first of them selects best/ (load_task).
+        loss_sums = dict.fromkeys(self.spec.weights.active(self.spec.stage), 0.0)
         routing = RoutingAccumulator()
         with self.rng.active():  # random routing draws even in evaluation
             for batch, t_out in (pairs if pairs is not None else self.eval_pairs(split)):
@@ -487,14 +511,15 @@ class Run:
                     routing.add(out.routing, batch["attention_mask"], batch["input_ids"])
                 if task.kind == "unlabeled":
                     n = batch["input_ids"].shape[0]
-                    loss_sum += float(terms["relation"]) * n
+                    for term in loss_sums:
+                        loss_sums[term] += float(terms[term]) * n
                     rows += n
                 else:
                     logits.append(out.logits.float().cpu())
                     labels.append(batch["labels"].cpu())
         trainee.train(was_training)
         if task.kind == "unlabeled":
-            metrics = {"relation": loss_sum / max(rows, 1)}
+            metrics = {term: total / max(rows, 1) for term, total in loss_sums.items()}
         else:
             if task.kind == "token":  # pad every batch to the longest sequence of the split
                 T = max(x.shape[1] for x in logits)
@@ -505,14 +530,14 @@ class Run:
             self._predictions[split] = (predictions_of(task.kind, logits), labels.to(torch.int32)
                                         if labels.dtype != torch.float32 else labels)
         if log:
-            step = self.state["step"]
+            step = self.state.step
             self.folder.log([dict(step=step, split=split, metric=k, value=v) for k, v in metrics.items()])
             self.folder.add_routing([dict(r, step=step, split=split) for r in routing.rows()])
         return metrics
 
     @property
     def eval_due(self) -> bool:
-        step = self.state["step"]
+        step = self.state.step
         return step > 0 and (step % self.eval_every == 0 or step == self.total_steps)
 
     def evaluate_all(self, pairs: dict | None = None) -> dict[str, dict[str, float]]:
@@ -525,29 +550,30 @@ class Run:
             split -> metrics.
         """
         pairs = pairs or {}
-        step, task = self.state["step"], self.task
+        step, task = self.state.step, self.task
         metrics = {split: self.evaluate(split, pairs.get(split)) for split in task.evals}
         value = float(np.mean([m[task.primary] for m in metrics.values()]))
-        best = self.state["best"]
+        best = self.state.best
         higher = self.selection["higher_is_better"]
         improved = best is None or (value > best if higher else value < best)
         if improved and task.tests:
             # The scored splits (test; dev too when a holdout selects) are scored with exactly the weights
             # that the selection split chose, never used to select.
             metrics.update({split: self.evaluate(split, pairs.get(split)) for split in task.tests})
-        self.state["last_eval"] = dict(step=step, metrics=metrics)
+        self.state.last_eval = dict(step=step, metrics=metrics)
         if improved:
-            self.state.update(best=value, best_step=step, bad_evals=0, best_metrics=metrics)
+            state = self.state
+            state.best, state.best_step, state.bad_evals, state.best_metrics = value, step, 0, metrics
             self.folder.save_best(lambda folder: self._save_model(folder, splits=list(metrics)))
         else:
-            self.state["bad_evals"] += 1
+            self.state.bad_evals += 1
         if self.rank == 0:
             shown = {f"{s}/{k}" if len(metrics) > 1 else k: v for s, m in metrics.items() for k, v in m.items()}
             self.bar.write(f"[{self.spec.name}] step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in shown.items()))
         patience = self.train_spec.early_stopping
-        if patience and self.state["bad_evals"] >= patience and step < self.total_steps:
-            self.state.update(status="early_stopped",
-                              reason=f"no improvement of {task.primary} in {patience} evaluations")
+        if patience and self.state.bad_evals >= patience and step < self.total_steps:
+            self.state.status = "early_stopped"
+            self.state.reason = f"no improvement of {task.primary} in {patience} evaluations"
         return metrics
 
     def _save_model(self, folder: Path, splits: list[str] = ()) -> None:
@@ -562,8 +588,8 @@ class Run:
     # -- checkpoints ---------------------------------------------------------------------------------
     @property
     def checkpoint_due(self) -> bool:
-        step = self.state["step"]
-        return step % self.checkpoint_every == 0 or step == self.total_steps or self.state["status"] != "running"
+        step = self.state.step
+        return step % self.checkpoint_every == 0 or step == self.total_steps or self.state.status != "running"
 
     def checkpoint(self) -> None:
         """Save a resumable state. Every rank takes part (each one's generator state is saved); rank 0
@@ -576,12 +602,18 @@ class Run:
         if self.rank == 0:
             self.folder.flush_routing()
             save_training_state(self.folder.checkpoint_dir, self.trainee, self.optimizer, self.scheduler,
-                                _loop_state(self.state), rng)
+                                self.state.to_dict(), rng)
 
-    def after_step(self) -> None:
-        """Evaluate and checkpoint when due (the standard loop's bookkeeping after :meth:`step`)."""
+    def after_step(self, eval_pairs: dict | None = None) -> None:
+        """Evaluate and checkpoint when due: the bookkeeping after :meth:`step`, of a run alone and of
+        each run of a group (:func:`gapkit.sweep.group.run_group`).
+
+        Args:
+            eval_pairs: split -> (batch, teacher output) pairs shared by the runs of a group
+                (:meth:`shared_eval_pairs`); by default the run computes its own.
+        """
         if self.eval_due:
-            self.evaluate_all()
+            self.evaluate_all(eval_pairs)
         if self.checkpoint_due:
             self.checkpoint()
 
@@ -591,8 +623,8 @@ class Run:
         if self.finished:
             return self.result
         self.bar.close()
-        if self.state["status"] == "running":
-            self.state["status"] = "completed"
+        if self.state.status == "running":
+            self.state.status = "completed"
         self.folder.flush_routing()
         self.result = self._result()
         kill_point("finish")
@@ -610,8 +642,8 @@ class Run:
     def fail(self, err: NonFiniteLossError) -> TrainingFailed:
         """Record a NaN/inf stop (``failure.json``, ``result.json``); returns the error to raise."""
         self.bar.close()
-        self.state.update(status="failed", reason=f"non-finite loss term {err.term!r} ({err.value}) at step "
-                                                  f"{err.step}")
+        self.state.status = "failed"
+        self.state.reason = f"non-finite loss term {err.term!r} ({err.value}) at step {err.step}"
         failure = dict(status="failed", step=err.step, term=err.term, value=str(err.value), message=str(err))
         self.folder.write_failure(failure)
         self.folder.flush_routing()
@@ -625,18 +657,18 @@ class Run:
 
         state, spec = self.state, self.spec
         rows = []
-        for split, values in (state["best_metrics"] or {}).items():
-            rows += [dict(split=split, metric=k, value=v, step=state["best_step"], model="best")
+        for split, values in (state.best_metrics or {}).items():
+            rows += [dict(split=split, metric=k, value=v, step=state.best_step, model="best")
                      for k, v in values.items()]
-        last = state["last_eval"]
+        last = state.last_eval
         if last is not None:
             rows += [dict(split=split, metric=k, value=v, step=last["step"], model="final")
                      for split, values in last["metrics"].items() if split in self.task.evals for k, v in values.items()]
         student_spec = getattr(self.model, "spec", None)
         return RunResult(
-            run_dir=str(self.folder.dir), name=spec.name, run_id=self.run_id, status=state["status"],
-            reason=state["reason"], stage=spec.stage, task=spec.data.task, steps=state["step"],
-            best_step=state["best_step"],
+            run_dir=str(self.folder.dir), name=spec.name, run_id=self.run_id, status=state.status,
+            reason=state.reason, stage=spec.stage, task=spec.data.task, steps=state.step,
+            best_step=state.best_step,
             selection=dict(self.selection, scored=sorted(self.task.tests), examples=self.task.sizes),
             metrics=rows,
             student=dict(ref=str(spec.student) if not hasattr(spec.student, "to_dict") else spec.student.name,
@@ -654,9 +686,49 @@ class Run:
         )
 
 
-def _loop_state(state: dict) -> dict:
-    return {k: state[k] for k in ("step", "best", "best_step", "bad_evals", "best_metrics", "last_eval", "status",
-                                  "reason")}
+@dataclass
+class LoopState:
+    """Where a run's loop stands: saved with every checkpoint (``state.json``, beside the optimizer's and the
+    scheduler's states) and read back on resume, as Hugging Face's ``TrainerState``.
+
+    Attributes:
+        step: optimizer steps taken.
+        best: the selection metric of ``best/`` (None before the first evaluation).
+        best_step: the step ``best/`` was saved at.
+        bad_evals: evaluations since the selection metric last improved (early stopping).
+        best_metrics: split -> metric -> value of ``best/``.
+        last_eval: the last evaluation, ``{"step": ..., "metrics": {split: {metric: value}}}``.
+        status: ``running``, then ``completed``, ``early_stopped`` or ``failed``.
+        reason: why the run stopped early or failed.
+    """
+
+    step: int = 0
+    best: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0
+    best_metrics: dict = field(default_factory=dict)
+    last_eval: dict | None = None
+    status: str = "running"
+    reason: str | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-able, one key per field (the keys ``state.json`` has always had)."""
+        return asdict(self)
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict, folder) -> "LoopState":
+        """The loop state among what ``load_training_state`` read from ``folder`` (other keys ignored).
+
+        Raises:
+            ConfigError: a key is missing (a checkpoint gapkit did not write).
+        """
+        names = [f.name for f in fields(cls)]
+        missing = [n for n in names if n not in saved]
+        if missing:
+            raise ConfigError(f"The checkpoint in {folder} cannot be resumed: its state.json has no "
+                              f"{', '.join(missing)} (the loop state): move the run folder away and start the run "
+                              f"again.")
+        return cls(**{n: saved[n] for n in names})
 
 
 def _jsonable(config: dict) -> dict:

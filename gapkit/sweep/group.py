@@ -73,6 +73,8 @@ def run_group(specs: list[DistillSpec], progress: bool = False) -> list[Outcome]
             continue
         shared = shared if shared is not None else r.teacher
         runs.append(r)
+    if shared is not None and len(runs) > 1:  # the teacher's relation rows too: computed once, read by every run
+        shared.share_relation_rows = True
     try:
         _train_together(runs, shared, outcomes)
     except BaseException:
@@ -98,8 +100,6 @@ def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
         if shared is not None and not TeacherNeeds.of(stepping[0].spec).logits_only:
             outputs = [shared(to_device({k: v for k, v in b.items() if k != "teacher_logits"}, shared.device))
                        for b in micro]
-            for out in outputs:  # the teacher's relation rows too: computed by the first student, reused
-                out.relation_cache = {}
         for r in stepping:
             try:
                 r.step(micro, outputs)
@@ -109,19 +109,9 @@ def _train_together(runs: list[Run], shared, outcomes: dict) -> None:
                 runs.remove(r)
         stepping = [r for r in stepping if r in runs]
         due = [r for r in stepping if r.eval_due]
-        if due:
-            pairs = None
-            if shared is not None and due[0].task.kind == "unlabeled":  # the relation loss needs the teacher
-                task = due[0].task  # every split a run may score: selection splits, then scored ones
-                pairs = {split: list(due[0].eval_pairs(split)) for split in (*task.evals, *task.tests)}
-                for split_pairs in pairs.values():
-                    for _, out in split_pairs:
-                        out.relation_cache = {}
-            for r in due:
-                r.evaluate_all(pairs)
+        pairs = due[0].shared_eval_pairs() if due else None  # one teacher pass for every run that evaluates
         for r in stepping:
-            if r.checkpoint_due:
-                r.checkpoint()
+            r.after_step(pairs)
 
 
 def prepare_truncated(ref: str, layers: int, folder: str | Path) -> Path:

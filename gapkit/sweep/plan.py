@@ -23,7 +23,7 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..distill.config import DataSpec, DistillSpec
+from ..distill.config import STAGE_WEIGHTS, DataSpec, DistillSpec
 from ..distill.result import run_id
 from ..errors import ConfigError
 from ..models.spec import StudentSpec, spec_from_name
@@ -38,12 +38,9 @@ ID_HASH = 8  # characters of a run's run_id in its folder name
 # compute estimate of a dry run before any data is read.
 KNOWN_TRAIN_SIZES = {"cola": 8551, "sst2": 67349, "mrpc": 3668, "stsb": 5749, "qqp": 363846, "mnli": 392702,
                      "qnli": 104743, "rte": 2490, "wnli": 635, "conll": 14041}
-DEFAULT_WEIGHTS = {
-    "finetune": dict(relation=0.0, soft=0.0, hard=1.0, hidden=0.0),
-    "agnostic": dict(relation=1.0, soft=0.0, hard=0.0, hidden=0.0),
-    "task": dict(relation=0.0, soft=1.0, hard=0.0, hidden=0.0),
-    "kd": dict(relation=0.0, soft=1.0, hard=0.0, hidden=0.0),
-}
+# Each stage's weights before the sweep's own (gapkit.distill.config.STAGE_WEIGHTS); the kd method's task
+# stage (``weights: {kd: ...}``) starts from the task stage's.
+DEFAULT_WEIGHTS = {**STAGE_WEIGHTS, "kd": STAGE_WEIGHTS["task"]}
 
 
 @dataclass
