@@ -87,7 +87,8 @@ def test_an_unknown_stage_is_named():
 
 @pytest.mark.parametrize("stage, weights, message", [
     ("finetune", dict(), r"stage 'finetune' learns from weights\.hard, which is 0"),
-    ("agnostic", dict(relation=0.0, soft=1.0), r"stage 'agnostic' learns from weights\.relation / weights\.hidden, all 0"),
+    ("agnostic", dict(relation=0.0, soft=1.0),
+     r"stage 'agnostic' learns from weights\.relation / weights\.hidden, all 0"),
     ("task", dict(relation=0.0), r"stage 'task' learns from weights\.relation / weights\.soft / weights\.hard / "
                                  r"weights\.hidden, all 0"),
 ])
