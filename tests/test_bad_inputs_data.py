@@ -114,6 +114,8 @@ API = [
     ("no dev file", dict(files={"train": "a.csv"}), {}, ConfigError, r"needs a train and a dev file, got train"),
     ("unknown split", dict(files={"train": "a.csv", "dev": "b.csv", "valid": "c.csv"}), {}, ConfigError,
      r"files has unknown split\(s\) valid: use train, dev, test"),
+    ("a path that is not text", dict(files={"train": "a.csv", "dev": 3}), {}, ConfigError,
+     r"data.custom.files.dev must be a file path, got 3"),
     ("unknown extension", dict(files={"train": "a.txt", "dev": "b.txt"}), {}, ConfigError,
      r"cannot tell the format of a.txt from its extension; .* or set data.custom.format"),
     ("three text columns", dict(files=FILES, text=["a", "b", "c"]), {}, ConfigError,

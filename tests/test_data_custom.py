@@ -249,7 +249,7 @@ def test_the_csv_sweep_dry_runs(tmp_path, capsys):
     assert main(["sweep", str(SWEEP), "--dry-run", "--set", _teachers_override(),
                  "--set", f"output_dir={tmp_path / 'sweep'}"]) == 0
     out = capsys.readouterr().out
-    assert "12 runs (2 prepare, 2 finetune, 8 task)" in out and "reviews" in out
+    assert "16 runs (2 prepare, 2 finetune, 12 task)" in out and "reviews" in out
     assert not (tmp_path / "sweep" / "runs").exists()
 
 
@@ -266,3 +266,21 @@ def test_the_csv_sweep_runs_end_to_end_cut_down(tmp_path, capsys):
     students = table[(table.role == "student") & (table.model == "best") & (table.metric == "score")]
     assert set(students.task) == {"reviews"} and set(students.split) == {"holdout", "dev", "test"}
     assert len(set(students.run)) == 4 and np.isfinite(students.value).all()
+
+
+def test_a_changed_file_is_read_again_not_served_from_the_cache(tmp_path):
+    files = {s: str(tmp_path / f"{s}.csv") for s in ("train", "dev")}
+    for split in files:
+        (tmp_path / f"{split}.csv").write_text("text,label\na,x\nb,y\n")
+    assert [e.text_a for e in load_custom(dict(files=files), "t").splits["dev"]] == ["a", "b"]
+    (tmp_path / "dev.csv").write_text("text,label\nchanged,y\n")
+    os.utime(tmp_path / "dev.csv", (1, 1))  # an older modification time than the first: still read again
+    assert [e.text_a for e in load_custom(dict(files=files), "t").splits["dev"]] == ["changed"]
+
+
+def test_docs_describe_every_custom_setting():
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+    import dataclasses
+
+    for f in dataclasses.fields(CustomSpec):
+        assert f"| `{f.name}` |" in doc, f.name

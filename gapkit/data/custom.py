@@ -121,8 +121,11 @@ class CustomSpec:
                                           "file per split, remove it.")
             _check(not self.splits, "data.custom.splits applies to a dataset or a split_column; with files, "
                                     "the keys of files name the splits.")
-        for path in self.paths():
-            _check(bool(str(path).strip()), "data.custom.files holds an empty path.")
+        if isinstance(self.files, dict):
+            for split, path in self.files.items():
+                _check(isinstance(path, str) and bool(path.strip()),
+                       f"data.custom.files.{split} must be a file path, got {path!r}.")
+        _check(self.files != "", "data.custom.files holds an empty path.")
         _check(self.format is None or self.format in FORMATS,
                f"data.custom.format must be one of {', '.join(FORMATS)}, got {self.format!r}.")
         if self.format is None:
@@ -304,7 +307,7 @@ def _read_files(spec: CustomSpec, data_dir) -> dict[str, tuple[str, Any]]:
 def _check_header(spec: CustomSpec, path: Path, fmt: str) -> None:
     """A CSV/TSV file's header names every column the config names (read before the whole file is)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is no column name
             header = next(csv.reader(f, delimiter="\t" if fmt == "tsv" else ",",
                                      quoting=csv.QUOTE_NONE if fmt == "tsv" else csv.QUOTE_MINIMAL), None)
     except UnicodeDecodeError:

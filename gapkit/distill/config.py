@@ -72,9 +72,10 @@ class DataSpec:
 
     Args:
         task: a GLUE task (``sst2``, ``mnli`` ...), ``conll`` (CoNLL-2003 NER), ``synthetic`` (gapkit's
-            built-in task) or ``text`` (raw text, for task-agnostic distillation).
-        data_dir: a local folder (``glue_data/``-style for GLUE, the CoNLL files for ``conll``); None
-            loads from the Hugging Face Hub.
+            built-in task), ``text`` (raw text, for task-agnostic distillation), or the name of a data set of
+            your own described in ``custom``.
+        data_dir: a local folder (``glue_data/``-style for GLUE, the CoNLL files for ``conll``, the folder
+            that relative ``custom.files`` are read from); None loads GLUE and CoNLL from the Hugging Face Hub.
         text: for ``text``: local files/folders or a Hub dataset name (``wikitext``), one or several.
         text_config: Hub config for ``text`` (e.g. ``wikitext-103-raw-v1``).
         line_mode: ``sentence`` (one sentence a line, blank line between documents) or ``document``.
@@ -84,8 +85,11 @@ class DataSpec:
             to the dev (and test) splits, never to the holdout, and draws the same examples for every run
             (a fixed seed), so that runs of different seeds score the same examples.
         synthetic: keyword arguments of ``SyntheticTask`` for ``synthetic``.
-        custom: a labeled data set of your own (``gapkit.data.custom.CustomSpec``: ``files`` or ``dataset``,
-            ``text``, ``label``, ``splits``, ``labels``, ``kind``, ``metric``); ``task`` is then its name.
+        custom: a labeled data set of your own, single sentences or pairs, classes or scores
+            (``gapkit.data.custom.CustomSpec``, docs/data.md): ``files`` (CSV / TSV / JSON Lines, a file per
+            split or one with a ``split_column``) or ``dataset`` (a Hub name, a folder of data files or a
+            ``save_to_disk`` folder), ``text`` (one column or two), ``label``, ``splits``, ``labels`` (the
+            classes in id order), ``kind`` and ``metric``; ``task`` is then its name.
         select_on: the split that selects the run's ``best/`` weights. ``dev`` (the default for a single
             run): the dev split selects and is also scored, which flatters the score. ``holdout`` (the
             default of every labeled stage of a sweep): a holdout carved from the training split
