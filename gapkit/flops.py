@@ -39,6 +39,7 @@ for A = H, F = 4H at T = 128 (BERT-base: 10.87 G, 3L-384H: 0.68 G).
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -79,6 +80,28 @@ def _check_convention(convention: str) -> None:
         raise ValueError(f"Unknown FLOP convention {convention!r}: use one of {', '.join(CONVENTIONS)}.")
 
 
+def _check_model(model) -> None:
+    """count_flops counts a module it can call as an encoder; say what it takes for anything else."""
+    if not isinstance(model, nn.Module):
+        hint = (f": for a preset, shape, folder or Hub name use gapkit.describe({model!r}) or "
+                f"count_flops(gapkit.flops.resolve_model({model!r}).build())" if isinstance(model, str) else "")
+        raise ModelError(f"count_flops takes a model (a gapkit Student or a Hugging Face encoder module), got "
+                         f"{type(model).__name__} {model!r}{hint}.")
+    try:
+        inspect.signature(model.forward).bind(input_ids=None, attention_mask=None)
+    except TypeError:
+        raise ModelError(f"count_flops takes an encoder whose forward accepts input_ids and attention_mask (a "
+                         f"gapkit Student or a Hugging Face encoder), and {type(model).__name__}.forward does "
+                         f"not.") from None
+
+
+def _check_spec(spec) -> None:
+    if not isinstance(spec, StudentSpec):
+        raise ModelError(f"The closed-form FLOP count takes a StudentSpec, got {type(spec).__name__} {spec!r}: "
+                         f"build one with gapkit.StudentSpec.from_name('3L-384H'), or count a model with "
+                         f"count_flops.")
+
+
 def _check_sizes(seq_len: int, batch: int) -> None:
     for label, value in (("seq_len", seq_len), ("batch", batch)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -109,6 +132,7 @@ def analytic_macs(spec: StudentSpec, seq_len: int = PAPER_SEQ_LEN, batch: int = 
     Returns:
         ``{"qkvo", "attention", "ffn", "gate", "pooler", "total"}``, in MACs.
     """
+    _check_spec(spec)
     _check_sizes(seq_len, batch)
     T, H, A, F, L = seq_len, spec.hidden, spec.attn_size, spec.ffn, spec.layers
     experts = sum(e for e in (spec.attn_experts, spec.ffn_experts) if e > 1)
@@ -389,8 +413,12 @@ def count_flops(model: nn.Module, seq_len: int = PAPER_SEQ_LEN, batch: int = 1,
     Returns:
         A :class:`FlopCount`.
     Raises:
-        ModelError: the trace runs a matmul-type op that no handle counts (see :func:`is_matmul_like`).
+        ModelError: ``model`` is not a module whose forward takes ``input_ids`` and ``attention_mask`` (a
+            name goes to :func:`describe`); the trace runs a matmul-type op that no handle counts (see
+            :func:`is_matmul_like`).
+        ValueError: an unknown convention, or a ``seq_len`` / ``batch`` that is not a positive integer.
     """
+    _check_model(model)
     _check_convention(convention)
     _check_sizes(seq_len, batch)
     if convention == "paper":

@@ -390,7 +390,7 @@ CLI = [
         setup=write("t/failure.json", b"{}")),
     cli("checkpoint:teacher-hub-offline", r"'some-org/some-teacher' is not a local folder and the Hugging Face Hub is off",
         config=dict(stage="task", teacher="some-org/some-teacher", data=dict(task="sst2", data_dir="{tmp}/glue"))),
-    cli("checkpoint:teacher-not-a-folder", r"Teacher .*nope.* (neither a local model folder|not a local folder)",
+    cli("checkpoint:teacher-not-a-folder", r"teacher '.*nope': no such folder \(the nearest existing folder is",
         config=dict(stage="task", teacher="{tmp}/nope", weights=dict(relation=0.0, soft=1.0, hard=0.0))),
     cli("checkpoint:truncated-safetensors", r"model\.safetensors is not a readable safetensors file",
         "--set", "student={tmp}/broken",
@@ -804,7 +804,7 @@ API = [
     api("checkpoint:file", lambda c: _load_student(c, "file.bin"), ModelError, r"is a file; expected a checkpoint folder",
         setup=write("file.bin", "x")),
     api("checkpoint:nowhere", lambda c: _load_student(c, "/nonexistent/student"), ModelError,
-        r"'/nonexistent/student' is not a local folder and could not be fetched"),
+        r"'/nonexistent/student': no such folder \(the nearest existing folder is /\)"),
     # -- gapkit.run with a bad spec: one sentence, before any run folder -------------------------------
     api("run:missing-glue-folder", lambda c: _run(c, data=dict(task="sst2", data_dir="{tmp}/nope", tokenizer="{tok}")),
         DataError, r"GLUE folder .*nope/SST-2 does not exist", after=no_run_folder),

@@ -393,7 +393,7 @@ def test_missing_weight_names_key(tmp_path):
 
 
 def test_unknown_folder_is_one_sentence(tmp_path):
-    with pytest.raises(ModelError, match="not a local folder") as err:
+    with pytest.raises(ModelError, match="no such folder") as err:
         load_student(tmp_path / "no-such-model")
     assert str(tmp_path / "no-such-model") in str(err.value)
 

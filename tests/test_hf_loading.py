@@ -171,7 +171,7 @@ def test_real_minilm_loads_clean():
 
 
 def test_unknown_source_and_bad_arguments(tmp_path):
-    with pytest.raises(ModelError, match="not a local folder"):
+    with pytest.raises(ModelError, match="no such folder"):
         load_hf_model(tmp_path / "missing")
     with pytest.raises(ModelError, match="without a head"):
         load_hf_model(tmp_path, num_labels=2)

@@ -233,7 +233,7 @@ def test_real_minilm_teacher():
 
 
 def test_unknown_folder(tmp_path):
-    with pytest.raises(ModelError, match="not a local folder") as err:
+    with pytest.raises(ModelError, match="no such folder") as err:
         Teacher.from_pretrained(tmp_path / "missing")
     assert isinstance(err.value, GapkitError) and isinstance(err.value, ValueError)
     assert str(tmp_path / "missing") in str(err.value)

@@ -411,6 +411,7 @@ class DistillSpec:
                f"{'which is 0' if len(terms) == 1 else 'all 0'}; set {'it' if len(terms) == 1 else 'one'} > 0 "
                f"(e.g. weights.{terms[0]}: 1.0).")
         self._check_output_dir()
+        self._check_model_references()
         if self.name is None:
             path = Path(str(self.student))
             student = self.student.name if isinstance(self.student, StudentSpec) else (
@@ -451,7 +452,15 @@ class DistillSpec:
         if self.student_init() == "pretrained":
             return None
         spec = self.student if isinstance(self.student, StudentSpec) else self._fresh_spec()
-        check_trainable_size(spec, self.train.device)
+        vocab = self.data.synthetic.get("vocab_size") if self.data.task == "synthetic" else None
+        if isinstance(vocab, int) and not isinstance(vocab, bool) and vocab != spec.vocab_size:
+            # The synthetic task gives the student its own vocabulary (gapkit.distill.trainee.build_model):
+            # size that one, or a huge data.synthetic.vocab_size passes here and fails inside nn.Embedding.
+            check_trainable_size(dataclasses.replace(spec, vocab_size=vocab), self.train.device,
+                                 f"its embedding has a row for each of the {vocab:,} ids of data.synthetic.vocab_size",
+                                 "lower data.synthetic.vocab_size")
+        else:
+            check_trainable_size(spec, self.train.device)
         return spec
 
     def _fresh_spec(self) -> StudentSpec | None:
@@ -486,6 +495,46 @@ class DistillSpec:
                                    f"choose another output_dir.")
                 break
 
+    def check_output_writable(self) -> None:
+        """Refuse an output_dir this process cannot create or write into, before any data or model is built.
+
+        Not part of construction: a config is also read where it is not run (a run folder inspected on
+        another machine, a sweep planned on a login node). Whether a folder is writable is asked of the
+        file system itself, by creating and removing an empty folder in the nearest one that exists:
+        permission bits do not say it for root, read-only mounts or network file systems. (Named ``*.tmp``: one
+        a kill leaves behind is what a run folder's start removes.)
+        """
+        import tempfile
+
+        path = Path(self.output_dir).expanduser()
+        existing = next(p for p in (path, *path.parents) if p.exists())  # "." and "/" always exist
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".gapkit-write-check-", suffix=".tmp", dir=existing))
+        except OSError as err:
+            raise ConfigError(f"output_dir {self.output_dir} cannot be written: creating a folder in {existing} "
+                              f"fails ({err.strerror or type(err).__name__}); choose an output_dir you can write "
+                              f"to.") from None
+
+    def _check_model_references(self) -> None:
+        """A teacher or pretrained student named by a local path that is not there, or is a file (or a
+        teacher folder without config.json): one sentence now, not a Hub error once the data are built. A
+        run's ``best/`` or ``checkpoint/`` that does not exist yet is left to the run (a pipeline's or sweep's
+        later stage names it before the stage that writes it has run), and so is what a student's folder
+        holds (its loader reads it, and falls back to transformers for a model gapkit cannot read)."""
+        from ..errors import ModelError
+        from ..models.hf_loading import missing_reference
+
+        refs = [("student", self.student)] if self.student_init() == "pretrained" else []
+        if self.stage != "finetune" and self.teacher:
+            refs.append(("teacher", self.teacher))
+        for role, ref in refs:
+            path = Path(ref).expanduser()
+            if (role == "student" and path.is_dir()) or (path.name in ("best", "checkpoint") and not path.exists()):
+                continue
+            problem = missing_reference(ref, role)
+            if problem is not None:
+                raise ModelError(f"{problem}.")
+
     # -- serialisation -------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -515,7 +564,8 @@ class DistillSpec:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def check_trainable_size(spec: StudentSpec, device: str = "auto") -> None:
+def check_trainable_size(spec: StudentSpec, device: str = "auto", why: str | None = None,
+                         fix: str = "choose a smaller shape") -> None:
     """Refuse a student whose training state cannot fit in this machine's memory, before allocating it.
 
     The parameter count is exact (the student is built on the meta device, which allocates nothing);
@@ -525,6 +575,8 @@ def check_trainable_size(spec: StudentSpec, device: str = "auto") -> None:
     Args:
         spec: the student's shape.
         device: ``train.device`` (``auto``: the GPU when one is visible).
+        why: what makes the student this large when it is not its shape (a clause for the sentence).
+        fix: what the sentence tells the user to do.
     Raises:
         ConfigError: naming the parameter count, the memory training would take and the memory there is.
     """
@@ -540,9 +592,9 @@ def check_trainable_size(spec: StudentSpec, device: str = "auto") -> None:
     else:
         where, have = "this machine", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     _check(not have or need <= have,
-           f"Student {spec.name!r} has {params / 1e9:.3g} billion parameters: training it takes about "
-           f"{_size(need)} ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients and AdamW "
-           f"state), more than the {_size(have)} of memory of {where}; choose a smaller shape.")
+           f"Student {spec.name!r} has {params / 1e9:.3g} billion parameters{f' ({why})' if why else ''}: training "
+           f"it takes about {_size(need)} ({TRAIN_BYTES_PER_PARAM} bytes a parameter: fp32 weights, gradients and "
+           f"AdamW state), more than the {_size(have)} of memory of {where}; {fix}.")
 
 
 def _size(n_bytes: float) -> str:

@@ -297,6 +297,8 @@ class Run:
         if self.teacher is not None and needs.logits_only:
             # Task KD from logits alone: one teacher pass over the training set instead of one per step
             # (and one for all the runs that share this teacher side and these examples).
+        if self.rank == 0:
+            spec.check_output_writable()
             key = json.dumps([spec.data.__dict__, train.data_seed, train.eval_batch_size], sort_keys=True, default=str)
             teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key)
         self.soft_labels = self._soft_labels(spec, task, teacher_logits)

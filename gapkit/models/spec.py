@@ -137,6 +137,65 @@ class StudentSpec:
         """The dense student with the same per-expert shape (what a MiniMoE is compared against)."""
         return dataclasses.replace(self, attn_experts=1, ffn_experts=1, name=None)
 
+    # -- inputs ------------------------------------------------------------------------------------
+    def check_inputs(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
+                     inputs_embeds=None) -> None:
+        """Refuse a batch a student of this shape cannot encode, with one sentence instead of an
+        ``IndexError`` from deep inside an embedding or a broadcast error from the attention mask.
+
+        Shapes are always checked. Token ids are checked against ``vocab_size`` (and token types
+        against ``type_vocab_size``) only where that costs no host synchronisation: on CPU tensors,
+        outside ``torch.compile``. (On a GPU an id out of range stops the kernel with CUDA's own
+        device-side assert; the training loop's data never hold one, since a run checks its tokenizer
+        against the student's vocabulary before it starts.)
+
+        Raises:
+            ValueError: naming the argument, what it holds and what it must hold.
+        """
+        import torch
+
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the student.")
+        name, x = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+        dims, layout = (2, "(batch, tokens)") if input_ids is not None else (3, f"(batch, tokens, {self.hidden})")
+        if not isinstance(x, torch.Tensor):
+            raise ValueError(f"The student's {name} must be a {layout} tensor, got {type(x).__name__}: "
+                             f"e.g. torch.tensor([[101, 2023, 102]]).")
+        if x.dim() != dims or (inputs_embeds is not None and x.shape[-1] != self.hidden):
+            raise ValueError(f"The student's {name} must have shape {layout}, got {tuple(x.shape)}"
+                             f"{f': add the batch dimension with {name}[None]' if x.dim() == dims - 1 else ''}.")
+        B, T = x.shape[:2]
+        if B == 0 or T == 0:
+            raise ValueError(f"The student's {name} has shape {tuple(x.shape)}: a batch needs at least one "
+                             f"sequence of at least one token.")
+        if T > self.max_positions:
+            raise ValueError(f"Sequence length {T} exceeds the student's max_positions ({self.max_positions}): "
+                             f"truncate the inputs or build the student with a larger max_positions.")
+        named = [("attention_mask", attention_mask), ("token_type_ids", token_type_ids),
+                 ("position_ids", position_ids)]
+        for other, t in named:  # (B, T), or (1, T) for all sequences alike
+            if t is not None and not (isinstance(t, torch.Tensor) and t.dim() == 2 and t.shape[0] in (1, B)
+                                      and t.shape[1] == T):
+                got = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"The student's {other} must be a tensor of the {name}' (batch, tokens) shape "
+                                 f"{(B, T)}, got {got}.")
+        checks = [("Token id", input_ids, self.vocab_size, "vocabulary", "vocab_size"),
+                  ("Token type id", token_type_ids, self.type_vocab_size, "token types", "type_vocab_size"),
+                  ("Position id", position_ids, self.max_positions, "positions", "max_positions")]
+        for what, ids, size, table, field_name in checks:
+            if ids is None:
+                continue
+            if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+                raise ValueError(f"{what}s must be integers (torch.long), got a {ids.dtype} tensor.")
+            if ids.device.type != "cpu" or torch.compiler.is_compiling():
+                continue  # a value check here would wait for the device (see the docstring)
+            bad = (ids < 0) | (ids >= size)
+            if bool(bad.any()):
+                b, t = (int(i) for i in bad.nonzero()[0])
+                raise ValueError(f"{what} {int(ids[b, t])} (sequence {b}, position {t}) is outside the student's "
+                                 f"{table} of {size} ids (0..{size - 1}): encode with the tokenizer the student "
+                                 f"was built for, or build it with a larger {field_name}.")
+
     # -- serialisation -----------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -630,14 +630,8 @@ class Student(nn.Module):
         Returns:
             A :class:`StudentOutput`.
         """
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of input_ids and inputs_embeds to the student.")
+        self.spec.check_inputs(input_ids, attention_mask, token_type_ids, position_ids, inputs_embeds)
         B, T = input_ids.shape if input_ids is not None else inputs_embeds.shape[:2]
-        if T > self.spec.max_positions:
-            raise ValueError(
-                f"Sequence length {T} exceeds the student's max_positions ({self.spec.max_positions}): "
-                f"truncate the inputs or build the student with a larger max_positions."
-            )
         device = input_ids.device if input_ids is not None else inputs_embeds.device
         if token_type_ids is None:
             token_type_ids = torch.zeros(B, T, dtype=torch.long, device=device)

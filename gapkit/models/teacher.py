@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
-from .hf_loading import LoadReport, load_hf_model
+from .hf_loading import LoadReport, load_hf_model, missing_reference
 
 __all__ = ["Teacher", "TeacherOutput"]
 
@@ -152,6 +152,9 @@ class Teacher(nn.Module):
             task = "sequence"
         if task is not None and task not in TASKS:
             raise ModelError(f"Teacher task must be one of {', '.join(TASKS)} or None, got {task!r}.")
+        problem = missing_reference(name_or_path, "Teacher")
+        if problem is not None:
+            raise ModelError(f"{problem}.")
         model, report = load_hf_model(name_or_path, head=task, num_labels=num_labels,
                                       allow_new_head=allow_new_head, attn_implementation=attn_implementation)
         if report.new_head:
