@@ -173,13 +173,10 @@ class SweepSpec:
     data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
-    # The declaration expanded once (not settings: to_dict leaves them out).
-    task_data: list = field(init=False, repr=False, compare=False)
-    agnostic_spec: DataSpec | None = field(init=False, repr=False, compare=False)
-    teacher_list: list = field(init=False, repr=False, compare=False)
-    student_shapes: list = field(init=False, repr=False, compare=False)
-    variants: list = field(init=False, repr=False, compare=False)
-    train_settings: dict = field(init=False, repr=False, compare=False)
+    # __post_init__ also sets, as plain attributes (not settings: no field, so neither to_dict nor the config
+    # reference lists them), the declaration expanded once: task_data (list[DataSpec]), agnostic_spec
+    # (DataSpec | None), teacher_list (list[TeacherEntry]), student_shapes (list[str]), variants
+    # (list[MethodSpec]) and train_settings (dict[str, dict]).
 
     def __post_init__(self):
         check_fields(self, "sweep")
@@ -384,9 +381,9 @@ class SweepSpec:
             arch = tuple(sorted((k, str(v)) for k, v in _shape_spec(shape, "sweep.students").to_dict().items()
                                 if k != "name"))
             if arch in seen:
-                spelled = f" (as {seen[arch]} and {shape})" if seen[arch] != shape else ""
-                raise ConfigError(f"sweep.students lists the student shape {shape} twice{spelled}: list each student "
-                                  f"once.")
+                twice = (f"the student shape {shape} twice" if seen[arch] == shape else
+                         f"one student twice ({seen[arch]} and {shape} are the same architecture)")
+                raise ConfigError(f"sweep.students lists {twice}: list each student once.")
             seen[arch] = shape
         return shapes
 
