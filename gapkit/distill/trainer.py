@@ -43,6 +43,7 @@ from ..errors import ConfigError, DataError, TrainingFailed
 from ..io import kill_point, save_safetensors
 from ..models.student import Student
 from ..routing import RoutingAccumulator, routing_rows
+from ..version import __version__
 from .batches import Batches, eval_batches
 from .checkpointing import load_training_state, save_training_state
 from .compiling import CompiledStudent, bucket_lengths
@@ -50,7 +51,7 @@ from .config import DistillSpec
 from .losses import NonFiniteLossError, check_finite, combine, mean_entropy, temperature_for_entropy
 from .result import RunResult, git_revision, run_id
 from .rng import RunRNG, derive_seed
-from .runfiles import PREDICTIONS, RunFolder
+from .runfiles import PREDICTIONS, RunDir, RunFolder
 from .teacher_side import TeacherNeeds, TeacherSide, TeacherSideOutput, autocast, to_device
 from .trainee import Trainee, build_model
 
@@ -97,10 +98,11 @@ def missing_model_reason(ref: str) -> str | None:
     if path.is_dir():
         return None
     if _looks_local(ref):
-        if path.name in ("best", "checkpoint") and path.parent.is_dir():
-            why = ("its run failed (see failure.json)" if (path.parent / "failure.json").exists()
+        run = RunDir.owning(path)
+        if run is not None and run.dir.is_dir():
+            why = (f"its run failed (see {run.failure_file.name})" if run.failure_file.exists()
                    else "its run has not finished")
-            return f"folder {ref} does not exist: {path.parent} holds no {path.name}/ ({why})"
+            return f"folder {ref} does not exist: {run.dir} holds no {path.name}/ ({why})"
         return f"folder {ref} does not exist"
     if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
         return f"{ref!r} is not a local folder and the Hugging Face Hub is off (HF_HUB_OFFLINE is set)"
@@ -229,6 +231,24 @@ def _gflops(model: nn.Module) -> dict | None:
 # ----------------------------------------------------------------------------------------------------
 # The run
 # ----------------------------------------------------------------------------------------------------
+class _LossTerms(nn.Module):
+    """The trainee as a training step sees it: its loss terms and its routing, detached.
+
+    Under DistributedDataParallel this is the wrapped module. DDP finds the parameters a step used by
+    walking back from the tensors its module returns, so it must return only what the loss is made of:
+    the student's other outputs (last hidden states, pooler) would mark parameters as used that no loss
+    term reaches, and the gradient reduction would wait for them forever.
+    """
+
+    def __init__(self, trainee: Trainee):
+        super().__init__()
+        self.trainee = trainee
+
+    def forward(self, batch: dict, teacher_out=None):
+        terms, out = self.trainee(batch, teacher_out)
+        return terms, out.routing.detach()
+
+
 class Run:
     """One run, built and ready to step.
 
@@ -277,6 +297,8 @@ class Run:
             return
 
         # Everything that can be wrong is found here, before a single step.
+        if self.rank == 0:
+            spec.check_output_writable()
         self.rng = RunRNG(train.init_seed, self.device)
         self.tokenizer = load_tokenizer(spec)
         self.task = task = load_task(spec, self.tokenizer)
@@ -297,8 +319,6 @@ class Run:
         if self.teacher is not None and needs.logits_only:
             # Task KD from logits alone: one teacher pass over the training set instead of one per step
             # (and one for all the runs that share this teacher side and these examples).
-        if self.rank == 0:
-            spec.check_output_writable()
             key = json.dumps([spec.data.__dict__, train.data_seed, train.eval_batch_size], sort_keys=True, default=str)
             teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key)
         self.soft_labels = self._soft_labels(spec, task, teacher_logits)
@@ -339,11 +359,16 @@ class Run:
                 raise ConfigError("train.tensorboard needs the tensorboard package: pip install "
                                   "'gapkit[tensorboard]'.") from None
             self.folder.tensorboard = SummaryWriter(str(self.folder.dir / "tensorboard"))
-        self.ddp = self.trainee
+        self.ddp = _LossTerms(self.trainee)
         if self.distributed:
+            # Parameters a step leaves without a gradient must be found each step (DDP would otherwise wait
+            # for them forever): a MiniMoE expert that got no token, the last layer's attention output and
+            # FFN when only its Q/K/V are distilled, the pooler when no sentence-level head is trained.
+            partial = (self.model.is_moe or task.kind not in ("sequence", "regression")
+                       or not {"soft", "hard"} & set(self.trainee.terms))
             self.ddp = nn.parallel.DistributedDataParallel(
-                self.trainee, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.model.is_moe)
+                self.ddp, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=partial)
         self.trainee.train()
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc=spec.name, dynamic_ncols=True,
                         disable=not (progress and self.rank == 0))
@@ -394,7 +419,7 @@ class Run:
                 sync = contextlib.nullcontext() if (not self.distributed or last) else self.ddp.no_sync()
                 with sync:
                     with self.amp:
-                        terms, out = self.ddp(batch, t_out)
+                        terms, routing = self.ddp(batch, t_out)
                     self._check_finite(terms, step)
                     loss, term_logs = combine(terms, self.spec.weights)
                     (loss / len(micro)).backward()
@@ -421,7 +446,7 @@ class Run:
             self.folder.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs.items()])
             self.bar.set_postfix(loss=f"{logs['total']:.4f}", tok_s=f"{logs['tokens_per_s']:.0f}")
         if self.model.is_moe and (step % train.routing_every == 0 or step == 1):
-            self.folder.add_routing(routing_rows(out.routing, batch["attention_mask"], input_ids=batch["input_ids"],
+            self.folder.add_routing(routing_rows(routing, batch["attention_mask"], input_ids=batch["input_ids"],
                                                  step=step, split="train"))
         return logs
 
@@ -652,11 +677,9 @@ class Run:
         self.result = self._result()
         self.folder.write_result(self.result)
         self.folder.close()
-        return TrainingFailed(f"Run {self.spec.name!r} stopped: {err} See {self.folder.dir / 'failure.json'}.")
+        return TrainingFailed(f"Run {self.spec.name!r} stopped: {err} See {self.folder.failure_file}.")
 
     def _result(self) -> RunResult:
-        from .. import __version__
-
         state, spec = self.state, self.spec
         rows = []
         for split, values in (state.best_metrics or {}).items():
