@@ -21,8 +21,7 @@ from .models import (
     student_from_hf,
 )
 from .routing import RoutingAccumulator, RoutingRecord, routing_rows
-
-__version__ = "0.1.0"
+from .version import __version__
 
 __all__ = [
     "Student", "StudentSpec", "StudentOutput", "PRESETS", "spec_from_name", "Teacher",

@@ -193,8 +193,10 @@ def next_steps(rows: list[dict]) -> str:
     import shlex
 
     # The saved models (their config holds the real vocabulary and heads), not the shape names.
-    models = list(dict.fromkeys(f"{r['run_dir']}/best" for r in rows
-                                if (Path(str(r["run_dir"])) / "best" / "config.json").is_file()))
+    from .distill.runfiles import RunDir
+
+    models = list(dict.fromkeys(str(RunDir(str(r["run_dir"])).best_dir) for r in rows
+                                if RunDir(str(r["run_dir"])).has_best()))
     conventions = {r.get("convention") for r in rows}
     other = next((c for c in ("paper", "macs") if c not in conventions), "flops")
     lines = ["Next steps:"]
@@ -203,9 +205,9 @@ def next_steps(rows: list[dict]) -> str:
                      f"    # these models' FLOPs in another unit")
     lines.append("  gapkit distill configs/synthetic_teacher.yaml --set train.lr=3e-4"
                  "    # one run of your own; every key: docs/config.md")
-    moe_runs = [r["run_dir"] for r in rows if (Path(str(r["run_dir"])) / "routing.parquet").is_file()]
+    moe_runs = [RunDir(str(r["run_dir"])).routing() for r in rows if RunDir(str(r["run_dir"])).routing()]
     if moe_runs:
-        lines.append(f"  python -c \"import pandas as pd; print(pd.read_parquet('{moe_runs[-1]}/routing.parquet'))\""
+        lines.append(f"  python -c \"import pandas as pd; print(pd.read_parquet('{moe_runs[-1]}'))\""
                      f"    # how the experts share the tokens")
     return "\n".join(lines)
 
@@ -300,13 +302,14 @@ def _run_status(args: argparse.Namespace) -> int:
 
     sweep, nodes = read_plan(args.dir)
     states = [(n, *node_status(n, args.dir)) for n in nodes]
-    counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "interrupted", "failed",
-                                                                     "pending")}
+    counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "interrupted", "stale",
+                                                                     "failed", "pending")}
     width = 40
     filled = round(width * counts["done"] / max(1, len(nodes)))
     print(f"sweep {sweep.get('name')}: [{'#' * filled}{'.' * (width - filled)}] {counts['done']}/{len(nodes)} done, "
-          f"{counts['running']} running, {counts['interrupted']} interrupted, {counts['failed']} failed, "
-          f"{counts['pending']} pending")
+          f"{counts['running']} running, {counts['interrupted']} interrupted, "
+          + (f"{counts['stale']} stale, " if counts["stale"] else "")
+          + f"{counts['failed']} failed, {counts['pending']} pending")
     for node, state, reason in states:
         if state != "done":
             print(f"  {state:8s} {node.id}" + (f": {reason}" if reason else ""))
@@ -576,7 +579,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .version import __version__
 
     parser = _Parser(prog="gapkit", description="Curse-of-capacity-gap toolkit.")
     parser.add_argument("--version", action="version", version=f"gapkit {__version__}")

@@ -317,7 +317,11 @@ def test_plan_status_reads_each_planned_run_in_a_folder(quickstart_results, tmp_
     elsewhere = tmp_path / "nowhere"
     failed = nodes[-1].folder(elsewhere)
     failed.mkdir(parents=True)
-    (failed / "result.json").write_text(json.dumps(dict(status="failed", reason="the loss is NaN at step 2")))
+    from gapkit.distill.result import RunResult, run_id
+
+    (failed / "result.json").write_text(RunResult(  # a whole result: a partial one is unreadable, not failed
+        run_dir=str(failed), name=nodes[-1].id, run_id=run_id(nodes[-1].spec().to_dict()), status="failed",
+        stage="task", task="synthetic", steps=2, reason="the loss is NaN at step 2").to_json())
     status = plan_status(nodes, elsewhere)
     assert list(status.status) == ["pending"] * 8 + ["failed"] and status.reason.iloc[-1] == "the loss is NaN at step 2"
 

@@ -89,7 +89,7 @@ class ExpertExplorer:
         else:
             parts = [f"{split}: {len(self.steps(split))} steps ({self.steps(split)[0]} to {self.steps(split)[-1]})"
                      for split in self.splits]
-            lines.append(f"training record: {self.run_dir / 'routing.parquet'} ({'; '.join(parts)})")
+            lines.append(f"training record: {self.inspection.routing_file} ({'; '.join(parts)})")
         return "\n".join(lines)
 
     # -- the views ---------------------------------------------------------------------------------

@@ -19,20 +19,19 @@ student's vocabulary (a tokenizer that is not the student's) or a dense student 
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from ..errors import DataError, ModelError
+from ..distill.runfiles import RunDir, holds_tokenizer
+from ..errors import ConfigError, DataError, ModelError
 
 __all__ = ["INSPECT_COLUMNS", "IdTokenizer", "Inspection", "load_for_inspection", "inspect_tokens",
            "token_expert_table", "sentence_routing", "synthetic_tokenizer"]
 
 INSPECT_COLUMNS = ("sentence", "position", "token", "token_id", "layer", "block", "expert", "gate_prob", "mode")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")
 BLOCK_ORDER = {"attn": 0, "ffn": 1}
 IDS = "ids"  # tokenizer name: sentences written as token ids
 TOKENIZER_HINT = ("pass --tokenizer NAME_OR_FOLDER (tokenizer= in Python) with the tokenizer the student was "
@@ -146,10 +145,7 @@ class Inspection:
     @property
     def routing_file(self) -> Path | None:
         """The run's ``routing.parquet``, when there is one."""
-        if self.run_dir is None:
-            return None
-        path = self.run_dir / "routing.parquet"
-        return path if path.is_file() else None
+        return RunDir(self.run_dir).routing() if self.run_dir is not None else None
 
     def describe(self) -> str:
         """A few lines: the student, its experts and routing mode, the weights and the tokenizer."""
@@ -163,54 +159,41 @@ class Inspection:
         return "\n".join(lines + [f"note: {n}" for n in self.notes])
 
 
-def _is_run_folder(folder: Path) -> bool:
-    """A gapkit run folder: its config.json is a run config (has ``stage``), not a model config."""
-    config = folder / "config.json"
-    if not config.is_file():
-        return False
+def _run_status(run: RunDir) -> str | None:
+    """The finished run's status from its result, or None while it has not finished."""
     try:
-        data = json.loads(config.read_text())
-    except ValueError:
-        return False
-    return isinstance(data, dict) and "stage" in data and "model_type" not in data
+        result = run.result()
+    except ConfigError as err:
+        raise ModelError(str(err)) from None
+    return None if result is None else result.status
 
 
-def _run_status(run_dir: Path) -> str | None:
-    """The finished run's status from result.json, or None while it has not finished."""
-    path = run_dir / "result.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text()).get("status", "unknown")
-    except ValueError:
-        raise ModelError(f"{path} is not valid JSON (a corrupt run folder).") from None
-
-
-def _student_from_checkpoint(run_dir: Path):
-    """The final weights of a finished run (``checkpoint/model.safetensors``, the trained module's state)
-    in a student built from the run's result (``result.json`` ``student.spec``). Loaded strictly: every
-    encoder tensor must be there with its shape; the task head and relation projection are left out."""
+def _student_from_checkpoint(run: RunDir):
+    """The final weights of a finished run (:attr:`RunDir.final_weights`, the trained module's state) in a
+    student built from the run's result (``student.spec``). Loaded strictly: every encoder tensor must be
+    there with its shape; the task head and relation projection are left out."""
     import torch
     from safetensors.torch import load_file
 
     from ..models import Student, StudentSpec
     from ..models.hf_loading import name_list, nonfinite_tensors
 
-    result = json.loads((run_dir / "result.json").read_text())
-    spec = (result.get("student") or {}).get("spec")
+    run_dir, result = run.dir, run.result()
+    spec = result.student.get("spec")
     if spec is None:
-        raise ModelError(f"Run {run_dir} trained a Hugging Face model ({(result.get('student') or {}).get('ref')}), "
-                         f"not a gapkit student: it has no experts to inspect.")
-    weights = run_dir / "checkpoint" / "model.safetensors"
+        raise ModelError(f"Run {run_dir} trained a Hugging Face model ({result.student.get('ref')}), not a gapkit "
+                         f"student: it has no experts to inspect.")
+    weights = run.final_weights
     if not weights.is_file():
-        raise ModelError(f"Run {run_dir} has neither best/ nor checkpoint/model.safetensors: no weights to inspect.")
+        raise ModelError(f"Run {run_dir} has neither best/ weights nor final weights ({weights}): no weights to "
+                         f"inspect.")
     student = Student(StudentSpec.from_dict(spec), num_labels=0, dispatch="sorted", moefy=False)
     state = {k[len("model."):]: v for k, v in load_file(str(weights)).items()
              if k.startswith("model.") and not k.startswith(("model.classifier.", "model.relation."))}
     expected = student.state_dict()
     wrong = sorted(set(state) ^ set(expected)) + [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if wrong:
-        raise ModelError(f"{weights} does not match the student of {run_dir / 'result.json'} ({name_list(wrong)}): "
+        raise ModelError(f"{weights} does not match the student of {run.result_file} ({name_list(wrong)}): "
                          f"the run folder is inconsistent.")
     bad = nonfinite_tensors(state.items())
     if bad:
@@ -239,30 +222,30 @@ def _load_student(path: str) -> tuple[object, Path, Path | None, list[str]]:
     else:
         folder = where
     notes = []
-    run_dir = folder if _is_run_folder(folder) else (
-        folder.parent if folder.name in ("best", "checkpoint") and _is_run_folder(folder.parent) else None)
-    if run_dir is not None and folder == run_dir:
-        status = _run_status(run_dir)
-        if (run_dir / "best" / "config.json").is_file():
+    run = RunDir.of(folder)
+    run_dir = run.dir if run is not None else None
+    if run is not None and folder == run.dir:
+        status = _run_status(run)
+        if run.has_best():
             if status is None:
                 notes.append("the run has not finished: best/ holds its best weights so far")
             elif status == "failed":
-                notes.append(f"the run failed (see {run_dir / 'failure.json'}): best/ holds its best weights before "
+                notes.append(f"the run failed (see {run.failure_file}): best/ holds its best weights before "
                              f"the failure")
-            folder = run_dir / "best"
+            folder = run.best_dir
         elif status in ("completed", "early_stopped"):
             notes.append("the run finished without best/ (it never evaluated): these are its final weights, "
                          "from checkpoint/")
-            return _student_from_checkpoint(run_dir), run_dir / "checkpoint", run_dir, notes
+            return _student_from_checkpoint(run), run.checkpoint_dir, run_dir, notes
         else:
             why = "it failed" if status == "failed" else "it has not finished"
             raise ModelError(f"Run {run_dir} has no best/ weights yet and {why}: inspect it once it has evaluated "
                              f"(best/) or finished.")
-    elif run_dir is not None and folder.name == "checkpoint":
-        if _run_status(run_dir) is None:
+    elif run is not None and folder == run.checkpoint_dir:
+        if _run_status(run) is None:
             raise ModelError(f"{folder} is the resumable state of a run that has not finished: inspect {run_dir} "
                              f"(its best/ weights) instead.")
-        return _student_from_checkpoint(run_dir), folder, run_dir, ["final weights, from checkpoint/"]
+        return _student_from_checkpoint(run), folder, run_dir, ["final weights, from checkpoint/"]
     return load_student(folder, num_labels=0, dispatch="sorted"), folder, run_dir, notes
 
 
@@ -283,9 +266,9 @@ def _run_tokenizer(run_dir: Path, vocab_size: int) -> tuple[object | None, str]:
     from ..errors import GapkitError
 
     try:
-        spec = DistillSpec.from_dict(json.loads((run_dir / "config.json").read_text()))
+        spec = DistillSpec.from_dict(RunDir(run_dir).config())
     except (GapkitError, TypeError, ValueError) as err:
-        return None, f"the run's config.json cannot be read ({err})"
+        return None, f"the run's config cannot be read ({err})"
     if spec.data.task == "synthetic":
         rule = spec.data.synthetic.get("rule", "counts")
         return synthetic_tokenizer(vocab_size, rule), (f"token ids of the run's synthetic task ({rule} rule): "
@@ -300,10 +283,9 @@ def _resolve_tokenizer(tokenizer, weights: Path, run_dir: Path | None, student, 
     """(tokenizer, where it came from): the one given, else the one saved beside the weights, else the
     run's configured one; none of them is a :class:`DataError`."""
     vocab = student.spec.vocab_size
-    saved = weights if weights.is_dir() and any((weights / f).is_file() for f in TOKENIZER_FILES) else None
-    if saved is None and run_dir is not None and (run_dir / "best").is_dir() and any(
-            (run_dir / "best" / f).is_file() for f in TOKENIZER_FILES):
-        saved = run_dir / "best"
+    saved = weights if holds_tokenizer(weights) else None
+    if saved is None and run_dir is not None:
+        saved = RunDir(run_dir).tokenizer_dir()
     if tokenizer is not None:
         if isinstance(tokenizer, (str, os.PathLike)):
             name = str(tokenizer)

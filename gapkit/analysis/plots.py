@@ -23,6 +23,7 @@ import math
 import re
 from pathlib import Path
 
+from ..distill.runfiles import ROUTING, RunDir
 from ..errors import ConfigError
 from .style import figure_style, method_colours, method_marker, ordered_colours, save_figure
 
@@ -569,7 +570,7 @@ def read_routing(run):
         frame, where = run, "the routing table given"
     else:
         path = Path(run)
-        path = path / "routing.parquet" if path.is_dir() else path
+        path = (RunDir(path).routing() or path / ROUTING) if path.is_dir() else path
         if not path.is_file():
             raise ConfigError(f"{path} does not exist: only MiniMoE students record routing (routing.parquet in "
                               f"their run folder).")
@@ -895,9 +896,8 @@ def _tokenizer_of(run):
     if isinstance(run, pd.DataFrame):
         return None
     folder = Path(run)
-    folder = folder if folder.is_dir() else folder.parent
-    best = folder / "best"
-    if not any((best / name).is_file() for name in ("tokenizer.json", "vocab.txt", "tokenizer_config.json")):
+    best = RunDir(folder if folder.is_dir() else folder.parent).tokenizer_dir()
+    if best is None:
         return None
     from transformers import AutoTokenizer
 
@@ -991,7 +991,7 @@ def routing_runs(table, which: str = "representative") -> list:
         return []
     runs = table[(table.role == "student") & (table.stage == "task") & table.method.fillna("").str.startswith("minimoe")
                  & table.run_dir.notna()].drop_duplicates("run")
-    runs = runs[[(Path(d) / "routing.parquet").is_file() for d in runs.run_dir]]
+    runs = runs[[RunDir(d).routing() is not None for d in runs.run_dir]]
     if which == "all":
         return list(runs.run_dir)
     if which != "representative":

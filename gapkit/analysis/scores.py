@@ -22,6 +22,22 @@ from ..errors import DataError
 __all__ = ["student_scores", "teacher_scores", "score_rows", "choose_metrics", "require_columns", "require_scores",
            "STUDENT_KEYS", "TEACHER_KEYS"]
 
+METRIC_PREFERENCE = ("score", "glue", "f1", "accuracy", "relation")  # when the task's primary metric is not there
+
+
+def default_metric(task, metrics) -> str | None:
+    """The metric that scores ``task`` when none is named (a definition of :mod:`gapkit.analysis.verdicts`,
+    which re-exports it): its primary metric (``score``: GLUE and the synthetic task; ``f1``: CoNLL-2003)
+    when ``metrics`` has it, else the first of :data:`METRIC_PREFERENCE` there; None when none of them is."""
+    from ..data.metrics import primary_metric
+
+    try:
+        primary = primary_metric(str(task)) if task is not None else None
+    except DataError:  # a task gapkit does not know (the paper's "glue" average, a user's own)
+        primary = None
+    return next((m for m in ([primary] if primary else []) + list(METRIC_PREFERENCE) if m in set(metrics)), None)
+
+
 # One student cell: seeds of the same task, teacher, student shape, experts and method.
 STUDENT_KEYS = ["task", "teacher", "student", "experts", "method"]
 TEACHER_KEYS = ["task", "teacher"]
@@ -104,8 +120,6 @@ def choose_metrics(rows, metric: str | None = None, split: str | None = None) ->
                                 f"(its metrics there: {', '.join(metrics)}).")
             task_metric = metric
         else:
-            from .verdicts import default_metric  # the rule is defined beside the verdicts (which import this module)
-
             task_metric = default_metric(task, metrics)
             if task_metric is None:
                 raise DataError(f"Cannot choose the metric to score task {task!r} by among {', '.join(metrics)}: "

@@ -52,7 +52,9 @@ import numpy as np
 
 from ..errors import DataError
 from .inference import contrast_stats, detectable_effect, fieller, holm, seeds_needed, signflip_p
-from .scores import STUDENT_KEYS, require_columns, student_rows
+from .scores import METRIC_PREFERENCE, STUDENT_KEYS, default_metric, require_columns, student_rows
+# default_metric (and METRIC_PREFERENCE) are one of this module's definitions, written in .scores, which this
+# module imports: the score tables need the rule and must not import the verdicts back.
 from .scores import known as _known
 
 __all__ = ["curse_test", "lift_test", "CURSE_COLUMNS", "LIFT_COLUMNS", "EXAMPLE_GROUPS", "verdict_of", "orientation",
@@ -63,7 +65,6 @@ __all__ = ["curse_test", "lift_test", "CURSE_COLUMNS", "LIFT_COLUMNS", "EXAMPLE_
 # score tables (gapkit.analysis.scores), the fits (gap), the figures (plots) and the sweep's summary.
 # ----------------------------------------------------------------------------------------------------
 LOWER_IS_BETTER = frozenset({"relation", "hidden"})  # distillation losses; every other metric is a score
-METRIC_PREFERENCE = ("score", "glue", "f1", "accuracy", "relation")  # when the task's primary metric is not there
 
 
 def higher_is_better(metric: str) -> bool:
@@ -80,19 +81,6 @@ def top_teacher(means, metric: str) -> int:
     """The index of the top teacher: the highest mean oriented score (``means`` of the teachers ordered from
     small to large); of tied means the first, the smaller teacher."""
     return int(np.argmax(orientation(metric) * np.asarray(means, dtype=float)))
-
-
-def default_metric(task, metrics) -> str | None:
-    """The metric that scores ``task`` when none is named: its primary metric (``score``: GLUE and the
-    synthetic task; ``f1``: CoNLL-2003) when ``metrics`` has it, else the first of :data:`METRIC_PREFERENCE`
-    there; None when none of them is."""
-    from ..data.metrics import primary_metric
-
-    try:
-        primary = primary_metric(str(task)) if task is not None else None
-    except DataError:  # a task gapkit does not know (the paper's "glue" average, a user's own)
-        primary = None
-    return next((m for m in ([primary] if primary else []) + list(METRIC_PREFERENCE) if m in set(metrics)), None)
 
 
 NOT_ESTIMABLE = "not estimable"

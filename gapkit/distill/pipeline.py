@@ -19,6 +19,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from .config import DistillSpec, apply_overrides, read_config_file
+from .runfiles import RunDir
 from .trainer import RunResult, run
 
 
@@ -83,7 +84,7 @@ class PipelineSpec:
             for role in ("teacher", "student"):
                 ref = data.get(role)
                 if isinstance(ref, str) and ref.startswith("@"):
-                    data[role] = str(self.stage_dir(ref[1:]) / "best")
+                    data[role] = str(RunDir(self.stage_dir(ref[1:])).best_dir)
             data["output_dir"] = str(self.stage_dir(stage["name"]))
             specs.append(DistillSpec.from_dict(data))
         return specs

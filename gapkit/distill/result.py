@@ -17,6 +17,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..errors import ConfigError
 from ..io import json_dumps
 
 SCHEMA_VERSION = 2
@@ -159,15 +160,18 @@ class RunResult:
     @classmethod
     def from_dict(cls, data: dict) -> "RunResult":
         known = {f.name for f in dataclasses.fields(cls)}
-        if data.get("schema") != SCHEMA_VERSION or not {"run_id", "metrics", "status"} <= set(data):
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a JSON {type(data).__name__}, not a result object")
+        lacking = [k for k in ("run_id", "status", "metrics") if k not in data]
+        if lacking:
+            raise ValueError(f"it lacks {', '.join(lacking)}")
+        if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"result schema {data.get('schema')!r} is not gapkit's current one ({SCHEMA_VERSION})")
         return cls(**{k: v for k, v in data.items() if k in known})
 
     @classmethod
     def read(cls, path: str | Path) -> "RunResult":
         """Read a ``result.json``; a file that is not one of gapkit's results raises ``ConfigError``."""
-        from ..errors import ConfigError
-
         path = Path(path)
         try:
             return cls.from_dict(json.loads(path.read_text()))

@@ -14,6 +14,10 @@ step is on disk when the checkpoint is written (routing rows are flushed first),
 row after it is dropped (the resumed run writes them again, identically). ``checkpoint/`` and
 ``best/`` are swapped in with :func:`gapkit.io.atomic_dir` and repaired by :func:`recover_dir`;
 ``result.json`` and ``routing.parquet`` are written with :func:`gapkit.io.atomic_write`.
+
+This module alone knows the layout: :class:`RunFolder` writes a run folder, :class:`RunDir` reads one
+(status, result, best weights, predictions, routing, tokenizer, failure) for sweeps, analysis,
+inspection and the command line.
 """
 
 from __future__ import annotations
@@ -22,17 +26,31 @@ import json
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write, json_dumps, kill_point, recover_dir
 from .checkpointing import has_training_state
-from .result import RunResult
+from .result import RunResult, run_id
 
-__all__ = ["RunFolder", "in_use", "PREDICTIONS"]
+__all__ = ["RunFolder", "RunDir", "RunStatus", "in_use", "holds_tokenizer", "config_changes", "PREDICTIONS",
+           "EXPORTED_FILES"]
 
+# The names of the layout (the module docstring); nothing outside this module spells them.
+CONFIG = "config.json"
+METRICS = "metrics.jsonl"
+ROUTING = "routing.parquet"
+RESULT = "result.json"
+FAILURE = "failure.json"
+CHECKPOINT = "checkpoint"
+BEST = "best"
 PREDICTIONS = "predictions.safetensors"  # in best/: "<split>.prediction", "<split>.label"
-LOG_FILES = ("metrics.jsonl", "routing.parquet", "result.json", "failure.json")
-LOG_DIRS = ("checkpoint", "best", "tensorboard")
+FINAL_WEIGHTS = "model.safetensors"  # in checkpoint/: the trained module's state ("model." keys)
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")  # any of them: best/ has a tokenizer
+LOG_FILES = (METRICS, ROUTING, RESULT, FAILURE)
+LOG_DIRS = (CHECKPOINT, BEST, "tensorboard")
+# What re-analysis of a run reads (an exported sweep keeps only these; no weights).
+EXPORTED_FILES = (RESULT, CONFIG, f"{BEST}/{PREDICTIONS}", ROUTING)
 
 
 class RunFolder:
@@ -48,15 +66,19 @@ class RunFolder:
     # -- paths ---------------------------------------------------------------------------------------
     @property
     def checkpoint_dir(self) -> Path:
-        return self.dir / "checkpoint"
+        return self.dir / CHECKPOINT
 
     @property
     def best_dir(self) -> Path:
-        return self.dir / "best"
+        return self.dir / BEST
 
     @property
     def result_file(self) -> Path:
-        return self.dir / "result.json"
+        return self.dir / RESULT
+
+    @property
+    def failure_file(self) -> Path:
+        return self.dir / FAILURE
 
     # -- before a run: what is there, and may this spec use it? --------------------------------------
     def inspect(self, config: dict, resume: bool) -> str:
@@ -88,7 +110,7 @@ class RunFolder:
         if self.result_file.exists():
             result = RunResult.read(self.result_file)
             if result.status == "failed":
-                raise ConfigError(f"Run folder {d} holds a failed run ({result.reason}); see {d / 'failure.json'}: "
+                raise ConfigError(f"Run folder {d} holds a failed run ({result.reason}); see {self.failure_file}: "
                                   f"choose another output_dir (or delete the folder) to run again.")
             if not resume:
                 raise ConfigError(f"Run folder {d} already holds a finished run: choose another output_dir "
@@ -98,7 +120,7 @@ class RunFolder:
                                   f"output_dir for the changed config (results are never overwritten).")
             return "finished"
         if not same:
-            raise ConfigError(f"Run folder {d} holds an unfinished run of a different config ({d / 'config.json'}): "
+            raise ConfigError(f"Run folder {d} holds an unfinished run of a different config ({d / CONFIG}): "
                               f"resume it with that config, or choose another output_dir.")
         if self.has_checkpoint():
             if not resume:
@@ -117,13 +139,7 @@ class RunFolder:
         return has_training_state(self.checkpoint_dir)
 
     def _saved_config(self) -> dict | None:
-        path = self.dir / "config.json"
-        if not path.exists():
-            return None
-        try:
-            return json.loads(path.read_text())
-        except ValueError:
-            raise ConfigError(f"{path} is not valid JSON (a corrupt run folder): move it away and rerun.") from None
+        return RunDir(self.dir).config()
 
     # -- starting ------------------------------------------------------------------------------------
     def start(self, config_json: str, wipe: bool) -> None:
@@ -133,7 +149,7 @@ class RunFolder:
         self.dir.mkdir(parents=True, exist_ok=True)
         if self._lock is None:
             self.acquire()
-            if (self.dir / "config.json").exists():  # another process started a run here meanwhile
+            if (self.dir / CONFIG).exists():  # another process started a run here meanwhile
                 raise ConfigError(f"Run folder {self.dir} was taken by another run while this one was being "
                                   f"built: choose another output_dir.")
         for leftover in self.dir.glob("*.tmp"):
@@ -144,7 +160,7 @@ class RunFolder:
             for name in LOG_DIRS:
                 for suffix in ("", ".tmp", ".old"):
                     shutil.rmtree(self.dir / (name + suffix), ignore_errors=True)
-        atomic_write(self.dir / "config.json", config_json)
+        atomic_write(self.dir / CONFIG, config_json)
 
     def rewind(self, step: int) -> None:
         """On resume from a checkpoint at ``step``: drop every row written after it (they are written
@@ -152,7 +168,7 @@ class RunFolder:
         if not self.writer:
             return
         recover_dir(self.best_dir)
-        path = self.dir / "metrics.jsonl"
+        path = self.dir / METRICS
         if path.exists():
             kept = []
             for line in path.read_text().splitlines():
@@ -163,7 +179,7 @@ class RunFolder:
                 if row.get("step", step + 1) <= step:
                     kept.append(line + "\n")
             atomic_write(path, "".join(kept))
-        routing = self.dir / "routing.parquet"
+        routing = self.dir / ROUTING
         if routing.exists():
             import pandas as pd
 
@@ -175,7 +191,7 @@ class RunFolder:
     def log(self, rows: list[dict]) -> None:
         if not (self.writer and rows):
             return
-        with open(self.dir / "metrics.jsonl", "a") as f:
+        with open(self.dir / METRICS, "a") as f:
             f.write("".join(json_dumps(row) + "\n" for row in rows))
         kill_point("metrics.appended")
         if self.tensorboard is not None:
@@ -192,7 +208,7 @@ class RunFolder:
             import pandas as pd
 
             frame = pd.DataFrame(self.routing)
-            atomic_write(self.dir / "routing.parquet", lambda p: frame.to_parquet(p, index=False))
+            atomic_write(self.dir / ROUTING, lambda p: frame.to_parquet(p, index=False))
 
     def save_best(self, save) -> None:
         """Swap in a new ``best/``; ``save(folder)`` writes the model into the folder it is given."""
@@ -206,7 +222,7 @@ class RunFolder:
 
     def write_failure(self, failure: dict) -> None:
         if self.writer:
-            atomic_write(self.dir / "failure.json", json_dumps(failure, indent=2))
+            atomic_write(self.failure_file, json_dumps(failure, indent=2))
 
     # -- one writer at a time ----------------------------------------------------------------------
     def acquire(self) -> None:
@@ -261,3 +277,213 @@ def in_use(folder: str | Path) -> bool:
 def _comparable(config: dict) -> str:
     """A config as compared for reuse: everything but where the run lives."""
     return json.dumps({k: v for k, v in config.items() if k != "output_dir"}, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Reading a run folder
+# ----------------------------------------------------------------------------------------------------
+class RunStatus(NamedTuple):
+    """Where a run stands: ``state`` and, for ``failed`` and ``stale``, a sentence saying why.
+
+    States: ``done`` (ended, not failed), ``failed`` (ended on a failure, or a record that cannot be read),
+    ``stale`` (the folder holds a run of another config), ``running`` (a live process holds it),
+    ``interrupted`` (started, not ended, no process on it: resumable) and ``pending`` (nothing there).
+    """
+
+    state: str
+    reason: str | None = None
+
+
+class RunDir:
+    """One run folder, read: the only reader of the layout that :class:`RunFolder` writes.
+
+    Nothing here writes; a file that is there but unreadable is a :class:`~gapkit.errors.ConfigError`
+    naming it (or, from :meth:`status`, a ``failed`` state with that sentence), never a default value.
+    """
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+
+    @classmethod
+    def owning(cls, path: str | Path) -> "RunDir | None":
+        """The run whose ``best/`` or ``checkpoint/`` ``path`` names (whether or not it exists yet), else None."""
+        path = Path(path)
+        return cls(path.parent) if path.name in (BEST, CHECKPOINT) else None
+
+    @classmethod
+    def of(cls, path: str | Path) -> "RunDir | None":
+        """The run folder ``path`` is, or lies directly in (its ``best/`` or ``checkpoint/``), else None."""
+        path = Path(path)
+        if cls(path).is_run():
+            return cls(path)
+        owner = cls.owning(path)
+        return owner if owner is not None and owner.is_run() else None
+
+    # -- where each file lives -----------------------------------------------------------------------
+    @property
+    def config_file(self) -> Path:
+        return self.dir / CONFIG
+
+    @property
+    def result_file(self) -> Path:
+        return self.dir / RESULT
+
+    @property
+    def failure_file(self) -> Path:
+        return self.dir / FAILURE
+
+    @property
+    def best_dir(self) -> Path:
+        return self.dir / BEST
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @property
+    def final_weights(self) -> Path:
+        """The trained module's state at the last checkpoint (``model.``-prefixed keys)."""
+        return self.checkpoint_dir / FINAL_WEIGHTS
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.best_dir / PREDICTIONS
+
+    # -- what is there -------------------------------------------------------------------------------
+    def started(self) -> bool:
+        """Does the folder hold anything (a run began here)?"""
+        return self.dir.is_dir() and any(self.dir.iterdir())
+
+    def is_run(self) -> bool:
+        """Is this a gapkit run folder: its config.json a run config (``stage``), not a model config?"""
+        try:
+            config = self.config()
+        except ConfigError:
+            return False
+        return isinstance(config, dict) and "stage" in config and "model_type" not in config
+
+    def has_best(self) -> bool:
+        """Are there best weights (a complete ``best/`` Hugging Face folder)?"""
+        return (self.best_dir / CONFIG).is_file()
+
+    def routing(self) -> Path | None:
+        """The run's routing statistics (``routing.parquet``; MiniMoE students only), or None."""
+        path = self.dir / ROUTING
+        return path if path.is_file() else None
+
+    def tokenizer_dir(self) -> Path | None:
+        """The folder holding the tokenizer saved with the best weights, or None (e.g. a synthetic task)."""
+        return self.best_dir if holds_tokenizer(self.best_dir) else None
+
+    # -- records -------------------------------------------------------------------------------------
+    def config(self) -> dict | None:
+        """The run's resolved config (``config.json``), or None when it has none."""
+        if not self.config_file.is_file():
+            return None
+        try:
+            return json.loads(self.config_file.read_text())
+        except ValueError:
+            raise ConfigError(f"{self.config_file} is not valid JSON (a corrupt run folder): move it away and "
+                              f"rerun.") from None
+
+    def result(self) -> RunResult | None:
+        """The run's :class:`RunResult`, or None until the run has ended.
+
+        Raises:
+            ConfigError: ``result.json`` is there but is not one of gapkit's results.
+        """
+        return RunResult.read(self.result_file) if self.result_file.is_file() else None
+
+    def failure(self) -> dict | None:
+        """What stopped a run on a NaN/inf loss (``failure.json``: step, loss term, value), or None."""
+        if not self.failure_file.is_file():
+            return None
+        try:
+            failure = json.loads(self.failure_file.read_text())
+        except ValueError:
+            failure = None
+        if not isinstance(failure, dict):
+            raise ConfigError(f"{self.failure_file} is not a readable failure record (not a JSON object): the "
+                              f"run's result.json says why it stopped.")
+        return failure
+
+    def predictions(self, split: str):
+        """(predictions, labels) tensors the best weights made on ``split``, or None when the run has no
+        ``best/predictions.safetensors`` or that split is not in it."""
+        if not self.predictions_file.is_file():
+            return None
+        from safetensors.torch import load_file
+
+        tensors = load_file(self.predictions_file)
+        if f"{split}.prediction" not in tensors or f"{split}.label" not in tensors:
+            return None
+        return tensors[f"{split}.prediction"], tensors[f"{split}.label"]
+
+    # -- status --------------------------------------------------------------------------------------
+    def changes(self, config: dict) -> list[str]:
+        """How the config recorded here differs from ``config`` (a resolved run config), one phrase per
+        setting (``train.lr: 0.001 here, 0.0003 now``); empty when they are the same run (:func:`run_id`)
+        or nothing is recorded yet.
+
+        Raises:
+            ConfigError: config.json or result.json is there but unreadable.
+        """
+        config = json.loads(json.dumps(config))  # as config.json holds it (DistillSpec.to_json): tuples as lists
+        saved = self.config()
+        if saved is None:
+            result = self.result()
+            if result is None or result.run_id == run_id(config):
+                return []
+            return [f"its result.json is of config {result.run_id}, this one is {run_id(config)}"]
+        if run_id(saved) == run_id(config):
+            return []
+        return config_changes(saved, config) or [f"config {run_id(saved)} here, {run_id(config)} now"]
+
+    def status(self, config: dict | None = None) -> RunStatus:
+        """Where the run stands (:class:`RunStatus`); with ``config`` (the resolved config that should be
+        here), a folder holding a run of another config is ``stale``, whatever its state."""
+        try:
+            changes = self.changes(config) if config is not None else []
+            if changes:
+                shown = "; ".join(changes[:3]) + (f"; and {len(changes) - 3} more" if len(changes) > 3 else "")
+                return RunStatus("stale", f"{self.dir} holds a run of another config ({shown}): results are never "
+                                          f"overwritten, so move that folder aside (or choose a new output_dir) to "
+                                          f"run this config.")
+            result = self.result()
+        except ConfigError as err:
+            return RunStatus("failed", str(err))
+        if result is not None:
+            return RunStatus("failed", result.reason) if result.status == "failed" else RunStatus("done")
+        if self.started():
+            return RunStatus("running") if in_use(self.dir) else RunStatus("interrupted")
+        return RunStatus("pending")
+
+
+def holds_tokenizer(folder: str | Path) -> bool:
+    """Does ``folder`` hold a saved Hugging Face tokenizer?"""
+    return Path(folder).is_dir() and any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
+
+
+def config_changes(saved: dict, config: dict) -> list[str]:
+    """The settings (dotted keys) whose values differ between two run configs, ``output_dir`` and
+    ``name`` left out as :func:`run_id` leaves them out: ``"train.lr: 0.001 here, 0.0003 now"``."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            if not prefix and k in ("output_dir", "name"):
+                continue
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    old, new = flat(saved), flat(config)
+    absent = object()
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, absent), new.get(key, absent)
+        if a != b:
+            changes.append(f"{key}: {'absent' if a is absent else json.dumps(a)} here, "
+                           f"{'absent' if b is absent else json.dumps(b)} now")
+    return changes

@@ -37,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..routing import BlockRouting, RoutingRecord, switch_load_balance
+from . import layout
 from .spec import StudentSpec
 
 ACT_FNS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -591,16 +592,12 @@ class Student(nn.Module):
     # -- Hugging Face-style persistence --------------------------------------------------------------
     def save_pretrained(self, folder, label_names=None):
         """Write this student as a Hugging Face folder: :func:`gapkit.models.checkpoint.save_pretrained`."""
-        from .checkpoint import save_pretrained
-
-        return save_pretrained(self, folder, label_names=label_names)
+        return layout.save_pretrained(self, folder, label_names=label_names)
 
     @classmethod
     def from_pretrained(cls, folder, **kwargs):
         """Load a student: :func:`gapkit.models.checkpoint.load_student` (same arguments and return)."""
-        from .checkpoint import load_student
-
-        return load_student(folder, **kwargs)
+        return layout.load_pretrained(cls, folder, **kwargs)
 
     # -- forward ---------------------------------------------------------------------------------
     def forward(

@@ -4,7 +4,10 @@ A unit is a prepare step or a group of runs (:func:`gapkit.sweep.group.run_group
 submits every unit whose dependencies have finished, waits for any to end, and goes on; a run that
 fails (bad input, NaN) is recorded with its reason, the runs that need it are marked blocked, and the
 rest of the sweep continues. Rerunning a sweep skips finished runs and resumes interrupted ones (each
-run folder keeps its own state; see :mod:`gapkit.distill.runfiles`).
+run folder keeps its own state; see :mod:`gapkit.distill.runfiles`). A run folder that holds a run of
+another config than the one planned now (a changed setting, or a changed gapkit default) is ``stale``
+(:mod:`gapkit.sweep.status`): the sweep refuses to start, naming the run and what differs, before it
+writes or trains anything; it never reuses that result and never replaces it.
 
 Executors (``executor: {kind: ...}`` in the sweep file, or ``--executor``):
 
@@ -21,18 +24,20 @@ Executors (``executor: {kind: ...}`` in the sweep file, or ``--executor``):
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 from ..distill.config import DistillSpec
+from ..distill.runfiles import RunDir
 from ..errors import ConfigError
-from ..io import atomic_write, json_dumps
+from ..io import atomic_write
 from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_group
 from .plan import Node, estimate, node_shape, plan, plan_json
 from .spec import EXECUTORS, SweepSpec
+from .status import FailureRecords, node_status, plan_status
+from .table import write_table
 
 __all__ = ["run_sweep", "SweepReport", "Unit", "node_status", "plan_status"]
 
@@ -188,53 +193,6 @@ def make_executor(spec: SweepSpec, kind: str | None = None):
 
 
 # ----------------------------------------------------------------------------------------------------
-# Status of a node, from its folder
-# ----------------------------------------------------------------------------------------------------
-def node_status(node: Node, output_dir: str | Path) -> tuple[str, str | None]:
-    """``done``, ``failed``, ``running`` (a live process holds it), ``interrupted`` (started, not ended, no
-    process on it: the next run of the sweep resumes it) or ``pending``, and the reason of a failure."""
-    folder = node.folder(output_dir)
-    failure = Path(output_dir) / "failures" / f"{node.id}.json"
-    if node.kind == "prepare":
-        if (folder / "best" / "config.json").is_file():
-            return "done", None
-    else:
-        result = folder / "result.json"
-        if result.is_file():
-            try:
-                saved = json.loads(result.read_text())
-            except ValueError:
-                return "failed", f"{result} is not readable"
-            return ("failed", saved.get("reason")) if saved.get("status") == "failed" else ("done", None)
-    if failure.is_file():
-        return "failed", json.loads(failure.read_text()).get("reason")
-    if folder.is_dir() and any(folder.iterdir()):
-        from ..distill.runfiles import in_use
-
-        return ("running", None) if in_use(folder) else ("interrupted", None)
-    return "pending", None
-
-
-def plan_status(nodes: list[Node], output_dir: str | Path):
-    """Where each planned run stands in ``output_dir`` (:func:`node_status`), as a table.
-
-    Args:
-        nodes: a plan (:func:`gapkit.sweep.plan`).
-        output_dir: the sweep folder to look in (it need not exist: every run is then ``pending``).
-    Returns:
-        A DataFrame, one row per node in plan order: ``id``, ``kind``, ``teacher``, ``student``,
-        ``method``, ``seed``, ``status`` (done, running, interrupted, failed, pending) and ``reason``.
-    """
-    import pandas as pd
-
-    rows = [dict(id=n.id, kind=n.kind, teacher=n.meta.get("teacher"), student=n.meta.get("student"),
-                 method=n.meta.get("method"), seed=n.meta.get("seed"), **dict(zip(("status", "reason"),
-                                                                                node_status(n, output_dir))))
-            for n in nodes]
-    return pd.DataFrame(rows, columns=["id", "kind", "teacher", "student", "method", "seed", "status", "reason"])
-
-
-# ----------------------------------------------------------------------------------------------------
 # The scheduler
 # ----------------------------------------------------------------------------------------------------
 class SweepReport:
@@ -293,16 +251,19 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
     Returns:
         A :class:`SweepReport`; the results table is written to ``output_dir/results.{parquet,csv}``.
     """
-    from .table import write_table
-
     nodes = plan(spec)
     out = Path(spec.output_dir)
+    status = {n.id: node_status(n, out) for n in nodes}
+    stale = [n.id for n in nodes if status[n.id][0] == "stale"]
+    if stale:  # before anything is written or run: a finished result is never replaced behind the user's back
+        more = len(stale) - 1
+        raise ConfigError(f"Sweep {spec.name}: {status[stale[0]][1].rstrip('.')}" + (
+            f"; {more} more planned run(s) are stale too (`gapkit status {out}` lists them)." if more else "."))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "plan.json", plan_json(nodes, spec))
-    status = {n.id: node_status(n, out) for n in nodes}
+    failures = FailureRecords(out)
     for n in nodes:  # a failure recorded by an earlier attempt of bad input is tried again
-        if status[n.id][0] == "failed" and (out / "failures" / f"{n.id}.json").is_file():
-            (out / "failures" / f"{n.id}.json").unlink()
+        if status[n.id][0] == "failed" and failures.clear(n.id):
             status[n.id] = node_status(n, out)
     ex = make_executor(spec, executor)
     by_id = {n.id: n for n in nodes}
@@ -339,9 +300,8 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
                                      reason=f"{type(err).__name__}: {err}") for i in unit.node_ids]
                 for node_id, o in zip(unit.node_ids, outcomes):
                     node = by_id[node_id]
-                    if o["status"] == "failed" and not (node.folder(out) / "result.json").is_file():
-                        (out / "failures").mkdir(exist_ok=True)
-                        atomic_write(out / "failures" / f"{node_id}.json", json_dumps(o, indent=2))
+                    if o["status"] == "failed" and not RunDir(node.folder(out)).result_file.is_file():
+                        failures.write(node_id, o)
                     status[node_id] = node_status(node, out)
                     if status[node_id][0] not in ("done", "failed"):  # a job that ended without its run ending
                         status[node_id] = ("failed", o.get("reason") or "the job ended before the run did")

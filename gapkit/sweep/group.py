@@ -121,10 +121,12 @@ def prepare_truncated(ref: str, layers: int, folder: str | Path) -> Path:
     """
     from transformers import AutoTokenizer
 
+    from ..distill.runfiles import RunDir
     from ..models.checkpoint import save_pretrained, student_from_hf
 
-    best = Path(folder) / "best"
-    if (best / "config.json").is_file():
+    run = RunDir(folder)
+    best = run.best_dir
+    if run.has_best():
         return best
     Path(folder).mkdir(parents=True, exist_ok=True)
     student = student_from_hf(ref, layers=list(range(layers)))

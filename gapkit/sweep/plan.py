@@ -25,6 +25,7 @@ from pathlib import Path
 
 from ..distill.config import STAGE_WEIGHTS, DataSpec, DistillSpec
 from ..distill.result import run_id
+from ..distill.runfiles import RunDir
 from ..errors import ConfigError
 from ..models.spec import StudentSpec, spec_from_name
 from .spec import MethodSpec, SweepSpec, TeacherEntry
@@ -119,7 +120,7 @@ class _Planner:
         return self.nodes[node_id]
 
     def best(self, node: Node) -> str:
-        return str(self.runs / node.id / "best")
+        return str(RunDir(self.runs / node.id).best_dir)
 
     # -- pieces ----------------------------------------------------------------------------------------
     def weights(self, stage: str, method: MethodSpec | None = None) -> dict:

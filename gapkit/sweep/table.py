@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..distill.runfiles import EXPORTED_FILES, RunDir
 from ..io import atomic_write
-from .execute import node_status
 from .plan import read_plan
+from .status import node_status
 
 __all__ = ["build_table", "write_table", "export_table", "COLUMNS"]
 
@@ -41,14 +42,12 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
     """
     import pandas as pd
 
-    from ..distill.result import RunResult
-
     sweep, nodes = read_plan(output_dir)
     results = {}
     for node in nodes:
-        path = node.folder(output_dir) / "result.json"
-        if node.kind != "prepare" and path.is_file():
-            results[node.id] = RunResult.read(path)
+        result = RunDir(node.folder(output_dir)).result() if node.kind != "prepare" else None
+        if result is not None:
+            results[node.id] = result
     teachers = {}  # (teacher name, task, teacher seed) -> the fine-tuned teacher's result
     for node in nodes:
         if node.kind == "finetune" and node.id in results:
@@ -110,9 +109,6 @@ def write_table(output_dir: str | Path):
     atomic_write(out / "results.parquet", lambda p: table.to_parquet(p, index=False))
     atomic_write(out / "results.csv", table.to_csv(index=False))
     return table
-
-
-EXPORTED_FILES = ("result.json", "config.json", "best/predictions.safetensors", "routing.parquet")  # what re-analysis reads
 
 
 def export_table(output_dir: str | Path, out: str | Path, table=None):
