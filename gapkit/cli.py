@@ -397,13 +397,16 @@ def _add_report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seeds-for", type=float, default=None, metavar="EFFECT",
                         help="how many seeds (or teacher fine-tunes) detect a curse or lift of EFFECT metric points "
                              "with 80%% power, from this sweep's variances")
+    parser.add_argument("--wide", action="store_true",
+                        help="print every table in one piece (default: lines of at most 120 columns, wide tables in "
+                             "column groups)")
     parser.add_argument("--no-examples", action="store_true",
                         help="leave the dev examples out of the variance (seeds only; conditional on this dev set)")
 
 
 def _run_report(args: argparse.Namespace) -> int:
     from .analysis import format_report, load_table, report, write_report
-    from .analysis.report import default_baseline
+    from .analysis.report import WIDTH, default_baseline, wrap_lines
     from .analysis.scores import require_scores
 
     table = load_table(args.dir)
@@ -413,9 +416,10 @@ def _run_report(args: argparse.Namespace) -> int:
                     level=args.level, effect=args.seeds_for, examples=not args.no_examples)
     where = Path(args.dir)
     out = Path(args.out) if args.out else (where if where.is_dir() else where.parent) / "report"
-    print(format_report(tables, level=args.level, baseline=args.baseline))
+    print(format_report(tables, level=args.level, baseline=args.baseline, width=None if args.wide else WIDTH))
     paths = write_report(tables, out)
-    print(f"\nWrote {len(paths)} tables to {out}/: {', '.join(p.name for p in paths)}.")
+    print("\n" + wrap_lines(f"Wrote {len(paths)} tables to {out}/: {', '.join(p.name for p in paths)}.",
+                            None if args.wide else WIDTH))
     return 0
 
 

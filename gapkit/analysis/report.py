@@ -296,29 +296,97 @@ def _titles(level: float, baseline: str) -> dict:
     }
 
 
-def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm") -> str:
+# The columns that name a row, repeated in every column group of a table too wide for the terminal.
+KEY_COLUMNS = {"teacher_scores": ("task", "teacher"), "student_scores": ("task", "teacher", "student", "experts", "method"),
+               "curse": ("task", "student", "experts", "method"), "lift": ("task", "student", "method", "experts"),
+               "teacher_scale_fit": ("task", "experts", "method", "size", "space")}
+WIDTH = 120  # a report fits this many columns unless asked for full width (gapkit report --wide)
+
+
+def _rendered(shown) -> str:
+    return shown.to_string(index=False, justify="left")
+
+
+def _fit_columns(shown, keys: tuple[str, ...], width: int | None) -> str:
+    """A table in column groups no wider than ``width``, each group led by the row-naming ``keys`` columns
+    (one block when it fits, or when ``width`` is None)."""
+    text = _rendered(shown)
+    if width is None or max(map(len, text.splitlines()), default=0) <= width:
+        return text
+    keys = [k for k in keys if k in shown.columns]
+    groups, current = [], []
+    for column in [c for c in shown.columns if c not in keys]:
+        trial = current + [column]
+        if current and max(map(len, _rendered(shown[keys + trial]).splitlines())) > width:
+            groups.append(current)
+            trial = [column]
+        current = trial
+    groups.append(current)
+    return "\n\n".join(_rendered(shown[keys + group]) for group in groups)
+
+
+def wrap_lines(text: str, width: int | None, indent: str = "") -> str:
+    """``text`` with each line longer than ``width`` wrapped (continuations indented past a list marker)."""
+    import textwrap
+
+    if width is None:
+        return text
+    def hang(line: str) -> str:  # under the text of "- ..." and "  [3] ..." items
+        return indent or " " * (len(line) - len(line.lstrip(" -[]0123456789")))
+
+    return "\n".join(textwrap.fill(line, width, subsequent_indent=hang(line), break_on_hyphens=False)
+                     if len(line) > width else line for line in text.splitlines())
+
+
+def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm", width: int | None = WIDTH) -> str:
     """The report as aligned text: each table under its title (empty cells where nothing is estimable), the
-    notes of the curse and lift tables as numbered lines under them, and a closing summary of what the
-    tests establish. ``gap_curves`` is summarised in one line (its CSV holds the points)."""
+    notes of the tables as numbered lines under them, and a closing summary of what the tests establish.
+    ``gap_curves`` is summarised in one line (its CSV holds the points).
+
+    Args:
+        width: the widest line (default 120 columns): longer titles, notes and sentences wrap, and a table
+            wider than this is printed in groups of columns, each led by the columns that name its rows.
+            None prints every table in one piece (``gapkit report --wide``).
+    """
     titles = _titles(level, baseline)
     parts = []
     for name, frame in tables.items():
         title = titles.get(name, name)
         if name == "gap_curves":
             axes = ", ".join(dict.fromkeys(frame.axis)) if len(frame) else "none"
-            parts.append(f"{title}: {len(frame)} points on the axes {axes} (gap_curves.csv).")
+            parts.append(wrap_lines(f"{title}: {len(frame)} points on the axes {axes} (gap_curves.csv).", width))
             continue
         shown = _display(name, frame)
         notes = ""
-        if name in ("curse", "lift") and not frame.empty:
+        if "note" in shown.columns and not frame.empty:
+            # Notes leave the table (they are sentences): numbered under it, the row keeps the number.
+            numbered, lines = [], []
+            for i, r in enumerate(frame.reset_index(drop=True).itertuples()):
+                note = getattr(r, "note", None)
+                if _known(note) and note:
+                    lines.append(f"  [{len(lines) + 1}] {_note_label(name, r._asdict())}: {note}")
+                    numbered.append(f"[{len(lines)}]")
+                else:
+                    numbered.append("")
+            shown = shown.assign(note=numbered) if lines else shown.drop(columns="note")
+            notes = ("\nnotes:\n" + wrap_lines("\n".join(lines), width, indent="      ")) if lines else ""
+        elif name in ("curse", "lift") and not frame.empty:
             lines = [f"  [{i + 1}] {_row_label(r)}: {r.note}" for i, r in frame.reset_index(drop=True).iterrows()
                      if _known(r.note) and r.note]
-            notes = ("\nnotes:\n" + "\n".join(lines)) if lines else ""
-        body = "(none)" if frame.empty else shown.to_string(index=False, justify="left")
-        parts.append(f"{title}\n{'-' * min(len(title), 100)}\n{body}{notes}")
+            notes = ("\nnotes:\n" + wrap_lines("\n".join(lines), width, indent="      ")) if lines else ""
+        body = "(none)" if frame.empty else _fit_columns(shown, KEY_COLUMNS.get(name, ()), width)
+        head = wrap_lines(title, width)
+        rule = "-" * min(max(map(len, head.splitlines())), 100)
+        parts.append(f"{head}\n{rule}\n{body}{notes}")
     if "curse" in tables:
-        parts.append(summary(tables, level))
+        parts.append(wrap_lines(summary(tables, level), width, indent="  "))
     return "\n\n".join(parts)
+
+
+def _note_label(name: str, r: dict) -> str:
+    """Who a table note is about: the row's naming columns (``KEY_COLUMNS``), the dense ``experts`` left out."""
+    return " ".join(_text(r.get(k)) for k in KEY_COLUMNS.get(name, ("task",))
+                    if _known(r.get(k)) and not (k == "experts" and r.get(k) == "dense"))
 
 
 def _row_label(r) -> str:
