@@ -68,6 +68,7 @@ def test_moe_overhead_compiled_rows_beside_eager(capsys, one_thread):
     assert out.count("compile off") == 2 and out.count("compile aot_eager") == 2  # inference and train step each
 
 
+@pytest.mark.slow  # half a minute on 2 cores; the grouped sweep it times is tested in tests/test_sweep.py
 def test_sweep_gpu_dry_run_goes_through_the_sweep(tmp_path, capsys, one_thread):
     """The sweep benchmark's CPU mode: the same sweep as one group and as groups of one, read back from the runs."""
     bench = load_benchmark("sweep_gpu")

@@ -1,6 +1,7 @@
-"""The notebooks in notebooks/ run end to end (papermill, a `python3` kernel) on the paper's numbers and on
-a real (cut-budget) quickstart sweep, write their figures, show the expected tables, and fail on a bad
-parameter with gapkit's one sentence. The committed notebooks carry no outputs."""
+"""The notebooks in notebooks/ run end to end (papermill, a `python3` kernel) on the paper's numbers, on a
+real (cut-budget) quickstart sweep where the README's `gapkit quickstart` puts it, and with their default
+parameters in a fresh checkout (on the committed results/quickstart), write their figures, show the expected
+tables, and fail on a bad parameter with gapkit's one sentence. The committed notebooks carry no outputs."""
 
 import ast
 import json
@@ -18,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
 PAPER_FIGURES = "01_paper_figures.ipynb"
 GAP_CURVE = "02_gap_curve_new_teacher.ipynb"
+LOAD_BALANCE = "03_expert_load_balance.ipynb"
+COMMITTED = ROOT / "results" / "quickstart"
 QUICKSTART_TEACHERS = ["1L-32H-4A", "2L-64H-4A", "4L-128H-4A"]
 
 
@@ -82,6 +85,7 @@ def parameters_cell(nb):
     (PAPER_FIGURES, {"paper_dir", "sweep_dir", "task", "out_dir"}),
     (GAP_CURVE, {"teacher", "students", "task", "methods", "stages", "agnostic_data", "seeds", "config",
                  "overrides", "sweep_dir", "run_now", "baseline", "effect", "out_dir"}),
+    (LOAD_BALANCE, {"student", "sentence", "tokenizer", "layer", "block", "step", "interactive"}),
 ])
 def test_committed_notebooks_carry_no_outputs_and_a_tagged_parameters_cell(name, names):
     nb = nbformat.read(NOTEBOOKS / name, as_version=4)
@@ -93,8 +97,11 @@ def test_committed_notebooks_carry_no_outputs_and_a_tagged_parameters_cell(name,
     assert cell is code[0], "the parameters come before any code"
     assigned = {t.id: node.value for node in ast.parse(cell.source).body for t in node.targets}
     assert set(assigned) == names
-    if name == GAP_CURVE:  # a plan by default, never a training run
+    if name == GAP_CURVE:  # a plan by default, never a training run; the quickstart's sweep, offline
         assert isinstance(assigned["run_now"], ast.Constant) and assigned["run_now"].value is False
+        assert ast.literal_eval(assigned["config"]) == "quickstart"
+    if name != PAPER_FIGURES:  # what the README's main command writes (the committed results stand in for it)
+        assert ast.literal_eval(assigned["sweep_dir" if name == GAP_CURVE else "student"]) == "runs/quickstart"
 
 
 # -- 01: the paper's figures ---------------------------------------------------------------------------
@@ -120,17 +127,24 @@ def test_paper_figures_notebook_overlays_a_sweep(tmp_path, kernel, quickstart_re
 
 
 # -- 02: the gap curve of a new teacher ----------------------------------------------------------------
-def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quickstart_results):
-    """The quickstart's own sweep file and overrides: the notebook plans the same runs, finds them all done
-    (run_now resumes nothing), and draws and estimates from them."""
+def _checkout(quickstart_results) -> Path:
+    """The folder that stands for a fresh checkout in which the README's `gapkit quickstart` ran."""
+    assert quickstart_results.out.parts[-2:] == ("runs", "quickstart")
+    return quickstart_results.out.parents[1]
+
+
+def test_gap_curve_notebook_end_to_end_on_the_quickstart(kernel, quickstart_results):
+    """After the README's main command (cut here to a few steps: its overrides), the default config and
+    sweep_dir find the quickstart's runs: the notebook plans the same runs, finds them all done (run_now
+    resumes nothing), and draws and estimates from them."""
+    checkout = _checkout(quickstart_results)
     results = sorted(quickstart_results.out.glob("runs/*/result.json"))
     before = {p: p.stat().st_mtime_ns for p in results}
-    config = Path(gapkit.__file__).parent / "sweep" / "quickstart.yaml"
-    nb, error = execute(GAP_CURVE, tmp_path, kernel, config=str(config), overrides=list(quickstart_results.overrides),
-                        sweep_dir=str(quickstart_results.out), run_now=True, baseline="kd", effect=1.0,
-                        out_dir=str(tmp_path / "figs"))
+    nb, error = execute(GAP_CURVE, checkout, kernel, overrides=list(quickstart_results.overrides), run_now=True,
+                        out_dir=str(checkout / "figs"))
     assert error is None, error
     shown = texts(nb)
+    assert "does not exist yet" not in shown  # runs/quickstart, not the committed stand-in
     assert f"Teachers: {', '.join(QUICKSTART_TEACHERS)}" in shown
     assert "Sweep 'quickstart': 9 runs (3 finetune, 6 task)" in shown  # the dry-run plan
     assert "Every planned run finished." in shown
@@ -141,7 +155,7 @@ def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quick
     header = gap_table.splitlines()[0].split()
     assert header == QUICKSTART_TEACHERS  # the gap table's columns: the teachers, smallest first
     for axis in ("teacher_params", "ratio_params"):
-        assert (tmp_path / "figs" / f"gap_curve-{axis}.png").is_file()
+        assert (checkout / "figs" / f"gap_curve-{axis}.png").is_file()
     assert images(nb) == 2
     # the estimates, and what the data (one student shape, one seed) cannot support, with the reasons
     assert "Curse of capacity gap per student" in shown and "against kd" in shown
@@ -150,15 +164,59 @@ def test_gap_curve_notebook_end_to_end_on_the_quickstart(tmp_path, kernel, quick
     assert "estimate(s) are not estimable from these results." in shown
 
 
+def test_gap_curve_notebook_defaults_run_on_the_committed_quickstart(tmp_path, kernel):
+    """A fresh clone, nothing run: every default parameter, no download; the committed results stand in for
+    runs/quickstart, and the committed folder is only read (its figures are left as they are)."""
+    committed = {p: p.stat().st_mtime_ns for p in COMMITTED.rglob("*")}
+    nb, error = execute(GAP_CURVE, tmp_path, kernel)
+    assert error is None, error
+    shown = texts(nb)
+    assert f"reading the committed results in {COMMITTED}" in shown
+    assert f"Teachers: {', '.join(QUICKSTART_TEACHERS)}" in shown and "27 runs" in shown
+    assert "The committed results hold 27 runs" in shown
+    gap_table = next(o.data["text/plain"] for c in nb.cells for o in c.get("outputs", [])
+                     if o.output_type == "execute_result" and "(teacher itself)" in o.data.get("text/plain", ""))
+    assert "79.59" in gap_table and "98.05" in gap_table  # the teachers' scores in results/quickstart/README.md
+    assert {p.name for p in (tmp_path / "figures").iterdir()} >= {"gap_curve-teacher_params.png",
+                                                                  "gap_curve-ratio_params.png"}
+    assert {p: p.stat().st_mtime_ns for p in COMMITTED.rglob("*")} == committed
+
+
 def test_gap_curve_notebook_says_in_one_sentence_that_sweep_dir_holds_nothing(tmp_path, kernel):
-    """The default parameters (a truncated BERT-base family on SST-2) plan offline; reading results from a
-    folder that does not exist stops the notebook with one sentence naming it."""
+    """The default sweep plans offline; reading results from a folder that does not exist stops the notebook
+    with one sentence naming it."""
     missing = tmp_path / "no_such_sweep"
     nb, error = execute(GAP_CURVE, tmp_path, kernel, sweep_dir=str(missing))
     assert error is not None and error.ename == "DataError"
     assert error.evalue == (f"No results file or sweep folder at {missing}: give a sweep's output_dir (it holds "
                             f"results once the sweep has run) or a results .parquet/.csv file.")
     shown = texts(nb)
-    assert "Teachers: bert-base-uncased-L3, bert-base-uncased-L6, bert-base-uncased-L9, bert-base-uncased-L12" in shown
-    assert "152 runs" in shown and "run_now is False: nothing is trained" in shown
+    assert f"Teachers: {', '.join(QUICKSTART_TEACHERS)}" in shown
+    assert "27 runs" in shown and "run_now is False: nothing is trained" in shown
     assert not missing.exists()
+
+
+# -- 03: expert load balance ---------------------------------------------------------------------------
+def test_load_balance_notebook_defaults_after_the_quickstart(kernel, quickstart_results):
+    """After the README's main command, the default student is the quickstart's first MiniMoE run, with
+    weights: every view, the per-token ones included."""
+    checkout = _checkout(quickstart_results)
+    nb, error = execute(LOAD_BALANCE, checkout, kernel, interactive=False)
+    assert error is None, error
+    shown = texts(nb)
+    assert "does not exist yet" not in shown and "The sweep's first MiniMoE run: task-" in shown
+    assert "minimoe" in shown.split("The sweep's first MiniMoE run: ")[1].splitlines()[0]
+    assert "routing: learned gate, eval mode (no gate noise)" in shown and "Token share per expert" in shown
+    assert images(nb) == 3
+
+
+def test_load_balance_notebook_defaults_on_the_committed_quickstart(tmp_path, kernel):
+    """A fresh clone: the committed quickstart run has its routing record but no weights, so the notebook
+    draws the training record's views and says why the per-token views are missing."""
+    nb, error = execute(LOAD_BALANCE, tmp_path, kernel)
+    assert error is None, error
+    shown = texts(nb)
+    assert f"reading the committed results in {COMMITTED}" in shown
+    assert "The sweep's first MiniMoE run: task-1L-32H-4A-1L-32H-4A-minimoe-s0-synthetic-" in shown
+    assert "Exported without weights: its training record only." in shown
+    assert images(nb) == 2

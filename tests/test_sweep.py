@@ -236,6 +236,8 @@ def test_executors_give_the_inline_table(tmp_path, executor):
     pd.testing.assert_frame_equal(_frame(build_table(other.output_dir)), _frame(build_table(spec.output_dir)))
 
 
+@pytest.mark.slow  # about a minute on 2 cores; test_executors_give_the_inline_table[slurm] and the DDP test of
+# tests/test_engine.py cover the Slurm executor and data parallelism in the default run
 def test_a_slurm_job_with_two_tasks_trains_its_runs_data_parallel(tmp_path):
     """tasks_per_node: 2 (submitit's local cluster standing in for Slurm): both tasks of each job join one
     torch.distributed group through submitit's environment, and every run trains on 2 ranks."""
@@ -275,7 +277,11 @@ def test_cli_refuses_a_folder_without_a_sweep(tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("config", sorted((REPO / "configs" / "sweeps").glob("*.yaml")), ids=lambda p: p.name)
+# paper_glue.yaml (338 runs, the slowest to plan) is loaded and planned by
+# test_paper_sweep_dry_runs_offline_on_the_papers_axis in the default run
+@pytest.mark.parametrize("config", [pytest.param(p, marks=pytest.mark.slow) if p.name == "paper_glue.yaml" else p
+                                    for p in sorted((REPO / "configs" / "sweeps").glob("*.yaml"))],
+                         ids=lambda p: p.name)
 def test_every_shipped_sweep_loads_and_plans(config):
     spec = SweepSpec.from_file(config)
     nodes = plan(spec)
