@@ -76,7 +76,8 @@ def results_table(run_dirs: dict | None = None) -> pd.DataFrame:
 
 
 def paper_table() -> pd.DataFrame:
-    rows = [row(source="paper", role="student", stage="task", teacher=t, method=m, gflops=g, value=80.0 + g)
+    rows = [row(source="paper", role="student", stage="task", teacher=t, method=m, gflops=g, value=80.0 + g,
+                task="sst2", metric="score", split="dev")
             for t in TEACHERS for m in ("minilm", "minilm_ta") for g in (0.11, 0.45)]
     return pd.DataFrame(rows)
 
@@ -110,9 +111,12 @@ def test_curse_figure_draws_seed_means_per_teacher_with_the_papers_points(tmp_pa
     assert [ax.get_title() for ax in axes] == ["without assistant (MiniLM)", "with assistant (MiniLM w/ TA)"]
     for ax in axes:
         assert ax.get_xlabel() == "student GFLOPs (paper convention, log scale)" and ax.get_xscale() == "log"
-        assert legend_texts(ax) == ["bert-base", "bert-base (paper)", "bert-large", "bert-large (paper)"]
         assert len(ax.get_lines()) >= 4
     assert axes[0].get_ylabel() == "score (sst2, dev)"
+    # one legend for the panels, under them (it covers no line)
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == ["bert-base", "bert-base (paper)", "bert-large",
+                                                          "bert-large (paper)"]
     line = errorbar_lines(axes[0])["bert-large"]
     assert list(line.get_xdata()) == sorted(STUDENTS.values())
     np.testing.assert_allclose(line.get_ydata(), [expected("bert-large", s, "minilm")[0] for s in STUDENTS])
@@ -130,9 +134,15 @@ def test_curse_figure_with_the_papers_published_numbers():
     from gapkit.analysis import paper_results
 
     fig = plot_curse(results_table(), paper=paper_results())
-    paper = [l for l in fig.axes[0].get_lines() if l.get_label() == "bert-large (paper)"][0]
+    # The paper's GLUE averages never sit under the table's SST-2 label: they get an axis of their own.
+    panels = [ax for ax in fig.axes if ax.get_title()]
+    left, twin = panels[0], fig.axes[len(panels)]  # the twins follow the panels
+    assert left.get_ylabel() == "score (sst2, dev)" and fig.axes[-1].get_ylabel() == "paper (dashed): GLUE average, dev"
+    assert not [l for l in left.get_lines() if "(paper)" in l.get_label()]
+    paper = [l for l in twin.get_lines() if l.get_label() == "bert-large (paper)"][0]
     assert list(paper.get_xdata()) == [0.04, 0.11, 0.45, 0.68, 0.91, 1.36]
     assert paper.get_ydata()[-1] == pytest.approx(85.1)  # the paper's 6L-384H student of BERT-large
+    assert "bert-large (paper)" in [t.get_text() for t in fig.legends[0].get_texts()]  # one legend names both
     assert "0.04" in [t.get_text() for t in fig.axes[0].get_xticklabels()]
     plt.close(fig)
 
@@ -416,6 +426,17 @@ def test_top_tokens_figure_decodes_with_a_tokenizer_or_shows_ids(tmp_path):
     written(fig, tmp_path, "decoded")
 
 
+def test_top_tokens_of_a_synthetic_run_name_its_special_ids(tmp_path):
+    """A synthetic-task run saves no tokenizer: its special ids ([CLS] 1, [SEP] 2 ...) are named anyway."""
+    run = token_run(tmp_path)
+    (run / "config.json").write_text(json.dumps(dict(stage="finetune", student="2L-48H-4A",
+                                                     data=dict(task="synthetic", synthetic=dict(rule="span")))))
+    fig = plot_top_tokens(run, k=20)
+    labels = {t.get_text() for ax in fig.axes for t in ax.get_yticklabels()}
+    assert {"[CLS] (1)", "[SEP] (2)", "[OPEN] (3)", "[CLOSE] (4)"} <= labels and "#1" not in labels and "#7" in labels
+    plt.close(fig)
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda p: p / "dense", r"does not exist: only MiniMoE students record routing"),
     (lambda p: (p / "bad.parquet").write_text("not parquet") and p / "bad.parquet", r"not a readable parquet file"),
@@ -457,10 +478,13 @@ def test_gapkit_plot_writes_what_a_real_sweep_supports_and_names_the_rest(sweep_
     # runs record top_tokens once the trainer passes the batch's input_ids to the routing statistics
     tokens = "top_tokens" in pd.read_parquet(run / "routing.parquet").columns
     routing = ["expert_share", "routing_training"] + (["top_tokens"] if tokens else [])
-    expected = [out / f"pareto.{fmt}" for fmt in ("png", "pdf")] + [
+    expected = [out / f"pareto.{fmt}" for fmt in ("png", "pdf")] + [out / "pareto.csv"] + [
         out / "routing" / f"{run.name}-{name}.{fmt}" for name in routing for fmt in ("png", "pdf")]
     assert [line for line in lines if line.startswith("wrote ")] == [f"wrote {p}" for p in expected]
-    assert all(p.is_file() and p.stat().st_size > 1000 for p in expected)
+    assert all(p.is_file() and p.stat().st_size > 1000 for p in expected if p.suffix != ".csv")
+    every = pd.read_csv(out / "pareto.csv")  # the figure names the front; the table names every point
+    assert len(every) == len(student_points(pd.read_parquet(sweep_dir / "results.parquet")).dropna(subset=["gflops"]))
+    assert every.on_front.any() and {"student", "method", "teacher", "gflops", "mean"} <= set(every.columns)
     assert sorted(p for p in out.rglob("*") if p.is_file()) == sorted(expected)
     skipped = [line for line in lines if line.startswith("skipped ")]
     no_tokens = [] if tokens else [f"skipped top_tokens of {run.name}"]

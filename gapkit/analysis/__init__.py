@@ -18,10 +18,11 @@ __all__ = [
 
 # Figures (docs/figures.md): each returns a matplotlib Figure; plot_sweep writes every one a sweep supports.
 from .plots import (plot_ablations, plot_curse, plot_expert_share, plot_gap_curve, plot_moe_vs_dense,  # noqa: E402
-                    plot_pareto, plot_routing_training, plot_sweep, plot_top_tokens, student_points)
+                    pareto_table, plot_pareto, plot_routing_training, plot_sweep, plot_top_tokens, student_points)
 from .style import figure_style, save_figure  # noqa: E402
 
-__all__ += ["plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto", "plot_expert_share",
+__all__ += ["plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto", "pareto_table",
+            "plot_expert_share",
             "plot_routing_training", "plot_top_tokens", "plot_sweep", "student_points", "figure_style", "save_figure"]
 
 # Which expert each token goes to (docs/analysis.md, "Inspecting experts"), and the notebook views.

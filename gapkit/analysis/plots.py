@@ -25,9 +25,10 @@ from pathlib import Path
 
 from ..distill.runfiles import ROUTING, RunDir
 from ..errors import ConfigError
+from ..io import atomic_write
 from .style import figure_style, method_colours, method_marker, ordered_colours, save_figure
 
-__all__ = ["student_points", "plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto",
+__all__ = ["student_points", "plot_curse", "plot_moe_vs_dense", "plot_gap_curve", "plot_ablations", "plot_pareto", "pareto_table",
            "plot_expert_share", "plot_routing_training", "plot_top_tokens", "read_routing", "run_load_balance",
            "plot_sweep"]
 
@@ -288,7 +289,30 @@ def _paper_points(paper):
     if "role" in rows.columns:
         rows = rows[rows.role.isna() | (rows.role == "student")]
     _need_columns(rows, ("teacher", "method", "gflops", "value"), "paper overlay")
-    return rows.groupby(["teacher", "method", "gflops"], as_index=False)["value"].mean()
+    rows = rows[rows.gflops.notna()]  # Table 1's students have no size on the figure's axis
+    keys = ["teacher", "method", "gflops"] + [c for c in ("task", "metric", "split") if c in rows.columns]
+    return rows.groupby(keys, as_index=False, dropna=False)["value"].mean()
+
+
+def _same_score(points, ours) -> bool:
+    """Whether the paper's values measure what the table's points do (task, metric and split), so they may
+    share one y axis; the paper's GLUE averages never sit under another metric's label."""
+    for column in ("task", "metric", "split"):
+        theirs = set(ours[column].dropna()) if column in ours.columns else set()
+        mine = set(points[column].dropna()) if column in points.columns else set()
+        if theirs != mine:
+            return False
+    return True
+
+
+def _paper_label(ours) -> str:
+    """The y label of the paper's values: what they measure, on which split (``glue`` is the GLUE average)."""
+    def one(column: str, default: str) -> str:
+        return "/".join(sorted(map(str, set(ours[column].dropna())))) if column in ours.columns else default
+
+    metric, task, split = one("metric", "score"), one("task", ""), one("split", "dev")
+    what = "GLUE average" if metric == "glue" else f"{metric} ({task})" if task else metric
+    return f"paper (dashed): {what}, {split}"
 
 
 def plot_curse(table, paper=None, metric: str | None = None, task: str | None = None):
@@ -328,10 +352,21 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
     order = _teacher_order(points)
     extra = [t for t in (sorted(set(ours.teacher)) if ours is not None else []) if t not in order]
     colours = ordered_colours(order + extra)
+    # The paper's values share the y axis only when they measure the same thing; otherwise (its GLUE average
+    # over a sweep's other metric) they get their own axis on the right, with its own label.
+    shared = ours is None or points.empty or _same_score(points, ours)
     with figure_style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4), sharey=True, squeeze=False)
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + (0 if shared else 0.8), 3.4),
+                                 sharey=True, squeeze=False)
+        twins, legend = [], []
         for ax, (method, title) in zip(axes[0], panels):
             handles = []  # each teacher, then its paper line
+            right = ax if shared else ax.twinx()
+            if right is not ax:
+                right.grid(False)  # the panel's own grid is the one to read
+                if twins:
+                    right.sharey(twins[0])
+                twins.append(right)
             for teacher in order + extra:
                 p = points[(points.method == method) & (points.teacher == teacher)].sort_values("gflops")
                 if not p.empty:
@@ -339,14 +374,24 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
                 q = ours[(ours.method == method) & (ours.teacher == teacher)].sort_values("gflops") \
                     if ours is not None else p.iloc[0:0]
                 if not q.empty:
-                    handles += ax.plot(q.gflops, q.value, linestyle="--", marker="o", markerfacecolor="white",
-                                       color=colours[teacher], label=f"{teacher} (paper)")
+                    handles += right.plot(q.gflops, q.value, linestyle="--", marker="o", markerfacecolor="white",
+                                          color=colours[teacher], label=f"{teacher} (paper)")
             xs = list(points.gflops) + (list(ours.gflops) if ours is not None else [])
             _log_x(ax, xs)
             ax.set_title(title)
             ax.set_xlabel(f"student GFLOPs ({convention} convention, log scale)")
-            ax.legend(handles=handles, title="teacher")
-        axes[0][0].set_ylabel(_score_label(points))
+            legend = max(legend, handles, key=len)
+        if not points.empty:
+            axes[0][0].set_ylabel(_score_label(points))
+        elif ours is not None:
+            axes[0][0].set_ylabel(_paper_label(ours))
+        if twins:
+            twins[-1].set_ylabel(_paper_label(ours))
+            for twin in twins[:-1]:
+                twin.tick_params(labelright=False, right=False)
+        # One legend for the panels, under them, where it covers no line.
+        fig.legend(handles=legend, labels=[h.get_label() for h in legend], title="teacher", loc="upper center",
+                   bbox_to_anchor=(0.5, 0.0), ncol=min(len(legend), 4), fontsize=7)
         fig.suptitle("Curse of capacity gap: student score by teacher")
         _seed_note(fig, points)
         fig.tight_layout()
@@ -758,6 +803,19 @@ def pareto_front(points, x: str = "gflops", y: str = "mean"):
     return ordered.loc[keep].drop(columns="_better")
 
 
+def pareto_table(table, metric: str | None = None, task: str | None = None):
+    """Every student point of the Pareto figure, named, with ``on_front`` (the figure names only those):
+    task, student, experts, method, teacher, gflops (active path), mean, ci_low, ci_high, n_seeds, on_front,
+    sorted by GFLOPs then score."""
+    points = student_points(table, metric, task)
+    points = points[points.gflops.notna()]
+    front = pareto_front(points) if len(points) else points
+    columns = [c for c in ("task", "student", "experts", "method", "teacher", "gflops", "metric", "mean", "ci_low",
+                           "ci_high", "n_seeds") if c in points.columns]
+    return (points[columns].assign(on_front=points.index.isin(front.index))
+            .sort_values(["gflops", "mean"], ascending=[True, False]).reset_index(drop=True))
+
+
 def plot_pareto(table, metric: str | None = None, task: str | None = None):
     """Score vs active GFLOPs of every student of a sweep (colour and marker by method), the Pareto front
     (the best score at each compute) drawn as a black step line, its points outlined and named.
@@ -794,7 +852,8 @@ def plot_pareto(table, metric: str | None = None, task: str | None = None):
         _log_x(ax, points.gflops)
         ax.set_xlabel(f"student GFLOPs ({_convention(table)} convention, active path, log scale)")
         ax.set_ylabel(_score_label(points))
-        ax.set_title("Score vs compute: every student, the Pareto front in black")
+        ax.set_title("Score vs compute: every student; the Pareto front in black, named\n"
+                     "(every point named in pareto.csv beside the figure: gapkit plot)", fontsize=9)
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="method")
         _seed_note(fig, points)
         fig.tight_layout()
@@ -890,21 +949,32 @@ def plot_routing_training(run, split: str = "train"):
 
 
 def _tokenizer_of(run):
-    """The run's tokenizer (its ``best/`` folder), or None (synthetic tasks have none)."""
+    """The run's tokenizer: the one saved in ``best/``, else, for gapkit's synthetic task, its id tokenizer
+    (which names the special ids [PAD], [CLS], [SEP] ...); None when neither is there (ids show as ``#7``)."""
     import pandas as pd
 
     if isinstance(run, pd.DataFrame):
         return None
     folder = Path(run)
-    best = RunDir(folder if folder.is_dir() else folder.parent).tokenizer_dir()
-    if best is None:
-        return None
-    from transformers import AutoTokenizer
+    run_dir = RunDir(folder if folder.is_dir() else folder.parent)
+    saved = run_dir.tokenizer_dir()
+    if saved is not None:
+        from transformers import AutoTokenizer
 
+        try:
+            return AutoTokenizer.from_pretrained(saved, local_files_only=True)
+        except (OSError, ValueError):
+            return None
     try:
-        return AutoTokenizer.from_pretrained(best, local_files_only=True)
-    except (OSError, ValueError):
+        config = run_dir.config() or {}
+    except ConfigError:
         return None
+    if (config.get("data") or {}).get("task") == "synthetic":
+        from .inspection import synthetic_tokenizer
+
+        rule = (config["data"].get("synthetic") or {}).get("rule", "counts")
+        return synthetic_tokenizer(2**31 - 1, rule)  # names ids only: nothing to bound
+    return None
 
 
 def plot_top_tokens(run, step: int | None = None, split: str | None = None, layer: int | None = None,
@@ -944,7 +1014,8 @@ def plot_top_tokens(run, step: int | None = None, split: str | None = None, laye
     def name(token_id: int) -> str:
         if tokenizer is None:
             return f"#{token_id}"
-        return f"{tokenizer.convert_ids_to_tokens(int(token_id))} ({token_id})"
+        token = tokenizer.convert_ids_to_tokens(int(token_id))
+        return token if token == f"#{token_id}" else f"{token} ({token_id})"
 
     experts = len(rows)
     cols = min(experts, 4)
@@ -1074,6 +1145,10 @@ def plot_sweep(sweep_dir: str | Path, out: str | Path | None = None, routing: st
                  ("pareto", lambda task=task: plot_pareto(table, task=task))]
         for name, make in jobs:
             draw(name + suffix, make, out / f"{name}{suffix}")
+        if out / f"pareto{suffix}.png" in written:  # the figure names the front; the table names every point
+            path = out / f"pareto{suffix}.csv"
+            atomic_write(path, pareto_table(table, task=task).to_csv(index=False))
+            written.append(path)
     runs = routing_runs(table, routing)
     if not runs and routing != "none":
         skipped.append(("routing", "no MiniMoE student run with a routing.parquet in the table."))
