@@ -19,7 +19,7 @@ from ..configtools import check_fields
 from ..data.custom import CustomSpec
 from ..data.tasks import check_task_name
 from ..errors import ConfigError
-from ..models.spec import PRESETS, StudentSpec, spec_from_name
+from ..models.spec import HUB_CHECKPOINTS, PRESETS, StudentSpec, spec_from_name
 
 STAGES = ("finetune", "agnostic", "task")
 # data.select_on: the split that selects a run's best weights. ``holdout`` is carved from the training
@@ -48,7 +48,7 @@ STAGE_WEIGHTS = {
 }
 # Preset names that are also pretrained checkpoints on the Hugging Face Hub: gapkit flops reads them as
 # shapes, but as a run's student they mean the pretrained weights (never a random model behind the name).
-HUB_MODEL_IDS = frozenset({"bert-base-uncased", "bert-large-uncased", "bert-base-cased", "bert-large-cased"})
+HUB_MODEL_IDS = frozenset(HUB_CHECKPOINTS)
 # Something that starts like a shape string ({L}L-{H}H...): a typo in it is reported as a bad shape, not
 # as a missing folder or Hub model.
 _SHAPE_LIKE = re.compile(r"^\d+L-\d+H(?![A-Za-z])", re.IGNORECASE)

@@ -240,8 +240,24 @@ PRESETS: dict[str, dict] = {
     "2L-384H": dict(layers=2, hidden=384, heads=12, ffn=1536),
     "2L-192H": dict(layers=2, hidden=192, heads=12, ffn=768),
 }
-PRESETS["bert-base-uncased"] = PRESETS["bert-base"]
-PRESETS["bert-large-uncased"] = PRESETS["bert-large"]
+# Preset names that are also pretrained checkpoints on the Hugging Face Hub: their shapes are known here so
+# that planning and FLOP counts need no download, but as a run's student or teacher they mean the pretrained
+# weights, never a random model behind the name (gapkit.distill.config reads this set).
+HUB_CHECKPOINTS: dict[str, dict] = {
+    "bert-base-uncased": PRESETS["bert-base"], "bert-large-uncased": PRESETS["bert-large"],
+    # The cased models' WordPiece vocabulary has 28,996 ids.
+    "bert-base-cased": dict(PRESETS["bert-base"], vocab_size=28996),
+    "bert-large-cased": dict(PRESETS["bert-large"], vocab_size=28996),
+}
+# The 24 BERT miniatures (Turc et al., 2019, "Well-Read Students Learn Better"; google-research/bert):
+# L in {2, 4, 6, 8, 10, 12} layers, H in {128, 256, 512, 768}, H/64 heads, FFN 4H, BERT's uncased vocabulary.
+# L-12_H-768 is BERT-base itself (Turc et al.'s table lists it as the original BERT-Base).
+for _L in (2, 4, 6, 8, 10, 12):
+    for _H in (128, 256, 512, 768):
+        HUB_CHECKPOINTS[f"google/bert_uncased_L-{_L}_H-{_H}_A-{_H // 64}"] = dict(
+            layers=_L, hidden=_H, heads=_H // 64, ffn=4 * _H)
+del _L, _H
+PRESETS.update(HUB_CHECKPOINTS)
 
 _SHAPE = re.compile(r"^(?P<L>\d+)L-(?P<H>\d+)H(?:-(?P<A>\d+)A)?(?:-(?P<F>\d+)F)?(?:-(?P<x>\d+),(?P<y>\d+)E)?$")
 
@@ -301,8 +317,9 @@ def spec_from_name(name: str, **overrides) -> StudentSpec:
     _refuse_moved_fields(overrides)
     if fields is None:
         raise ValueError(
-            f"Unknown student {name!r}: use a preset ({', '.join(sorted(PRESETS))}) or a shape like "
-            f"'3L-384H' or '3L-384H-1,4E'."
+            f"Unknown student {name!r}: use a preset ({', '.join(sorted(set(PRESETS) - set(HUB_CHECKPOINTS)))}), a "
+            f"BERT checkpoint whose shape gapkit knows (bert-base-uncased, google/bert_uncased_L-4_H-256_A-4, ...) "
+            f"or a shape like '3L-384H' or '3L-384H-1,4E'."
         )
     if name in PRESETS and not overrides:
         fields["name"] = name
