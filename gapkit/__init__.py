@@ -4,30 +4,21 @@ Dense and MiniMoE students (``Student``, ``StudentSpec``), Hugging Face teachers
 checkpoints (``load_student``, ``save_pretrained``), FLOP accounting under named conventions
 (``count_flops``, ``analytic_count``), routing statistics (``RoutingRecord``), and distillation runs
 (``DistillSpec``, ``run``, ``PipelineSpec``, ``run_pipeline``).
+
+The names are imported on first use (:mod:`gapkit.lazy`), so ``import gapkit`` and the command line's light
+verbs start without torch.
 """
 
-from .distill import DataSpec, DistillSpec, LossWeights, PipelineSpec, Run, RunResult, TrainSpec, run, run_pipeline, ta_chain
 from .errors import ConfigError, DataError, GapkitError, ModelError, TrainingFailed
-from .flops import CONVENTIONS, analytic_count, analytic_macs, count_flops, count_params, describe
-from .models import (
-    PRESETS,
-    Student,
-    StudentOutput,
-    StudentSpec,
-    Teacher,
-    load_student,
-    save_pretrained,
-    spec_from_name,
-    student_from_hf,
-)
-from .routing import RoutingAccumulator, RoutingRecord, routing_rows
+from .lazy import lazy_exports
 from .version import __version__
 
-__all__ = [
-    "Student", "StudentSpec", "StudentOutput", "PRESETS", "spec_from_name", "Teacher",
-    "load_student", "save_pretrained", "student_from_hf",
-    "CONVENTIONS", "analytic_count", "analytic_macs", "count_flops", "count_params", "describe",
-    "RoutingRecord", "RoutingAccumulator", "routing_rows",
-    "DataSpec", "TrainSpec", "DistillSpec", "LossWeights", "PipelineSpec", "Run", "RunResult", "run", "run_pipeline", "ta_chain",
-    "GapkitError", "ConfigError", "DataError", "ModelError", "TrainingFailed",
-]
+__getattr__, __dir__, _names = lazy_exports(__name__, {
+    ".models": ("Student", "StudentSpec", "StudentOutput", "PRESETS", "spec_from_name", "Teacher", "load_student",
+                "save_pretrained", "student_from_hf"),
+    ".flops": ("CONVENTIONS", "analytic_count", "analytic_macs", "count_flops", "count_params", "describe"),
+    ".routing": ("RoutingRecord", "RoutingAccumulator", "routing_rows"),
+    ".distill": ("DataSpec", "TrainSpec", "DistillSpec", "LossWeights", "PipelineSpec", "Run", "RunResult", "run",
+                 "run_pipeline", "ta_chain"),
+})
+__all__ = _names + ["GapkitError", "ConfigError", "DataError", "ModelError", "TrainingFailed", "__version__"]

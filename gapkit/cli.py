@@ -135,9 +135,11 @@ def _print_result(result) -> None:
 
 
 def _run_distill(args: argparse.Namespace) -> int:
-    from .distill import DistillSpec, run
+    from .distill import DistillSpec
 
-    spec = DistillSpec.from_file(args.config, args.overrides)
+    spec = DistillSpec.from_file(args.config, args.overrides)  # a bad config is said before torch is imported
+    from .distill import run
+
     _print_result(run(spec, resume=args.resume, progress=not args.quiet))
     return 0
 
@@ -235,8 +237,7 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_sweep(args: argparse.Namespace) -> int:
-    from .sweep import SweepSpec, format_plan, plan, run_sweep
-    from .sweep.table import summary
+    from .sweep import SweepSpec, format_plan, plan
 
     if (args.pilot is None) != (args.seeds_for is None) or (args.pilot and not args.dry_run):
         from .errors import ConfigError
@@ -272,10 +273,12 @@ def _run_sweep(args: argparse.Namespace) -> int:
     if dropped:
         print(f"Replanning {spec.output_dir}: {len(changes.dropped)} run(s) of its earlier plan are left out of the "
               f"results and status (their folders stay in runs/).", file=sys.stderr)
+    from .sweep import run_sweep  # torch from here on: the plan is checked, and a bad one said, without it
+
     report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
     import pandas as pd
 
-    from .sweep.table import build_table
+    from .sweep.table import build_table, summary
 
     table = summary(build_table(spec.output_dir))
     if not table.empty:
@@ -297,22 +300,29 @@ def _add_dir_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    from .sweep.execute import node_status
-    from .sweep.plan import read_plan
+    from .sweep.status import sweep_progress, sweep_status, teacher_lines
 
-    sweep, nodes = read_plan(args.dir)
-    states = [(n, *node_status(n, args.dir)) for n in nodes]
+    sweep, nodes, statuses, gate = sweep_status(args.dir)  # teachers_must_beat applied: skipped runs say why
+    progress = sweep_progress(nodes, statuses, args.dir, sweep.get("executor"))
+    states = [(n, *st) for n, st in zip(nodes, statuses)]
     counts = {k: sum(1 for _, s, _ in states if s == k) for k in ("done", "running", "interrupted", "stale",
-                                                                     "failed", "pending")}
+                                                                     "failed", "skipped", "pending")}
     width = 40
     filled = round(width * counts["done"] / max(1, len(nodes)))
     print(f"sweep {sweep.get('name')}: [{'#' * filled}{'.' * (width - filled)}] {counts['done']}/{len(nodes)} done, "
           f"{counts['running']} running, {counts['interrupted']} interrupted, "
           + (f"{counts['stale']} stale, " if counts["stale"] else "")
-          + f"{counts['failed']} failed, {counts['pending']} pending")
+          + f"{counts['failed']} failed, " + (f"{counts['skipped']} skipped, " if counts["skipped"] else "")
+          + f"{counts['pending']} pending")
     for node, state, reason in states:
         if state != "done":
-            print(f"  {state:8s} {node.id}" + (f": {reason}" if reason else ""))
+            detail = reason or progress.detail(node.id)  # running/interrupted: step/total, rate, time left
+            print(f"  {state:8s} {node.id}" + (f": {detail}" if detail else ""))
+    print(progress.sentence())
+    below = teacher_lines(gate)  # teachers not shown above the majority class (chance-level ones among them)
+    if below:
+        print("teachers not shown above the majority class on dev (gapkit.analysis.teacher_check, alpha 0.05):")
+        print("\n".join(below))
     return 0
 
 
@@ -595,17 +605,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _quiet_transformers() -> None:
     """Keep transformers' load reports and weight-loading bars off the command line's output (its
-    warnings about real problems still show)."""
-    from transformers.utils import logging as hf_logging
+    warnings about real problems still show), through the environment variables both libraries read when
+    they are first imported: the light verbs never import them, so nothing is set up here eagerly."""
+    import os
 
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:  # the Hub client's retry notices too (an unknown name then fails with gapkit's one sentence)
-        from huggingface_hub.utils import logging as hub_logging
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # the Hub client's retry notices too (an unknown name then fails with gapkit's one sentence)
+    os.environ.setdefault("HF_HUB_VERBOSITY", "error")
+    if "transformers" in sys.modules:  # already imported (gapkit.cli.main called from Python): set it directly
+        from transformers.utils import logging as hf_logging
 
-        hub_logging.set_verbosity_error()
-    except ImportError:
-        pass
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
 
 
 def main(argv: list[str] | None = None) -> int:

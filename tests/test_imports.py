@@ -11,6 +11,8 @@ The import graph, precisely:
   (``gapkit``, ``gapkit.sweep`` for ``gapkit.sweep.plan``) are not edges: a package ``__init__`` that
   re-exports its submodules is fine, and a submodule importing its own package ``__init__`` back is an edge
   that closes a cycle, so it is caught.
+- a package's lazy re-exports (``lazy_exports(__name__, {".trainer": (...)})``, gapkit.lazy) are edges to
+  those submodules too: they are imports that run on first use of a name, as an import in a function does;
 - the graph must be acyclic, and no module may import ``gapkit`` itself (``from gapkit import x`` or
   ``from .. import x`` that names no submodule).
 """
@@ -68,8 +70,20 @@ def import_graph(modules: dict[str, tuple[Path, bool]]) -> dict[str, set[str]]:
                     target = target.rpartition(".")[0]
                 if target in modules and target != name:
                     edges.add(target)
+        edges |= {target for target in _lazy_targets(ast.parse(path.read_text(), str(path)), here)
+                  if target in modules and target != name}
         graph[name] = edges
     return graph
+
+
+def _lazy_targets(tree: ast.AST, here: str):
+    """The submodules a package's ``lazy_exports(__name__, {".module": names})`` call names."""
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Call) and getattr(node.func, "id", None) == "lazy_exports" and len(node.args) > 1
+                and isinstance(node.args[1], ast.Dict)):
+            for key in node.args[1].keys:
+                if isinstance(key, ast.Constant) and isinstance(key.value, str):
+                    yield here + key.value if key.value.startswith(".") else key.value
 
 
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
@@ -107,7 +121,8 @@ def test_the_graph_sees_the_imports_it_must():
     assert "gapkit.distill.runfiles" in GRAPH["gapkit.sweep.status"]  # from ..distill.runfiles import ...
     assert "gapkit.distill.result" in GRAPH["gapkit.distill.runfiles"]  # from .result import ...
     assert "gapkit.sweep.table" in GRAPH["gapkit.cli"]  # inside a function
-    assert "gapkit.sweep.execute" in GRAPH["gapkit.sweep"]  # a package re-exporting its submodule
+    assert "gapkit.sweep.execute" in GRAPH["gapkit.sweep"]  # a package re-exporting its submodule (lazily)
+    assert "gapkit.sweep.plan" in GRAPH["gapkit.sweep"]  # ... and eagerly
     assert "gapkit.models.layout" in GRAPH["gapkit.models.student"]  # from . import layout
     assert "gapkit.models.student" not in GRAPH["gapkit.models.layout"]  # only under TYPE_CHECKING
 

@@ -56,7 +56,7 @@ def test_pyproject_reads_the_version_from_the_package_and_names_the_license():
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())
     assert "version" in project["project"]["dynamic"]
-    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gapkit.__version__"}
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "gapkit.version.__version__"}
     assert project["project"]["license"] == {"text": "Apache-2.0"}
     license_text = (ROOT / "LICENSE").read_text()
     assert license_text.split()[:4] == ["Apache", "License", "Version", "2.0,"]

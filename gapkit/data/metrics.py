@@ -9,12 +9,6 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from seqeval.metrics import accuracy_score as seq_accuracy
-from seqeval.metrics import f1_score as seq_f1
-from seqeval.metrics import precision_score as seq_precision
-from seqeval.metrics import recall_score as seq_recall
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from gapkit.data.glue import GLUE_TASKS, get_glue_task
 from gapkit.errors import DataError
@@ -22,14 +16,34 @@ from gapkit.errors import DataError
 # MNLI is scored twice, on its matched and mismatched dev sets; these names keep them apart.
 MNLI_ALIASES = ("mnli_m", "mnli_mm")
 
-# metric name -> fn(predictions, labels) -> fraction; GlueTask.metrics names these keys.
-_METRICS = {
-    "accuracy": lambda p, g: (p == g).mean(),
-    "f1": lambda p, g: f1_score(g, p, zero_division=0),  # binary, positive class 1
-    "mcc": lambda p, g: matthews_corrcoef(g, p),
-    "pearson": lambda p, g: pearsonr(p, g)[0],
-    "spearmanr": lambda p, g: spearmanr(p, g)[0],
-}
+# metric name -> fn(predictions, labels) -> fraction; GlueTask.metrics names these keys. scipy, scikit-learn
+# and seqeval are imported when a metric is computed: configs name metrics without them (a fast command line).
+def _f1(p, g):
+    from sklearn.metrics import f1_score
+
+    return f1_score(g, p, zero_division=0)  # binary, positive class 1
+
+
+def _mcc(p, g):
+    from sklearn.metrics import matthews_corrcoef
+
+    return matthews_corrcoef(g, p)
+
+
+def _pearson(p, g):
+    from scipy.stats import pearsonr
+
+    return pearsonr(p, g)[0]
+
+
+def _spearman(p, g):
+    from scipy.stats import spearmanr
+
+    return spearmanr(p, g)[0]
+
+
+_METRICS = {"accuracy": lambda p, g: (p == g).mean(), "f1": _f1, "mcc": _mcc, "pearson": _pearson,
+            "spearmanr": _spearman}
 # Which metrics score which kind of task (a data set of the user's own names them, gapkit.data.custom).
 CLASSIFICATION_METRICS = ("accuracy", "f1", "mcc")
 REGRESSION_METRICS = ("pearson", "spearmanr")
@@ -131,6 +145,11 @@ def ner_metrics(pred_tags: Sequence[Sequence[str]], gold_tags: Sequence[Sequence
     Returns:
         f1, precision, recall (micro-averaged over entities), accuracy (per token).
     """
+    from seqeval.metrics import accuracy_score as seq_accuracy
+    from seqeval.metrics import f1_score as seq_f1
+    from seqeval.metrics import precision_score as seq_precision
+    from seqeval.metrics import recall_score as seq_recall
+
     pred, gold = [list(s) for s in pred_tags], [list(s) for s in gold_tags]
     if [len(s) for s in pred] != [len(s) for s in gold] or not gold:
         raise DataError("ner_metrics needs the same number of sentences and of tags per sentence in "

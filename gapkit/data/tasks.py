@@ -28,6 +28,7 @@ from .conll import CONLL_LABELS, CONLL_SPLIT_FILES, load_conll
 from .custom import CustomSpec, custom_metrics, load_custom
 from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
 from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
+from .names import BUILT_IN_TASKS, OTHER_TASKS, _normal, check_task_name  # noqa: F401 (re-exported)
 from .metrics import classification_metrics, glue_metrics, named_metrics, ner_metrics, primary_metric
 from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments
@@ -89,8 +90,6 @@ class TaskData:
         return self._score(split, logits, labels)
 
 
-OTHER_TASKS = ("conll", "synthetic", "text")
-BUILT_IN_TASKS = (*GLUE_TASKS, *OTHER_TASKS)
 
 
 def predictions_of(kind: str, logits: torch.Tensor) -> torch.Tensor:
@@ -145,31 +144,6 @@ def _score_custom(task: str, predictions: torch.Tensor, labels: torch.Tensor, ru
     regression = predictions.dtype.is_floating_point  # predictions_of: scores for regression, class ids else
     metrics = custom_metrics(CustomSpec.from_dict(custom), regression)
     return named_metrics(metrics, predictions.numpy(), labels.numpy(), regression, f"task {task!r}")
-
-
-def _normal(task: str) -> str:
-    name = task.lower().replace("-", "")
-    return "conll" if name == "conll2003" else name
-
-
-def check_task_name(task: str, custom: dict | None = None) -> str:
-    """Normalise a task name (``SST-2`` -> ``sst2``); DataError naming the known tasks if unknown.
-
-    With ``custom`` (the settings of a data set of the user's own, ``data.custom``) the name is the
-    user's: kept as written, and refused when it is one of gapkit's tasks (it would be scored as that task).
-    """
-    name = _normal(task)
-    if custom:
-        if name in BUILT_IN_TASKS:
-            raise DataError(f"Task name {task!r} is one of gapkit's tasks; a data set of your own (data.custom) needs a "
-                            f"name of its own in data.task (e.g. {name}_own).")
-        if not task.strip() or task != task.strip():
-            raise DataError(f"Task name {task!r} of the data set in data.custom must be a plain name (e.g. reviews).")
-        return task
-    if name not in BUILT_IN_TASKS:
-        raise DataError(f"Unknown task {task!r}: use a GLUE task ({', '.join(GLUE_TASKS)}), conll, synthetic or text, "
-                        f"or describe a data set of your own in data.custom.")
-    return name
 
 
 def build_task(spec, tokenizer=None, seed: int = 0) -> TaskData:

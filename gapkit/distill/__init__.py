@@ -1,24 +1,15 @@
-"""Distillation: objectives, run configuration, the training loop and multi-stage pipelines."""
+"""Distillation: objectives, run configuration, the training loop and multi-stage pipelines.
 
-from .config import DataSpec, DistillSpec, TrainSpec
-from .losses import LossWeights, NonFiniteLossError, relation_loss
-from .pipeline import PipelineSpec, run_pipeline, ta_chain
-from .result import RunResult
-from .teacher_side import TeacherSide
-from .trainer import Run, run
+Names are imported on first use (:mod:`gapkit.lazy`): reading a config needs no torch.
+"""
 
-__all__ = [
-    "DataSpec",
-    "DistillSpec",
-    "TrainSpec",
-    "LossWeights",
-    "NonFiniteLossError",
-    "relation_loss",
-    "PipelineSpec",
-    "run_pipeline",
-    "ta_chain",
-    "RunResult",
-    "Run",
-    "TeacherSide",
-    "run",
-]
+from ..lazy import lazy_exports
+
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".config": ("DataSpec", "DistillSpec", "TrainSpec", "LossWeights"),
+    ".losses": ("NonFiniteLossError", "relation_loss"),
+    ".pipeline": ("PipelineSpec", "run_pipeline", "ta_chain"),
+    ".result": ("RunResult",),
+    ".teacher_side": ("TeacherSide",),
+    ".trainer": ("Run", "run"),
+})

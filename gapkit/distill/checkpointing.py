@@ -12,14 +12,22 @@ import json
 import os
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..io import atomic_dir, save_safetensors
 
+if TYPE_CHECKING:  # torch is imported where a state is saved or loaded: run folders are read without it
+    import torch
+
 STATE_FILE = "state.json"
 FORMAT = 2  # 2: per-rank run generators (gapkit.distill.rng); 1 had the process-global ones
+
+
+def _torch():
+    import torch
+
+    return torch
 
 
 def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -27,7 +35,7 @@ def _flatten_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torc
     tensors, scalars = {}, {}
     for pid, state in sd["state"].items():
         for key, value in state.items():
-            if torch.is_tensor(value):
+            if _torch().is_tensor(value):
                 tensors[f"{pid}.{key}"] = value.detach().cpu().contiguous()
             else:
                 scalars[f"{pid}.{key}"] = value
@@ -91,6 +99,8 @@ def load_training_state(folder: str | os.PathLike, model: torch.nn.Module, optim
         if meta["world_size"] != world_size:
             raise ConfigError(f"The checkpoint in {folder} was written by {meta['world_size']} data-parallel "
                               f"rank(s) and this run has {world_size}: resume with {meta['world_size']}.")
+        from safetensors.torch import load_file
+
         model.load_state_dict(load_file(str(folder / "model.safetensors")))
         device = next(model.parameters()).device
         opt_tensors = {k: v.to(device) if not k.endswith(".step") else v

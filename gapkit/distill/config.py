@@ -17,7 +17,7 @@ import yaml
 
 from ..configtools import check_fields
 from ..data.custom import CustomSpec
-from ..data.tasks import check_task_name
+from ..data.names import check_task_name
 from ..errors import ConfigError
 from ..models.spec import HUB_CHECKPOINTS, PRESETS, StudentSpec, spec_from_name
 
@@ -31,6 +31,7 @@ LINE_MODES = ("sentence", "document")
 # max-autotune), cudagraphs (CUDA graphs of the captured graph's eager kernels: compiles in seconds),
 # or aot_eager (graphs captured, eager kernels: a capture check without a compiler).
 COMPILE_MODES = ("off", "default", "reduce-overhead", "max-autotune", "cudagraphs", "aot_eager")
+TRACKERS = ("off", "mlflow")  # train.tracking (gapkit.distill.tracking)
 # Loss-term names understood by ``LossWeights`` and ``gapkit.distill.losses.combine``, in the order a run
 # computes, sums and scores them.
 LOSS_TERMS = ("relation", "soft", "hard", "hidden", "load_balance")
@@ -170,6 +171,9 @@ class TrainSpec:
         data_seed: the order of the training examples (and seeded data subsets).
         bf16: bf16 autocast on GPU (CPU runs stay fp32).
         tensorboard: also write TensorBoard logs (needs the ``tensorboard`` extra).
+        tracking: ``off``, or ``mlflow``: log the run's settings, every metrics.jsonl row and its result to MLflow
+            (needs the ``mlflow`` extra; the tracking URI is ``$MLFLOW_TRACKING_URI``, else a file store in the
+            run folder). It watches the run without changing it, so it is not part of the run's id.
         device: ``auto`` (cuda when available), ``cpu`` or ``cuda``.
         group_by_length: train on batches of examples of similar length (pools of 64 batches sorted by
             length, the batches shuffled): several times fewer padded tokens on short, varied sentences
@@ -205,6 +209,7 @@ class TrainSpec:
     data_seed: int | None = None
     bf16: bool = True
     tensorboard: bool = False
+    tracking: str = "off"
     device: str = "auto"
     group_by_length: bool = False
     eval_batch_size: int = 64
@@ -216,7 +221,11 @@ class TrainSpec:
             self.compile = "off"
         _check(self.compile is not True, f"TrainSpec.compile must be one of {', '.join(COMPILE_MODES)}, got true (YAML "
                                          f"reads a bare on/yes/true as true): write the mode, e.g. reduce-overhead.")
+        if self.tracking is False:  # a bare `off` again
+            self.tracking = "off"
         check_fields(self, "TrainSpec")  # types first: also refuses NaN and infinities
+        _check(self.tracking in TRACKERS,
+               f"TrainSpec.tracking must be one of {', '.join(TRACKERS)}, got {self.tracking!r}.")
         _check(self.lr > 0, f"TrainSpec.lr must be a positive number, got {self.lr!r}.")
         _check(self.weight_decay >= 0, f"TrainSpec.weight_decay must be >= 0, got {self.weight_decay!r}.")
         _check(self.epochs > 0, f"TrainSpec.epochs must be > 0, got {self.epochs!r}.")
@@ -522,7 +531,7 @@ class DistillSpec:
         later stage names it before the stage that writes it has run), and so is what a student's folder
         holds (its loader reads it, and falls back to transformers for a model gapkit cannot read)."""
         from ..errors import ModelError
-        from ..models.hf_loading import missing_reference
+        from ..models.references import missing_reference
 
         refs = [("student", self.student)] if self.student_init() == "pretrained" else []
         if self.stage != "finetune" and self.teacher:

@@ -1,24 +1,14 @@
-"""Student encoders (dense and MiniMoE), presets, teachers and checkpoint import/export."""
+"""Student encoders (dense and MiniMoE), presets, teachers and checkpoint import/export.
 
-from .spec import PRESETS, StudentSpec, parse_shape, spec_from_name
-from .student import ExpertLinear, Router, Student, StudentOutput, dispatch_loop, dispatch_sorted
+Names are imported on first use (:mod:`gapkit.lazy`): a shape or preset needs no torch.
+"""
 
-__all__ = [
-    "PRESETS",
-    "StudentSpec",
-    "parse_shape",
-    "spec_from_name",
-    "ExpertLinear",
-    "Router",
-    "Student",
-    "StudentOutput",
-    "dispatch_loop",
-    "dispatch_sorted",
-]
+from ..lazy import lazy_exports
 
-from .checkpoint import load_student, save_pretrained, student_from_hf  # noqa: E402
-from .hf_loading import LoadReport, load_hf_model  # noqa: E402
-from .teacher import Teacher, TeacherOutput  # noqa: E402
-
-__all__ += ["load_student", "save_pretrained", "student_from_hf", "LoadReport", "load_hf_model", "Teacher",
-            "TeacherOutput"]
+__getattr__, __dir__, __all__ = lazy_exports(__name__, {
+    ".spec": ("PRESETS", "StudentSpec", "parse_shape", "spec_from_name"),
+    ".student": ("ExpertLinear", "Router", "Student", "StudentOutput", "dispatch_loop", "dispatch_sorted"),
+    ".checkpoint": ("load_student", "save_pretrained", "student_from_hf"),
+    ".hf_loading": ("LoadReport", "load_hf_model"),
+    ".teacher": ("Teacher", "TeacherOutput"),
+})

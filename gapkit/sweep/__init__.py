@@ -1,10 +1,17 @@
 """Sweeps: teacher x student x method grids, planned in dependency order, trained in groups that share
-one teacher pass, on one process, a local pool or Slurm, into one tidy results table."""
+one teacher pass, on one process, a local pool or Slurm, into one tidy results table.
 
-from .execute import SweepReport, plan_status, run_sweep
-from .plan import Node, format_plan, plan
-from .spec import SweepSpec
-from .table import build_table, write_table
+Names are imported on first use (:mod:`gapkit.lazy`), except ``plan``, which is also a submodule's name.
+"""
 
-__all__ = ["SweepSpec", "Node", "plan", "format_plan", "plan_status", "run_sweep", "SweepReport", "build_table",
-           "write_table"]
+from ..lazy import lazy_exports
+from .plan import plan  # eager: importing gapkit.sweep.plan later would bind the module to this name
+
+__getattr__, __dir__, _names = lazy_exports(__name__, {
+    ".spec": ("SweepSpec",),
+    ".plan": ("Node", "format_plan"),
+    ".status": ("plan_status",),
+    ".execute": ("SweepReport", "run_sweep"),
+    ".table": ("build_table", "write_table"),
+})
+__all__ = ["plan"] + _names

@@ -32,9 +32,12 @@ from pathlib import Path
 
 from ..configtools import check_fields, coerce, unknown_keys_message
 from ..distill.config import DataSpec, TrainSpec, apply_overrides, read_config_file
-from ..distill.losses import LossWeights
+from ..distill.config import LossWeights
 from ..errors import ConfigError
 from ..models.spec import StudentSpec, spec_from_name
+
+# teachers_must_beat: the baseline a teacher must be shown above (gapkit.analysis.teacher_check.stops decides)
+MUST_BEAT = ("none", "chance", "majority")
 
 __all__ = ["SweepSpec", "TeacherEntry", "MethodSpec", "METHODS", "FAMILIES", "EXECUTORS"]
 
@@ -155,6 +158,12 @@ class SweepSpec:
             does not name its own; None loads from the Hub.
         executor: ``{kind: inline|local|slurm, workers?, cluster?, slurm?}`` (see gapkit.sweep.execute).
         group_memory_gb: memory budget of one group of students trained on one teacher pass.
+        teachers_must_beat: what a fine-tuned teacher must be shown above before students learn from it
+            (:mod:`gapkit.analysis.teacher_check`: a one-sided test of its dev predictions at alpha 0.05):
+            ``none`` (the default: every student is trained, and a teacher not above chance is named in the
+            sweep's log, ``gapkit status``, the results table, the report and the figures), ``chance`` or
+            ``majority`` (the majority class's rate): a teacher that is not stops the runs that need it,
+            each ``skipped`` with the sentence saying why.
     """
 
     tasks: list
@@ -173,6 +182,7 @@ class SweepSpec:
     data_dir: str | None = None
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
+    teachers_must_beat: str = "none"
     # __post_init__ also sets, as plain attributes (not settings: no field, so neither to_dict nor the config
     # reference lists them), the declaration expanded once: task_data (list[DataSpec]), agnostic_spec
     # (DataSpec | None), teacher_list (list[TeacherEntry]), student_shapes (list[str]), variants
@@ -188,6 +198,9 @@ class SweepSpec:
         _check(self.relation_heads >= 1, f"sweep.relation_heads must be >= 1, got {self.relation_heads}.")
         _check(self.group_memory_gb > 0, f"sweep.group_memory_gb must be > 0, got {self.group_memory_gb}.")
         self._check_executor()
+        _check(self.teachers_must_beat in MUST_BEAT,
+               f"sweep.teachers_must_beat must be one of {', '.join(MUST_BEAT)} (what a fine-tuned teacher must be "
+               f"shown above before its students train), got {self.teachers_must_beat!r}.")
         self.train_settings = self._train_settings()
         unknown = set(self.weights) - {"agnostic", "task", "kd", "finetune"}
         _check(not unknown, f"sweep.weights has unknown stage(s) {', '.join(sorted(unknown))}: use agnostic, task, kd "
