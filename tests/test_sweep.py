@@ -111,7 +111,7 @@ def test_paper_sweep_dry_runs_offline_on_the_papers_axis(capsys):
     assert main(["sweep", str(REPO / "configs" / "sweeps" / "paper_glue.yaml"), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "Student GFLOPs on the paper's axis (linear layers, sequence length 128): 0.11, 0.45, 0.68, 0.91, 1.36." in out
-    assert re.search(r"338 runs \(18 finetune, 32 agnostic, 288 task\)", out)
+    assert re.search(r"368 runs \(16 finetune, 32 agnostic, 320 task\)", out)
     first = out.splitlines()[2].split()
     assert first[:6] == ["1", "finetune", "bert-base", "bert-base", "finetune", "sst2"] and "10.87" in first
 
@@ -277,7 +277,7 @@ def test_cli_refuses_a_folder_without_a_sweep(tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
 
 
-# paper_glue.yaml (338 runs, the slowest to plan) is loaded and planned by
+# paper_glue.yaml (368 runs, the slowest to plan) is loaded and planned by
 # test_paper_sweep_dry_runs_offline_on_the_papers_axis in the default run
 @pytest.mark.parametrize("config", [pytest.param(p, marks=pytest.mark.slow) if p.name == "paper_glue.yaml" else p
                                     for p in sorted((REPO / "configs" / "sweeps").glob("*.yaml"))],

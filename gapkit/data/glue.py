@@ -65,6 +65,12 @@ class GlueTask:
     def is_pair(self) -> bool:
         return self.hub_fields[1] is not None
 
+    @property
+    def dev_splits(self) -> tuple[str, ...]:
+        """The dev splits a run scores, each one entry of the GLUE average (:func:`glue_entry`): ``dev``, or
+        MNLI's matched and mismatched sets (its ``dev`` is another name of matched, never scored twice)."""
+        return tuple(s for s in self.split_files if s.startswith("dev_")) or ("dev",)
+
 
 _NLI3 = ("entailment", "neutral", "contradiction")
 _NLI2 = ("entailment", "not_entailment")
@@ -108,6 +114,25 @@ class Example:
     text_b: str | None
     label: int | float
     guid: str
+
+
+def glue_entry(task: str, split: str) -> str:
+    """The name of a task's dev split as an entry of the GLUE average: ``mnli_m`` and ``mnli_mm`` for MNLI's
+    matched and mismatched sets (the paper's tables report both, and its average counts both), else the
+    task's own name.
+
+    Raises:
+        DataError: an unknown task, or a split that is not one of the task's dev splits.
+    """
+    spec = get_glue_task(task)
+    if split == "dev" and spec.name == "mnli":
+        split = "dev_matched"
+    if split not in spec.dev_splits:
+        raise DataError(f"{split!r} is not a dev split of GLUE task {spec.name!r} (its dev splits: "
+                        f"{', '.join(spec.dev_splits)}).")
+    if spec.name == "mnli":
+        return "mnli_mm" if split == "dev_mismatched" else "mnli_m"
+    return spec.name
 
 
 def get_glue_task(task: str) -> GlueTask:

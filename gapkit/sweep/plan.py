@@ -225,7 +225,7 @@ class _Planner:
                 "agnostic", assistant, teacher_agn, self.agnostic_data(task), tseed), deps_agn,
                 dict(a_meta, stage="agnostic", task=None if spec.agnostic_data else task.task))
             teacher_agn, deps_agn, replicate = self.best(a_agn), [a_agn.id], True
-            if "task" in stages:
+            if "task" in stages and not labels_only:  # fine-tuned on labels alone, no student learns from it
                 a_task = self.add("task", f"{a_slug}-{task.task}",
                                   self.run_config("task", self.best(a_agn), teacher_task, task, tseed),
                                   deps_task + [a_agn.id], dict(a_meta, stage="task"))
