@@ -16,8 +16,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from gapkit.analysis.paper import (PAPER_GLUE_TASKS, figure_axes, format_teacher_check, glue_average,  # noqa: E402
-                                   glue_entries, paper_results, plot_paper_figure, teacher_check)
+from gapkit.analysis.paper import (PAPER_GLUE_TASKS, figure_axes, format_teachers_vs_paper,  # noqa: E402
+                                   glue_average, glue_entries, paper_results, plot_paper_figure, teachers_vs_paper)
 from gapkit.data.glue import GLUE_TASKS, glue_entry  # noqa: E402
 from gapkit.data.metrics import glue_score  # noqa: E402
 from gapkit.errors import ConfigError, DataError  # noqa: E402
@@ -204,31 +204,31 @@ def test_glue_average_of_a_run_that_lacks_an_entry_is_no_number_and_says_why():
     assert glue_average(failed).empty
 
 
-def test_teacher_check_reports_measured_against_the_papers_teachers():
+def test_teachers_vs_paper_reports_measured_against_the_papers_teachers():
     table = pd.DataFrame(
         run_rows("bert-base", "teacher", shift=86.2 - by_hand(), student="bert-base", method="finetune")
         + run_rows("bert-large", "teacher", shift=85.0 - by_hand(), student="bert-large", method="finetune")
         + run_rows("4L-128H", "teacher", student="4L-128H", method="finetune")  # not one of the paper's: left out
         + run_rows("bert-base", "student", student="2L-192H", method="kd"))
-    check = teacher_check(table)
+    check = teachers_vs_paper(table)
     assert list(check.teacher) == ["bert-base", "bert-large"] and list(check.paper) == [86.7, 88.3]
     assert check.measured.round(6).tolist() == [86.2, 85.0]
     assert check.difference.round(6).tolist() == [-0.5, -3.3] and check.within.tolist() == [True, False]
-    text = format_teacher_check(check)
+    text = format_teachers_vs_paper(check)
     assert "bert-base (teacher seed 0): measured 86.2 vs paper 86.7, difference -0.5: within 1 GLUE point(s)" in text
     assert "bert-large (teacher seed 0): measured 85.0 vs paper 88.3, difference -3.3: 3.3 GLUE points below" in text
-    assert teacher_check(table, tolerance=5).within.all()
+    assert teachers_vs_paper(table, tolerance=5).within.all()
     # a teacher without every entry is not measured, and the check says what it lacks
     lacking = pd.DataFrame(run_rows("bert-large", "teacher", skip=("rte",), student="bert-large", method="finetune"))
-    r = teacher_check(lacking).iloc[0]
+    r = teachers_vs_paper(lacking).iloc[0]
     assert np.isnan(r.measured) and not r.within and "no dev score on rte" in r.note
-    assert "measured not measured" not in format_teacher_check(teacher_check(lacking))
-    assert "not measured vs paper 88.3" in format_teacher_check(teacher_check(lacking))
+    assert "measured not measured" not in format_teachers_vs_paper(teachers_vs_paper(lacking))
+    assert "not measured vs paper 88.3" in format_teachers_vs_paper(teachers_vs_paper(lacking))
     # no paper teacher: nothing to check, said in one sentence
-    none = teacher_check(pd.DataFrame(run_rows("4L-128H", "teacher", student="4L-128H", method="finetune")))
-    assert none.empty and format_teacher_check(none).startswith("No teacher of these results is one of the paper's")
+    none = teachers_vs_paper(pd.DataFrame(run_rows("4L-128H", "teacher", student="4L-128H", method="finetune")))
+    assert none.empty and format_teachers_vs_paper(none).startswith("No teacher of these results is one of the paper's")
     with pytest.raises(DataError, match="tolerance is a number of GLUE points >= 0"):
-        teacher_check(table, tolerance=-1)
+        teachers_vs_paper(table, tolerance=-1)
 
 
 # -- exact GFLOPs ------------------------------------------------------------------------------------------

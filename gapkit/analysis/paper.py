@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..errors import DataError
 
-__all__ = ["paper_results", "glue_average", "teacher_check", "format_teacher_check", "plot_paper_figure",
+__all__ = ["paper_results", "glue_average", "teachers_vs_paper", "format_teachers_vs_paper", "plot_paper_figure",
            "figure_axes", "PAPER_DIR", "PAPER_GLUE_TASKS"]
 
 PAPER_DIR = Path(__file__).resolve().parents[2] / "results" / "paper"
@@ -141,7 +141,8 @@ def glue_entries() -> list[tuple[str, str, str]]:
     """(task, dev split, entry name) of each entry of the paper's GLUE average, in the paper's order."""
     from ..data.glue import GLUE_TASKS, glue_entry
 
-    return [(task, split, glue_entry(task, split)) for task in PAPER_GLUE_TASKS for split in GLUE_TASKS[task].dev_splits]
+    return [(task, split, glue_entry(task, split)) for task in PAPER_GLUE_TASKS
+            for split in GLUE_TASKS[task].dev_splits]
 
 
 def glue_average(table):
@@ -202,7 +203,7 @@ def glue_average(table):
 # ----------------------------------------------------------------------------------------------------
 # Do the fine-tuned teachers reach the paper's?
 # ----------------------------------------------------------------------------------------------------
-def teacher_check(table, paper=None, tolerance: float = 1.0):
+def teachers_vs_paper(table, paper=None, tolerance: float = 1.0):
     """The fine-tuned BERT-base and BERT-large teachers of a sweep against the paper's (Table 1: 86.7 and
     88.3 GLUE): a student distilled from a teacher that falls short of the paper's is not the paper's setting.
 
@@ -220,7 +221,7 @@ def teacher_check(table, paper=None, tolerance: float = 1.0):
     import pandas as pd
 
     if tolerance < 0:
-        raise DataError(f"teacher_check's tolerance is a number of GLUE points >= 0, got {tolerance!r}.")
+        raise DataError(f"teachers_vs_paper's tolerance is a number of GLUE points >= 0, got {tolerance!r}.")
     paper = paper_results() if paper is None else paper
     published = {r.teacher: float(r.value) for r in paper[paper.role == "teacher"].itertuples()}
     labels = {**{label: label for label in TEACHERS.values()}, **TEACHERS}  # a label or its Hub name
@@ -247,8 +248,8 @@ def teacher_check(table, paper=None, tolerance: float = 1.0):
     return frame
 
 
-def format_teacher_check(check) -> str:
-    """:func:`teacher_check`'s rows as lines a person reads: measured vs paper and the difference."""
+def format_teachers_vs_paper(check) -> str:
+    """:func:`teachers_vs_paper`'s rows as lines a person reads: measured vs paper and the difference."""
     if check.empty:
         return ("No teacher of these results is one of the paper's (bert-base, bert-large), fine-tuned on its GLUE "
                 "tasks: nothing to check against Table 1.")
@@ -282,8 +283,8 @@ def _measured_points(table, task: str | None, metric: str | None):
     if task == "glue" or (task is None and metric is None and set(PAPER_GLUE_TASKS) <= tasks):
         missing = sorted(set(PAPER_GLUE_TASKS) - tasks)
         if missing:
-            raise ConfigError(f"The paper's GLUE average needs scores on {', '.join(PAPER_GLUE_TASKS)}; the table lacks "
-                              f"{', '.join(missing)}: pass task= one of its tasks instead.")
+            raise ConfigError(f"The paper's GLUE average needs scores on {', '.join(PAPER_GLUE_TASKS)}; the table "
+                              f"lacks {', '.join(missing)}: pass task= one of its tasks instead.")
         return student_points(glue_average(table))
     return student_points(table, metric, task)
 
