@@ -116,6 +116,13 @@ def test_paper_figures_notebook_draws_the_paper_alone(tmp_path, kernel):
     assert "bert-base" in shown and "bert-large" in shown and "student_scale" in shown and "GLUE" in shown
     assert "0.05" in shown and "0.10" in shown  # Table 1's students: 5% of BERT-large, 10% of BERT-base
     assert "Curse of capacity gap per student" in shown and "not estimable" in shown
+    # the paper's axes and layout, read back from the figure: linear x from 0 to 1.4, the panels stacked
+    for row, panel in enumerate(["without assistant (MiniLM)", "with assistant (MiniLM w/ TA)"]):
+        assert (f"panel (row {row}, column 0) {panel}: x linear from 0 to 1.4, student GFLOPs (paper convention: "
+                f"linear layers, sequence length 128); y: GLUE average (dev), paper\n") in shown
+    assert "column 1" not in shown and "row 2" not in shown  # two panels, one above the other
+    assert "glue (glue, dev)" not in shown
+    assert "exact, from the shape" in shown and "the figure's rounded value" in shown  # 0.04: no shape
 
 
 def test_paper_figures_notebook_overlays_a_sweep(tmp_path, kernel, quickstart_results):
@@ -123,7 +130,15 @@ def test_paper_figures_notebook_overlays_a_sweep(tmp_path, kernel, quickstart_re
     assert error is None, error
     assert {p.name for p in (tmp_path / "figs").iterdir()} == {
         "paper_curse.png", "paper_curse.pdf", "curse_overlay.png", "curse_overlay.pdf"}  # out_dir: relative to cwd
-    assert images(nb) == 2 and "No sweep_dir given" not in texts(nb)
+    shown = texts(nb)
+    assert images(nb) == 2 and "No sweep_dir given" not in shown
+    # the teachers are not BERT's: nothing to check against Table 1, said once
+    assert "No teacher of these results is one of the paper's (bert-base, bert-large)" in shown
+    # the sweep's synthetic score on its own y axis, the paper's GLUE average on the right, never mixed
+    assert ("panel (row 0, column 0) without assistant (MiniLM): x linear from 0 to 1.4, student GFLOPs (paper "
+            "convention: linear layers, sequence length 128); y: score (synthetic, dev), measured; right y: GLUE "
+            "average (dev), paper") in shown
+    assert "panel (row 2, column 0) plain logit KD" in shown and "sit at 0" in shown
 
 
 # -- 02: the gap curve of a new teacher ----------------------------------------------------------------
