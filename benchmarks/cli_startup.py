@@ -47,7 +47,8 @@ def run_once(source: Path, args: list[str], env: dict) -> tuple[float, bool]:
     done = subprocess.run([sys.executable, "-X", "importtime", "-m", "gapkit", *args], capture_output=True,
                           text=True, env=env, cwd=source)
     wall = time.perf_counter() - start
-    torch_loaded = any(line.rstrip().endswith("| torch") for line in done.stderr.splitlines())
+    torch_loaded = any(line.startswith("import time:") and line.split("|")[-1].strip() == "torch"
+                       for line in done.stderr.splitlines())
     if done.returncode not in (0, 2):
         raise SystemExit(f"gapkit {' '.join(args)} failed in {source}:\n{done.stderr[-2000:]}")
     return wall, torch_loaded

@@ -343,7 +343,8 @@ def test_not_estimable_lists_every_estimate_the_notes_refuse_with_its_reason():
 
 def test_report_on_the_paper_numbers_has_every_table():
     tables = report(paper_results())
-    assert list(tables) == ["teacher_scores", "student_scores", "curse", "lift", "teacher_scale_fit", "gap_curves"]
+    assert list(tables) == ["teacher_check", "teacher_scores", "student_scores", "curse", "lift", "above_teacher",
+                            "teacher_scale_fit", "gap_curves"]
     assert (tables["curse"].established == "no").all()
     fit = one(tables["teacher_scale_fit"], method="minilm", space="linear")
     assert fit.n_points == 0 and fit.n_at_edge == 5  # the 0.04 student has no size; 2 teachers: all at an edge
@@ -372,8 +373,8 @@ def test_gapkit_report_on_a_real_sweep(tiny_sweep, capsys):
     assert not re.search(r"\bnan\b", out, re.IGNORECASE)
     assert "1L-16H-4A" in out and "1 seed: no spread or interval" in out
     written = {p.name: pd.read_csv(p) for p in (tiny_sweep / "report").glob("*.csv")}
-    assert set(written) == {f"{n}.csv" for n in ("teacher_scores", "student_scores", "curse", "lift",
-                                                  "teacher_scale_fit", "gap_curves")}
+    assert set(written) == {f"{n}.csv" for n in ("teacher_check", "teacher_scores", "student_scores", "curse",
+                                                  "lift", "above_teacher", "teacher_scale_fit", "gap_curves")}
     scores = written["student_scores.csv"]
     assert len(scores) == 4 and set(scores.method) == {"minilm", "minimoe"} and set(scores.metric) == {"score"}
     table = load_table(tiny_sweep)

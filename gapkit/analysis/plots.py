@@ -167,10 +167,11 @@ def _seed_text(points) -> str:
     return f"mean over {seeds} seed(s) per point{bars}"
 
 
-def _seed_note(fig, points, verdicts: str = "") -> None:
-    """Say how many seeds each point averages (and, given, what the tests establish) under the figure."""
+def _seed_note(fig, points, verdicts: str = "", y: float = -0.02) -> None:
+    """Say how many seeds each point averages (and, given, what the tests establish) under the figure, from
+    height ``y`` (figure coordinates) down."""
     text = _seed_text(points) + (f"\n{verdicts}" if verdicts else "")
-    fig.text(0.01, -0.02, text, fontsize=7, color="0.35", ha="left", va="top")
+    fig.text(0.01, y, text, fontsize=7, color="0.35", ha="left", va="top")
 
 
 def verdict_caption(table, task: str | None = None, metric: str | None = None, kind: str = "curse") -> str:
@@ -198,6 +199,42 @@ def verdict_caption(table, task: str | None = None, metric: str | None = None, k
         return f"{test}: established for {', '.join(yes)}; not established for the other {len(frame) - len(yes)}"
     what = "students" if kind == "curse" else "comparisons"
     return f"{test}: not established for any of the {len(frame)} {what} (gapkit report: power, seeds needed)"
+
+
+def teacher_flags(table, task: str | None = None) -> dict:
+    """``{teacher: verdict}`` of the teachers not shown above the majority class on dev (the table's
+    ``teacher_check``, :mod:`gapkit.analysis.teacher_check`), on ``task`` when given: their students' points
+    are drawn hollow and grey."""
+    from .teacher_check import flagged
+
+    if "teacher_check" not in getattr(table, "columns", ()):
+        return {}
+    rows = table[table.teacher_check.map(flagged)]
+    if task is not None and task != "mean":
+        rows = rows[rows.task == task]
+    return dict(zip(rows.teacher, rows.teacher_check))
+
+
+def _mark_flagged(ax, x, points, flags: dict) -> None:
+    """Hollow grey markers over the points whose teacher is in ``flags`` (:func:`teacher_flags`)."""
+    import numpy as np
+
+    keep = points.teacher.isin(list(flags)).to_numpy()
+    if keep.any():
+        ax.plot(np.asarray(x, dtype=float)[keep], points["mean"].to_numpy(float)[keep], linestyle="none",
+                marker="o", markersize=8, markerfacecolor="white", markeredgecolor="0.5", markeredgewidth=1.4,
+                zorder=5)
+
+
+def flag_caption(flags: dict) -> str:
+    """The caption line of the marked points (empty when none is marked)."""
+    if not flags:
+        return ""
+    import textwrap
+
+    named = ", ".join(f"{t} ({v})" for t, v in sorted(flags.items()))
+    return textwrap.fill(f"hollow grey markers: students of a teacher not shown above the majority class on dev "
+                         f"(teacher check, one-sided test, alpha 0.05): {named}", 130)
 
 
 def _teacher_order(points) -> list[str]:
@@ -355,6 +392,7 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
     # The paper's values share the y axis only when they measure the same thing; otherwise (its GLUE average
     # over a sweep's other metric) they get their own axis on the right, with its own label.
     shared = ours is None or points.empty or _same_score(points, ours)
+    flags = teacher_flags(table, task)
     with figure_style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + (0 if shared else 0.8), 3.4),
                                  sharey=True, squeeze=False)
@@ -371,6 +409,7 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
                 p = points[(points.method == method) & (points.teacher == teacher)].sort_values("gflops")
                 if not p.empty:
                     handles.append(_errorbar(ax, p.gflops, p, color=colours[teacher], marker="o", label=teacher))
+                    _mark_flagged(ax, p.gflops, p, flags)
                 q = ours[(ours.method == method) & (ours.teacher == teacher)].sort_values("gflops") \
                     if ours is not None else p.iloc[0:0]
                 if not q.empty:
@@ -393,7 +432,9 @@ def plot_curse(table, paper=None, metric: str | None = None, task: str | None = 
         fig.legend(handles=legend, labels=[h.get_label() for h in legend], title="teacher", loc="upper center",
                    bbox_to_anchor=(0.5, 0.0), ncol=min(len(legend), 4), fontsize=7)
         fig.suptitle("Curse of capacity gap: student score by teacher")
-        _seed_note(fig, points)
+        # Under the legend (a row per 4 teachers, and its title), never across it.
+        _seed_note(fig, points, flag_caption({t: v for t, v in flags.items() if t in set(points.teacher)}),
+                   y=-0.04 - 0.07 * (math.ceil(len(legend) / 4) + 1))
         fig.tight_layout()
     return fig
 
@@ -545,6 +586,7 @@ def plot_gap_curve(table, x: str = "teacher_params", metric: str | None = None, 
     first = curve.groupby(by)[size].first()
     colours = ordered_colours(sorted(first.index, key=lambda k: (_num(first[k]), str(k))))
     scale = 1e6 if x in _MILLIONS else 1.0
+    flags = teacher_flags(table, task)
     with figure_style():
         fig, ax = plt.subplots(figsize=(5.2, 3.6))
         order = curve.assign(_size=[_num(v) for v in curve[size]]).sort_values(["_size", "series"], kind="stable")
@@ -553,6 +595,7 @@ def plot_gap_curve(table, x: str = "teacher_params", metric: str | None = None, 
             moe = known(p.experts.iloc[0]) and p.experts.iloc[0] != "dense"
             _errorbar(ax, p.x / scale, p, color=colours[p[by].iloc[0]], marker=method_marker(str(p.method.iloc[0])),
                       linestyle="--" if moe else "-", markerfacecolor="white" if moe else None, label=label)
+            _mark_flagged(ax, p.x / scale, p, flags)
         values = curve.x.astype(float) / scale
         labels = None
         if by == "student":  # teacher axes: name each teacher at its tick
@@ -573,7 +616,9 @@ def plot_gap_curve(table, x: str = "teacher_params", metric: str | None = None, 
         ax.set_ylabel(_score_label(curve))
         ax.set_title(f"Gap curve: student score against {GAP_AXIS_LABELS[x].split(' (')[0]}")
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="teacher" if by == "teacher" else "student")
-        _seed_note(fig, curve, verdict_caption(table, task, metric) if by == "student" else "")
+        caption = [verdict_caption(table, task, metric) if by == "student" else "",
+                   flag_caption({t: v for t, v in flags.items() if t in set(curve.teacher)})]
+        _seed_note(fig, curve, "\n".join(c for c in caption if c))
         fig.tight_layout()
     return fig
 
@@ -1062,6 +1107,8 @@ def routing_runs(table, which: str = "representative") -> list:
         return []
     runs = table[(table.role == "student") & (table.stage == "task") & table.method.fillna("").str.startswith("minimoe")
                  & table.run_dir.notna()].drop_duplicates("run")
+    if runs.empty:  # (a list-of-nothing index would select columns, not rows)
+        return []
     runs = runs[[RunDir(d).routing() is not None for d in runs.run_dir]]
     if which == "all":
         return list(runs.run_dir)

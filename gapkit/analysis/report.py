@@ -9,9 +9,10 @@ from .scores import known as _known
 from .verdicts import default_baseline  # defined beside the lift test it serves; asked for here too
 
 __all__ = ["load_table", "report", "format_report", "write_report", "not_estimable", "REPORT_TABLES", "seeds_plan",
-           "format_seeds_plan"]
+           "format_seeds_plan", "warnings"]
 
-REPORT_TABLES = ("teacher_scores", "student_scores", "curse", "lift", "teacher_scale_fit", "gap_curves")
+REPORT_TABLES = ("teacher_check", "teacher_scores", "student_scores", "curse", "lift", "above_teacher",
+                 "teacher_scale_fit", "gap_curves")
 
 
 def load_table(path: str | Path):
@@ -77,30 +78,98 @@ def report(table, metric: str | None = None, split: str | None = None, baseline:
         examples, token_tasks: use the runs' stored dev predictions for the example part of the variance
             (:class:`gapkit.analysis.verdicts.Design`).
     Returns:
-        ``{name: DataFrame}`` for the names of :data:`REPORT_TABLES`: ``teacher_scores``, ``student_scores``,
-        ``curse`` (:func:`~gapkit.analysis.curse_test`), ``lift`` (:func:`~gapkit.analysis.lift_test`),
-        ``teacher_scale_fit`` and ``gap_curves`` (every axis, stacked).
+        ``{name: DataFrame}`` for the names of :data:`REPORT_TABLES`: ``teacher_check`` (each teacher
+        fine-tune against chance and the majority class at alpha ``1 - level``,
+        :func:`gapkit.analysis.teacher_check.teacher_checks`), ``teacher_scores`` (with the verdict in
+        ``check``), ``student_scores`` (students of a teacher not shown above the majority class carry a
+        note), ``curse`` (:func:`~gapkit.analysis.curse_test`), ``lift`` (:func:`~gapkit.analysis.lift_test`),
+        ``above_teacher`` (students above their own teacher by more than noise,
+        :func:`gapkit.analysis.above_teacher.student_above_teacher`), ``teacher_scale_fit`` and ``gap_curves``
+        (every axis, stacked).
     Raises:
         DataError: a table with no score at all (no rows, every run failed, no finished task-stage student or
             fine-tuned teacher), in one sentence that says which; missing columns.
     """
     from .gap import gap_curves, teacher_scale_fit
     from .scores import require_scores, student_scores, teacher_scores
+    from .above_teacher import student_above_teacher
+    from .teacher_check import teacher_checks
     from .verdicts import Design, curse_test, lift_test
 
     require_scores(table)
 
     baseline = default_baseline(table) if baseline is None else baseline
+    checks = teacher_checks(table, 1 - level)
+    table = _with_checks(table, checks)  # the verdicts' notes name a teacher not above chance
     design = Design(table, family, metric, split, examples, token_tasks)
     curse = curse_test(table, level=level, effect=effect, design=design)
     return dict(
-        teacher_scores=teacher_scores(table, metric, split, level),
-        student_scores=student_scores(table, metric, split, level),
+        teacher_check=checks,
+        teacher_scores=_mark_teachers(teacher_scores(table, metric, split, level), checks),
+        student_scores=_mark_students(student_scores(table, metric, split, level), checks),
         curse=curse,
         lift=lift_test(table, baseline, level=level, effect=effect, design=design, curse=curse),
+        above_teacher=student_above_teacher(table, level, examples, design),
         teacher_scale_fit=teacher_scale_fit(table, family, metric, split),
         gap_curves=gap_curves(table, metric, split, level),
     )
+
+
+def _teacher_verdicts(checks) -> dict:
+    """``{(task, teacher): verdict}`` over a teacher's fine-tunes: their one verdict, or each counted."""
+    out = {}
+    for (task, teacher), group in checks.groupby(["task", "teacher"], sort=False, dropna=False):
+        counts = group.verdict.value_counts(sort=False)
+        out[(task, teacher)] = (counts.index[0] if len(counts) == 1 else
+                                ", ".join(f"{v} ({n} of {len(group)} fine-tunes)" for v, n in counts.items()))
+    return out
+
+
+def _with_checks(table, checks):
+    """``table`` with ``teacher_check`` at the report's level (from ``checks``) where a teacher was checked:
+    the column the curse and lift notes read."""
+    if checks.empty:
+        return table
+    verdicts = _teacher_verdicts(checks)
+    table = table.copy()
+    fresh = [verdicts.get((t, n)) for t, n in zip(table.task, table.teacher)]
+    old = table["teacher_check"] if "teacher_check" in table.columns else [None] * len(table)
+    table["teacher_check"] = [f if f is not None and not (isinstance(o, str) and o.startswith("not tested (learned"))
+                              else o for f, o in zip(fresh, old)]
+    return table
+
+
+def _mark_teachers(frame, checks):
+    """The teachers table with each teacher's ``check``; a teacher not shown above the majority class gets a
+    note with its numbers."""
+    from .teacher_check import describe, flagged
+
+    verdicts = _teacher_verdicts(checks)
+    frame = frame.copy()
+    frame["check"] = [verdicts.get((t, n), "") for t, n in zip(frame.task, frame.teacher)]
+    for i, r in frame.iterrows():
+        bad = checks[(checks.task == r.task) & (checks.teacher == r.teacher) & checks.verdict.map(flagged)]
+        if len(bad):
+            first = bad.iloc[0].to_dict()
+            text = f"{first['verdict']}: {describe(first)}"
+            frame.at[i, "note"] = f"{r.note}; {text}" if _known(r.note) and r.note else text
+    return frame
+
+
+def _mark_students(frame, checks):
+    """Students of a teacher not shown above the majority class carry a note saying so."""
+    from .teacher_check import flagged
+
+    verdicts = _teacher_verdicts(checks)
+    frame = frame.copy()
+    for i, r in frame.iterrows():
+        verdict = verdicts.get((r.task, r.teacher))
+        if verdict is not None and any(flagged(v) for v in checks[(checks.task == r.task)
+                                                                    & (checks.teacher == r.teacher)].verdict):
+            text = (f"teacher {r.teacher} {verdict} on dev: this student did not learn from a working teacher "
+                    f"(docs/analysis.md, teacher check)")
+            frame.at[i, "note"] = f"{r.note}; {text}" if _known(r.note) and r.note else text
+    return frame
 
 
 def write_report(tables: dict, out_dir: str | Path) -> list[Path]:
@@ -201,7 +270,19 @@ def _display(name: str, frame):
                     gflops=f.teacher_gflops.map(_sig), metric=f.metric.map(_text), seeds=f.n_seeds.map(_text),
                     mean=f["mean"].map(_fixed), std=f["std"].map(_fixed),
                     interval=[f"[{_fixed(a)}, {_fixed(b)}]" if _known(a) else "" for a, b in zip(f.ci_low, f.ci_high)],
-                    note=f.note.map(_text))
+                    check=f.check.map(_text) if "check" in f else [""] * len(f), note=f.note.map(_text))
+    elif name == "teacher_check":
+        cols = {"task": f.task.map(_text), "teacher": f.teacher.map(_text), "FT seed": f.teacher_seed.map(_text),
+                "verdict": f.verdict.map(_text), "metric": f.metric.map(_text), "score": f.score.map(_fixed),
+                "chance": f.chance.map(_fixed), "majority": f.majority.map(_fixed), "n": f.n.map(_count),
+                "p vs chance": f.p_chance.map(_p), "p vs majority": f.p_majority.map(_p)}
+    elif name == "above_teacher":
+        cols = {"task": f.task.map(_text), "teacher": f.teacher.map(_text), "student": f.student.map(_text),
+                "experts": f.experts.map(_text), "method": f.method.map(_text),
+                "n": [f"{_text(n)} {_units(u)}" if _known(n) else "" for n, u in zip(f.n_units, f.units)],
+                "teacher score": f.teacher_score.map(_fixed), "student score": f.student_score.map(_fixed),
+                "student - teacher": _with_interval(f, "above", _fixed), "p (Holm)": f.p_holm.map(_p),
+                "verdict": f.verdict.map(_text), "note": f.note.map(_text)}
     elif name == "student_scores":
         cols = dict(task=f.task.map(_text), teacher=f.teacher.map(_text), student=f.student.map(_text),
                     experts=f.experts.map(_text), method=f.method.map(_text), params=f.params_total.map(_params),
@@ -280,7 +361,12 @@ def _onset_cells(f) -> list[str]:
 def _titles(level: float, baseline: str) -> dict:
     alpha = 1 - level
     return {
-        "teacher_scores": f"Teachers' own scores (best weights; mean over seeds, {level:.0%} t-interval)",
+        "teacher_check": f"Teachers against chance and the majority class (best weights on dev; one-sided exact "
+                         f"binomial test of accuracy, alpha {alpha:.2g} per teacher; regression: correlation > 0; "
+                         f"token tasks: tags per sentence against the all-O tagger): a teacher not shown above the "
+                         f"majority class taught its students nothing the labels do not",
+        "teacher_scores": f"Teachers' own scores (best weights; mean over seeds, {level:.0%} t-interval; check: "
+                          f"against chance, see above)",
         "student_scores": f"Student scores (best weights; mean over seeds, {level:.0%} t-interval; "
                           f"T/S = teacher/student)",
         "curse": f"Curse of capacity gap per student: drop = smallest teacher's student - largest teacher's, paired "
@@ -290,6 +376,10 @@ def _titles(level: float, baseline: str) -> dict:
         "lift": f"Lift of the curse against {baseline}: lift = drop({baseline}) - drop(method), paired by replicate; "
                 f"Holm-corrected at alpha {alpha:.2g}; recovered = lift / drop({baseline}) (Fieller interval), only "
                 f"where {baseline}'s curse is established",
+        "above_teacher": f"Students above their own teacher by more than noise: student - teacher on the same dev "
+                         f"examples, each replicate against the teacher fine-tune it learned from ({level:.0%} "
+                         f"interval); one-sided test, Holm-corrected at alpha {alpha:.2g}; established: the labels, "
+                         f"not the teacher, made that score",
         "teacher_scale_fit": "Top teacher size against student size, least squares over students whose top teacher is "
                              "inside the measured sizes (MiniMA, arXiv 2311.07052)",
         "gap_curves": "Gap curves",
@@ -297,7 +387,8 @@ def _titles(level: float, baseline: str) -> dict:
 
 
 # The columns that name a row, repeated in every column group of a table too wide for the terminal.
-KEY_COLUMNS = {"teacher_scores": ("task", "teacher"), "student_scores": ("task", "teacher", "student", "experts", "method"),
+KEY_COLUMNS = {"teacher_check": ("task", "teacher"), "above_teacher": ("task", "teacher", "student", "experts", "method"),
+               "teacher_scores": ("task", "teacher"), "student_scores": ("task", "teacher", "student", "experts", "method"),
                "curse": ("task", "student", "experts", "method"), "lift": ("task", "student", "method", "experts"),
                "teacher_scale_fit": ("task", "experts", "method", "size", "space")}
 WIDTH = 120  # a report fits this many columns unless asked for full width (gapkit report --wide)
@@ -378,9 +469,41 @@ def format_report(tables: dict, level: float = 0.95, baseline: str = "minilm", w
         head = wrap_lines(title, width)
         rule = "-" * min(max(map(len, head.splitlines())), 100)
         parts.append(f"{head}\n{rule}\n{body}{notes}")
+    warned = warnings(tables)
+    if warned:
+        parts.append(wrap_lines(warned, width, indent="  "))
     if "curse" in tables:
         parts.append(wrap_lines(summary(tables, level), width, indent="  "))
     return "\n\n".join(parts)
+
+
+def warnings(tables: dict) -> str:
+    """The report's warnings, in sentences: each teacher not shown above chance or the majority class (its
+    students learned from no working teacher), and each student established above its own teacher (the labels
+    did the work); empty when there is none."""
+    from .teacher_check import describe, flagged
+
+    lines = []
+    checks = tables.get("teacher_check")
+    if checks is not None:
+        for r in checks.itertuples():
+            if flagged(r.verdict):
+                seed = f" (fine-tune seed {r.teacher_seed})" if _known(r.teacher_seed) else ""
+                lines.append(f"- teacher {r.task} {r.teacher}{seed}: {r.verdict}: {describe(r._asdict())}. Its "
+                             f"students learned from no working teacher: their scores, and every curse or lift test "
+                             f"it enters, measure the labels and the students, not distillation from it.")
+    above = tables.get("above_teacher")
+    if above is not None:
+        for _, r in above[above.established == "yes"].iterrows():
+            experts = f"-{r.experts}" if _known(r.experts) and r.experts != "dense" else ""
+            lines.append(f"- student {r.task} {r.student}{experts} {r.method} from {r.teacher}: above its own teacher "
+                         f"by {_fixed(r.above)} points [{_fixed(r.above_low)}, {_fixed(r.above_high)}], p (Holm) "
+                         f"{_p(r.p_holm)}: the hard labels (or the student's own training), not the teacher, made "
+                         f"that score.")
+    if not lines:
+        return ""
+    return "Warnings (teachers against chance; students above their own teacher by more than noise):\n" + \
+        "\n".join(lines)
 
 
 def _note_label(name: str, r: dict) -> str:

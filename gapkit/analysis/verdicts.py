@@ -348,6 +348,7 @@ def curse_test(table, family: str | None = None, metric: str | None = None, spli
             row.update(zip(["onset_kind", "onset_teacher", "onset_ratio_params", "onset_ratio_gflops"], _onset(block)))
         elif st is not None:
             _add_note(row, f"onset {NOT_ESTIMABLE}: no established curse")
+    _teacher_notes(table, rows)
     frame = pd.DataFrame(rows, columns=CURSE_COLUMNS)
     return _typed(frame, ["n_teachers", "n_units", "n_examples", "seeds_for"])
 
@@ -430,6 +431,23 @@ def _correct(rows: list[dict], stats: list, alpha: float, effect, column: str, p
         row["established"] = "yes" if row["verdict"] != "not established" else "no"
         if effect is not None:
             row.update(effect=effect, seeds_for=seeds_needed(stats[i], effect, strict))
+
+
+def _teacher_notes(table, rows: list[dict]) -> None:
+    """A note on each test whose smallest or largest teacher is not shown above the majority class on dev (the
+    table's ``teacher_check``, :mod:`gapkit.analysis.teacher_check`): the test stands, and says so."""
+    from .teacher_check import flagged
+
+    if "teacher_check" not in getattr(table, "columns", ()):
+        return
+    marked = table[table.teacher_check.map(flagged)]
+    verdicts = {(t, n): v for t, n, v in zip(marked.task, marked.teacher, marked.teacher_check)}
+    for row in rows:
+        for end in ("smallest", "largest"):
+            verdict = verdicts.get((row.get("task"), row.get(f"{end}_teacher")))
+            if verdict is not None:
+                _add_note(row, f"its {end} teacher {row[f'{end}_teacher']} is {verdict} on dev (teacher check): "
+                               f"that end measures students of a teacher that taught nothing beyond the labels")
 
 
 def _add_note(row: dict, text: str) -> None:
@@ -515,6 +533,7 @@ def lift_test(table, baseline: str | None = None, family: str | None = None, met
     for row, st in zip(rows, stats):
         if st is not None:
             _recovered(row, *st[1:], level)
+    _teacher_notes(table, rows)
     frame = pd.DataFrame(rows, columns=LIFT_COLUMNS)
     return _typed(frame, ["n_units", "n_examples", "seeds_for"])
 

@@ -26,10 +26,16 @@ STATUSES = ("completed", "early_stopped", "failed")
 __all__ = ["RunResult", "run_id", "git_revision", "SCHEMA_VERSION"]
 
 
+# Train settings that watch a run without changing what it computes (and that runs from before them lack).
+OBSERVING = ("tracking",)
+
+
 def run_id(config: dict) -> str:
-    """A short hash of a resolved run config, ``output_dir`` and ``name`` left out (they place and
-    label a run; they do not change what it computes)."""
+    """A short hash of a resolved run config, ``output_dir``, ``name`` and the :data:`OBSERVING` train
+    settings left out (they place, label or watch a run; they do not change what it computes)."""
     keyed = {k: v for k, v in config.items() if k not in ("output_dir", "name")}
+    if isinstance(keyed.get("train"), dict):
+        keyed["train"] = {k: v for k, v in keyed["train"].items() if k not in OBSERVING}
     return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -69,6 +75,10 @@ class RunResult:
             initialised fresh on top of a checkpoint, e.g. a new task head).
         teacher: ``{"ref", "params"}`` or None.
         seeds: ``{"init", "data"}``.
+        chance_check: whether the best weights beat chance and the majority class on the report split
+            (:func:`gapkit.analysis.teacher_check.check_predictions`: verdict, metric, score, chance,
+            majority, n, p-values, alpha 0.05); for a fine-tuned teacher, the check its students depend on.
+            None in results written before gapkit recorded it (computed from the stored predictions then).
     """
 
     run_dir: str
@@ -85,6 +95,7 @@ class RunResult:
     student: dict = field(default_factory=dict)
     teacher: dict | None = None
     seeds: dict = field(default_factory=dict)
+    chance_check: dict | None = None
     gapkit_version: str = ""
     git_revision: str | None = None
     wall_time_s: float = 0.0

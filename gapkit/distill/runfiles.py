@@ -8,12 +8,17 @@
                          predictions.safetensors: its predictions and the labels of every scored split
     result.json          the result (gapkit.distill.result schema); present once the run has ended
     failure.json         only when a run stopped on a NaN/inf loss: step, loss term, value
+    progress.json        how far the run is (:class:`Progress`): step, total, rate, when it (re)started;
+                         rewritten at every log step and when the run ends
+    tracking.json        only with ``train.tracking``: the experiment tracker's run id (a resumed run continues it)
+    mlruns/              only with ``train.tracking: mlflow`` and no ``MLFLOW_TRACKING_URI``: its MLflow file store
 
 The invariant: every row of ``metrics.jsonl`` and ``routing.parquet`` at or before the checkpoint's
 step is on disk when the checkpoint is written (routing rows are flushed first), and on resume every
 row after it is dropped (the resumed run writes them again, identically). ``checkpoint/`` and
 ``best/`` are swapped in with :func:`gapkit.io.atomic_dir` and repaired by :func:`recover_dir`;
-``result.json`` and ``routing.parquet`` are written with :func:`gapkit.io.atomic_write`.
+``result.json``, ``progress.json``, ``tracking.json`` and ``routing.parquet`` are written with
+:func:`gapkit.io.atomic_write`. (``mlruns/`` is MLflow's own, outside this invariant, as TensorBoard's logs are.)
 
 This module alone knows the layout: :class:`RunFolder` writes a run folder, :class:`RunDir` reads one
 (status, result, best weights, predictions, routing, tokenizer, failure) for sweeps, analysis,
@@ -25,16 +30,20 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
+import time
+from collections import deque
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
 
 from ..errors import ConfigError
 from ..io import atomic_dir, atomic_write, json_dumps, kill_point, recover_dir
 from .checkpointing import has_training_state
-from .result import RunResult, run_id
+from .result import OBSERVING, RunResult, run_id
 
-__all__ = ["RunFolder", "RunDir", "RunStatus", "in_use", "holds_tokenizer", "config_changes", "PREDICTIONS",
-           "EXPORTED_FILES"]
+__all__ = ["RunFolder", "RunDir", "RunStatus", "Progress", "ProgressMeter", "in_use", "holds_tokenizer",
+           "config_changes", "PREDICTIONS", "EXPORTED_FILES"]
 
 # The names of the layout (the module docstring); nothing outside this module spells them.
 CONFIG = "config.json"
@@ -42,13 +51,16 @@ METRICS = "metrics.jsonl"
 ROUTING = "routing.parquet"
 RESULT = "result.json"
 FAILURE = "failure.json"
+PROGRESS = "progress.json"
+TRACKING = "tracking.json"
+MLRUNS = "mlruns"
 CHECKPOINT = "checkpoint"
 BEST = "best"
 PREDICTIONS = "predictions.safetensors"  # in best/: "<split>.prediction", "<split>.label"
 FINAL_WEIGHTS = "model.safetensors"  # in checkpoint/: the trained module's state ("model." keys)
 TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json")  # any of them: best/ has a tokenizer
-LOG_FILES = (METRICS, ROUTING, RESULT, FAILURE)
-LOG_DIRS = (CHECKPOINT, BEST, "tensorboard")
+LOG_FILES = (METRICS, ROUTING, RESULT, FAILURE, PROGRESS, TRACKING)
+LOG_DIRS = (CHECKPOINT, BEST, "tensorboard", MLRUNS)
 # What re-analysis of a run reads (an exported sweep keeps only these; no weights).
 EXPORTED_FILES = (RESULT, CONFIG, f"{BEST}/{PREDICTIONS}", ROUTING)
 
@@ -61,6 +73,8 @@ class RunFolder:
         self.writer = writer
         self.routing: list[dict] = []
         self.tensorboard = None
+        self.tracker = None  # an experiment tracker (gapkit.distill.tracking): log(rows), log_result(result), close()
+        self.progress: ProgressMeter | None = None
         self._lock: int | None = None
 
     # -- paths ---------------------------------------------------------------------------------------
@@ -79,6 +93,16 @@ class RunFolder:
     @property
     def failure_file(self) -> Path:
         return self.dir / FAILURE
+
+    @property
+    def tracking_file(self) -> Path:
+        """Where the experiment tracker's run id is kept, so that a resumed run continues the same tracked run."""
+        return self.dir / TRACKING
+
+    @property
+    def mlruns_dir(self) -> Path:
+        """The default MLflow file store of ``train.tracking: mlflow`` (no ``MLFLOW_TRACKING_URI``)."""
+        return self.dir / MLRUNS
 
     # -- before a run: what is there, and may this spec use it? --------------------------------------
     def inspect(self, config: dict, resume: bool) -> str:
@@ -198,6 +222,24 @@ class RunFolder:
             for row in rows:
                 if row.get("value") is not None:
                     self.tensorboard.add_scalar(f"{row['split']}/{row['metric']}", row["value"], row["step"])
+        if self.tracker is not None:
+            self.tracker.log(rows)
+
+    def start_progress(self, step: int, total_steps: int, launched_at: float, clock=time.time) -> None:
+        """Begin this process's ``progress.json``: a run about to take its first step (``step`` 0, or the
+        step of the checkpoint it resumed); ``launched_at``: when the process began building it."""
+        if self.writer:
+            self.progress = ProgressMeter(step, total_steps, launched_at, clock)
+            self._write_progress()
+
+    def log_progress(self, step: int, tokens_per_s: float | None = None) -> None:
+        """Record that the run reached ``step`` (at a log step)."""
+        if self.progress is not None:
+            self.progress.at(step, tokens_per_s)
+            self._write_progress()
+
+    def _write_progress(self) -> None:
+        atomic_write(self.dir / PROGRESS, json_dumps(asdict(self.progress.record), indent=1))
 
     def add_routing(self, rows: list[dict]) -> None:
         if self.writer:
@@ -219,6 +261,11 @@ class RunFolder:
     def write_result(self, result: RunResult) -> None:
         if self.writer:
             atomic_write(self.result_file, result.to_json())
+            if self.progress is not None:  # the record of how the run went stays: pending runs are timed by it
+                self.progress.end(result.steps)
+                self._write_progress()
+            if self.tracker is not None:
+                self.tracker.log_result(result)
 
     def write_failure(self, failure: dict) -> None:
         if self.writer:
@@ -255,6 +302,9 @@ class RunFolder:
         if self.tensorboard is not None:
             self.tensorboard.close()
             self.tensorboard = None
+        if self.tracker is not None:
+            self.tracker.close()
+            self.tracker = None
         self.release()
 
 
@@ -275,8 +325,116 @@ def in_use(folder: str | Path) -> bool:
 
 
 def _comparable(config: dict) -> str:
-    """A config as compared for reuse: everything but where the run lives."""
-    return json.dumps({k: v for k, v in config.items() if k != "output_dir"}, sort_keys=True)
+    """A config as compared for reuse: everything but where the run lives and whether a tracker watches it."""
+    kept = {k: v for k, v in config.items() if k != "output_dir"}
+    if isinstance(kept.get("train"), dict):
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in OBSERVING}
+    return json.dumps(kept, sort_keys=True)
+
+
+# ----------------------------------------------------------------------------------------------------
+# Progress: how far a run is, and how fast it goes
+# ----------------------------------------------------------------------------------------------------
+@dataclass
+class Progress:
+    """How far a run is (``progress.json``), rewritten atomically by the process training it at each log
+    step and when the run ends. Times are Unix seconds (``time.time()``) of the machine training it.
+
+    Attributes:
+        step: optimizer steps taken; ``total_steps``: the step the run ends at.
+        resumed_from: the step this process started at (0, or the step of the checkpoint it resumed).
+        launched_at: when this process began building the run (data, models, teacher).
+        started_at: when it was built and took to stepping (at ``resumed_from``).
+        updated_at: the last write.
+        steps_per_s: optimizer steps per second over the recent window (the last :attr:`ProgressMeter.WINDOW`
+            log steps, the evaluations and checkpoints among them included); None before the first log step.
+        tokens_per_s: training tokens per second at the last log step (the trainer's own measure), or None.
+        updates: writes since ``started_at``.
+        host, pid: the process training it (the runs of a sweep group share one, stepping together).
+        ended: the run has ended (its ``result.json`` is written).
+    """
+
+    step: int
+    total_steps: int
+    resumed_from: int
+    launched_at: float
+    started_at: float
+    updated_at: float
+    steps_per_s: float | None = None
+    tokens_per_s: float | None = None
+    updates: int = 0
+    host: str = ""
+    pid: int = 0
+    ended: bool = False
+
+    @property
+    def remaining_steps(self) -> int:
+        return max(self.total_steps - self.step, 0)
+
+    @property
+    def mean_step_s(self) -> float | None:
+        """Seconds per step since this process took to stepping (its evaluations and checkpoints
+        included), or None before its first step was logged."""
+        steps = self.step - self.resumed_from
+        return (self.updated_at - self.started_at) / steps if steps > 0 and self.updated_at > self.started_at else None
+
+    @property
+    def build_s(self) -> float:
+        """Seconds this process took to build the run before its first step."""
+        return max(self.started_at - self.launched_at, 0.0)
+
+    def seconds_left(self, now: float) -> float | None:
+        """Time left at the recent rate: ``remaining_steps / steps_per_s``, counted from the last update
+        (never below 0); None before the run has a rate."""
+        if self.ended:
+            return 0.0
+        if not self.steps_per_s:
+            return None
+        return max(self.remaining_steps / self.steps_per_s - max(now - self.updated_at, 0.0), 0.0)
+
+    def quiet_s(self, now: float) -> float | None:
+        """Seconds since the last update when that is much longer than the run's updates usually are apart
+        (3 times their mean gap, at least 2 minutes: a hang, or an evaluation longer than usual), else None."""
+        since = now - self.updated_at
+        usual = (self.updated_at - self.started_at) / self.updates if self.updates else 0.0
+        return since if since > max(120.0, 3 * usual) else None
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Progress":
+        names = [f.name for f in fields(cls)]
+        return cls(**{k: data[k] for k in names if k in data})
+
+
+class ProgressMeter:
+    """The writer's side of :class:`Progress`: keeps the recent window of (time, step) the rate is taken over.
+
+    Args:
+        step: the step the process starts at; total_steps: where the run ends.
+        launched_at: when the process began building the run.
+        clock: a function returning the time (``time.time``; tests give a fake clock).
+    """
+
+    WINDOW = 10  # log steps: long enough to smooth an evaluation or checkpoint pause, short enough to follow a change
+
+    def __init__(self, step: int, total_steps: int, launched_at: float, clock=time.time):
+        self.clock = clock
+        now = clock()
+        self.record = Progress(step=step, total_steps=total_steps, resumed_from=step, launched_at=launched_at,
+                               started_at=now, updated_at=now, host=socket.gethostname(), pid=os.getpid())
+        self._points = deque([(now, step)], maxlen=self.WINDOW + 1)
+
+    def at(self, step: int, tokens_per_s: float | None = None) -> None:
+        now = self.clock()
+        self._points.append((now, step))
+        t0, s0 = self._points[0]
+        record = self.record
+        record.step, record.updated_at, record.updates = step, now, record.updates + 1
+        record.tokens_per_s = tokens_per_s
+        if now > t0 and step > s0:
+            record.steps_per_s = (step - s0) / (now - t0)
+
+    def end(self, step: int) -> None:
+        self.record.step, self.record.updated_at, self.record.ended = step, self.clock(), True
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -394,6 +552,22 @@ class RunDir:
         """
         return RunResult.read(self.result_file) if self.result_file.is_file() else None
 
+    def progress(self) -> Progress | None:
+        """How far the run is (:class:`Progress`), or None before its first step (or for a run from before
+        gapkit recorded progress).
+
+        Raises:
+            ConfigError: ``progress.json`` is there but is not a progress record.
+        """
+        path = self.dir / PROGRESS
+        if not path.is_file():
+            return None
+        try:
+            return Progress.from_dict(json.loads(path.read_text()))
+        except (ValueError, TypeError, AttributeError):
+            raise ConfigError(f"{path} is not a readable progress record: the run rewrites it at its next log "
+                              f"step (delete it if no run will).") from None
+
     def failure(self) -> dict | None:
         """What stopped a run on a NaN/inf loss (``failure.json``: step, loss term, value), or None."""
         if not self.failure_file.is_file():
@@ -470,7 +644,7 @@ def config_changes(saved: dict, config: dict) -> list[str]:
     def flat(d: dict, prefix: str = "") -> dict:
         out = {}
         for k, v in d.items():
-            if not prefix and k in ("output_dir", "name"):
+            if (not prefix and k in ("output_dir", "name")) or (prefix == "train." and k in OBSERVING):
                 continue
             if isinstance(v, dict) and v:
                 out.update(flat(v, f"{prefix}{k}."))

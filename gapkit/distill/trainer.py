@@ -654,6 +654,11 @@ class Run:
             self.state.status = "completed"
         self.folder.flush_routing()
         self.result = self._result()
+        if self.rank == 0:  # the best weights against chance, from the predictions they stored (a teacher's gate)
+            from ..analysis.teacher_check import check_run
+
+            self.result.chance_check = check_run(self.folder.dir, num_labels=self.task.num_labels or None,
+                                                 result=self.result)
         kill_point("finish")
         self.folder.write_result(self.result)
         self.folder.close()

@@ -36,7 +36,7 @@ from ..io import atomic_write
 from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_group
 from .plan import Node, estimate, node_shape, plan, plan_json
 from .spec import EXECUTORS, SweepSpec
-from .status import FailureRecords, node_status, plan_status
+from .status import FailureRecords, TeacherGate, node_status, plan_status
 from .table import write_table
 
 __all__ = ["run_sweep", "SweepReport", "Unit", "node_status", "plan_status"]
@@ -196,7 +196,8 @@ def make_executor(spec: SweepSpec, kind: str | None = None):
 # The scheduler
 # ----------------------------------------------------------------------------------------------------
 class SweepReport:
-    """How a sweep ended: per node ``done``/``failed``/``blocked``/``pending``, with reasons."""
+    """How a sweep ended: per node ``done``/``failed``/``blocked``/``skipped``/``pending``, with reasons
+    (``skipped``: a teacher it needs is not above the sweep's ``teachers_must_beat``)."""
 
     def __init__(self, nodes: list[Node], status: dict[str, tuple[str, str | None]], output_dir: str):
         self.nodes, self.status, self.output_dir = nodes, status, output_dir
@@ -204,6 +205,11 @@ class SweepReport:
     @property
     def failures(self) -> list[tuple[str, str, str | None]]:
         return [(n.id, *self.status[n.id]) for n in self.nodes if self.status[n.id][0] in ("failed", "blocked")]
+
+    @property
+    def skipped(self) -> list[tuple[str, str | None]]:
+        """(node id, why) of the runs the sweep's ``teachers_must_beat`` stopped."""
+        return [(n.id, self.status[n.id][1]) for n in self.nodes if self.status[n.id][0] == "skipped"]
 
     @property
     def ok(self) -> bool:
@@ -265,6 +271,9 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
     for n in nodes:  # a failure recorded by an earlier attempt of bad input is tried again
         if status[n.id][0] == "failed" and failures.clear(n.id):
             status[n.id] = node_status(n, out)
+    # Teachers are checked against chance as they finish; the runs of one below the bar are skipped.
+    gate = TeacherGate(nodes, out, spec.teachers_must_beat)
+    told: set[str] = set()
     ex = make_executor(spec, executor)
     by_id = {n.id: n for n in nodes}
     in_flight: list[tuple[Unit, object]] = []
@@ -274,6 +283,8 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
     log(f"sweep {spec.name}: {len(nodes)} runs, {done_count} already done; folder {out}")
     try:
         while True:
+            status.update(gate.skipped(status))
+            _tell_teachers(gate, status, told, log)
             for n in nodes:  # a run whose input failed cannot run
                 if status[n.id][0] in ("pending", "interrupted") and any(status[d][0] in ("failed", "blocked")
                                                                     for d in n.deps):
@@ -310,4 +321,28 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
     finally:
         ex.close()
     write_table(out)
-    return SweepReport(nodes, status, str(out))
+    report = SweepReport(nodes, status, str(out))
+    if report.skipped:
+        log(f"{len(report.skipped)} run(s) skipped: a teacher they need is not above "
+            f"{'the majority class' if spec.teachers_must_beat == 'majority' else 'chance'} "
+            f"(teachers_must_beat: {spec.teachers_must_beat}; gapkit status {out} lists them).")
+    return report
+
+
+def _tell_teachers(gate: TeacherGate, status: dict, told: set, log) -> None:
+    """Say once, as each teacher fine-tune ends, that it is not shown above the majority baseline, and what
+    that does to its students (skipped by ``teachers_must_beat``, or trained and marked)."""
+    from ..analysis.teacher_check import describe, stops
+
+    for node, check in gate.below():
+        if node.id in told:
+            continue
+        told.add(node.id)
+        if stops(check, gate.must_beat):
+            n = sum(1 for s, why in status.values() if s == "skipped" and why and node.id in why)
+            log(f"teacher {node.meta.get('teacher')}: {check['verdict']} ({describe(check)}): {n} run(s) that learn "
+                f"from it skipped (teachers_must_beat: {gate.must_beat}).")
+        else:
+            log(f"WARNING: teacher {node.meta.get('teacher')}: {check['verdict']} ({describe(check)}); its students "
+                f"are trained anyway (teachers_must_beat: {gate.must_beat}) and marked in the results, the report "
+                f"and the figures.")

@@ -4,7 +4,8 @@ One row per run x split x metric (a run that failed before it had metrics: one r
 
     sweep, run, role, stage, teacher, teacher_kind, teacher_family, teacher_params, teacher_gflops,
     student, experts, method, params_total, params_active, gflops, convention, task, split, metric,
-    value, model, step, seed, teacher_seed, selected_on, status, reason, wall_time_s, git_revision, run_dir
+    value, model, step, seed, teacher_seed, selected_on, teacher_check, status, reason, wall_time_s,
+    git_revision, run_dir
 
 ``teacher_params``/``teacher_gflops`` are the sweep teacher's (the fine-tuned one), also for the
 students of an assistant chain; ``teacher_seed`` is the fine-tuning seed of the teacher replicate a
@@ -12,7 +13,11 @@ student (or assistant) learned from, a teacher's own fine-tuning seed on its row
 that learned from no fine-tuned teacher (a task-agnostic stage from a pre-trained one);
 ``selected_on`` is the split that selected the run's best weights (``holdout``, ``dev`` ...; from
 result.json): with ``holdout``, the ``split == "dev", model == "best"`` rows are scores of those weights
-on a split that took no part in choosing them; ``gflops`` are per sequence of length 128 in the ``convention``
+on a split that took no part in choosing them; ``teacher_check`` is the verdict of
+:mod:`gapkit.analysis.teacher_check` (alpha 0.05) on the fine-tuned teacher a run learned from (a teacher's
+own on its rows): ``above majority``, ``above chance, not majority``, ``above chance`` (regression), ``not
+above chance`` or ``not tested (why)`` (e.g. a task-agnostic stage from a pre-trained teacher); a run that a
+sweep's ``teachers_must_beat`` stopped is one row with status ``skipped`` and the sentence in ``reason``; ``gflops`` are per sequence of length 128 in the ``convention``
 column's convention (``paper``: the paper's axis). Written as ``results.parquet`` and ``results.csv``.
 """
 
@@ -23,14 +28,14 @@ from pathlib import Path
 from ..distill.runfiles import EXPORTED_FILES, RunDir
 from ..io import atomic_write
 from .plan import read_plan
-from .status import node_status
+from .status import TeacherGate, node_status
 
 __all__ = ["build_table", "write_table", "export_table", "COLUMNS"]
 
 COLUMNS = ["sweep", "run", "role", "stage", "teacher", "teacher_kind", "teacher_family", "teacher_params",
            "teacher_gflops", "student", "experts", "method", "params_total", "params_active", "gflops",
            "convention", "task", "split", "metric", "value", "model", "step", "seed", "teacher_seed", "selected_on",
-           "status", "reason",
+           "teacher_check", "status", "reason",
            "wall_time_s", "git_revision", "run_dir"]
 
 
@@ -49,11 +54,19 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
         if result is not None:
             results[node.id] = result
     teachers = {}  # (teacher name, task, teacher seed) -> the fine-tuned teacher's result
+    gate = TeacherGate(nodes, output_dir, sweep.get("teachers_must_beat") or "none")
+    verdicts = {}  # the same keys -> the teacher fine-tune's chance check verdict
     for node in nodes:
         if node.kind == "finetune" and node.id in results:
             m = node.meta
-            teachers[(m.get("teacher"), m.get("task"), m.get("teacher_seed", m.get("seed")))] = results[node.id]
+            key = (m.get("teacher"), m.get("task"), m.get("teacher_seed", m.get("seed")))
+            teachers[key] = results[node.id]
+            check = gate.check(node)
+            verdicts[key] = check.get("verdict") if check else None
+    states = {n.id: node_status(n, output_dir) for n in nodes if n.kind != "prepare" and n.id not in results}
+    states.update(gate.skipped(states))
     rows = []
+    by_id = {n.id: n for n in nodes}
     for node in nodes:
         if node.kind == "prepare":
             continue
@@ -61,6 +74,9 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
         teacher = teachers.get((m.get("teacher"), m.get("task"), m.get("teacher_seed"))) or next(
             (r for (name, task, _), r in teachers.items() if name == m.get("teacher") and task == m.get("task")),
             None) or next((r for (name, _, _), r in teachers.items() if name == m.get("teacher")), None)
+        verdict = verdicts.get((m.get("teacher"), m.get("task"), m.get("teacher_seed")))
+        if not _after_finetune(node, by_id):
+            verdict = "not tested (learned from the pre-trained teacher only: no labels to test it on)"
         base = dict(sweep=sweep.get("name"), run=node.id, role=m.get("role"), stage=node.kind,
                     teacher=m.get("teacher"), teacher_kind=m.get("teacher_kind"),
                     teacher_family=m.get("teacher_family"),
@@ -69,12 +85,13 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
                     student=m.get("student"), experts=m.get("experts"), method=m.get("method"),
                     convention=convention, task=m.get("task"), seed=m.get("seed"),
                     teacher_seed=m["teacher_seed"] if "teacher_seed" in m else _old_teacher_seed(node, sweep),
+                    teacher_check=verdict,
                     run_dir=str(node.folder(Path(output_dir).resolve())))
         result = results.get(node.id)
         if result is None:
-            status, reason = node_status(node, output_dir)
-            if status == "failed":
-                rows.append(dict(base, status="failed", reason=reason))
+            status, reason = states[node.id]
+            if status in ("failed", "skipped"):
+                rows.append(dict(base, status=status, reason=reason))
             continue
         base.update(params_total=result.params_total, params_active=result.params_active,
                     gflops=(result.student.get("gflops") or {}).get(convention), status=result.status,
@@ -91,6 +108,14 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
     for col in ("value", "gflops", "teacher_gflops", "wall_time_s"):
         table[col] = table[col].astype("float64")
     return table
+
+
+def _after_finetune(node, by_id: dict) -> bool:
+    """Whether a run is, or learns (through any run it needs) from, a fine-tuned teacher: the runs whose
+    teacher has a chance check."""
+    if node.kind == "finetune" and node.meta.get("role") == "teacher":
+        return True
+    return any(_after_finetune(by_id[d], by_id) for d in node.deps if d in by_id)
 
 
 def _old_teacher_seed(node, sweep: dict) -> int | None:
