@@ -7,7 +7,10 @@ layer (relation loss), every hidden state (hidden-state loss), the logits (soft 
 
 With logits alone (task KD without relations or hidden states) the teacher's outputs never change
 (it is frozen and in eval mode), so :meth:`TeacherSide.cache_logits` computes them once for the whole
-training set instead of once per step.
+training set instead of once per step, and keeps them on disk (:mod:`gapkit.distill.teacher_cache`) for
+every later run of the same teacher and examples. Such a side loads its teacher only when something needs
+it: a run that reads its logits from the disk never does (the checks it makes read the teacher's facts
+recorded with the file).
 
 A side that feeds several runs (``share_relation_rows``) also shares the teacher's half of the relation
 loss: each output carries a ``relation_rows`` dict, filled by the first student's relation loss and read
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -32,6 +36,7 @@ from ..models.teacher import Teacher, TeacherOutput
 from .compiling import (GRAPHED_MODES, SHAPES_PER_BUCKET, bucket_lengths, bucket_of, compile_options, cut, pad_length,
                         raise_recompile_limit)
 from .config import DistillSpec
+from .teacher_cache import LogitStore
 
 __all__ = ["TeacherSide", "TeacherSideOutput", "TeacherNeeds", "to_device", "autocast"]
 
@@ -87,7 +92,8 @@ class TeacherSide:
     """A frozen teacher on a device, computing what its runs need.
 
     Args:
-        teacher: the loaded :class:`~gapkit.models.teacher.Teacher`.
+        teacher: the loaded :class:`~gapkit.models.teacher.Teacher`, or a function loading it, called when
+            the side first needs it (:attr:`teacher`).
         ref: its name or folder, as the run config gives it.
         needs: what to compute.
         device, bf16: where, and whether under bf16 autocast (CUDA only).
@@ -100,17 +106,40 @@ class TeacherSide:
             construction (a group shares the side its first run loaded).
     """
 
-    def __init__(self, teacher: Teacher, ref: str, needs: TeacherNeeds, device: torch.device, bf16: bool = True,
-                 compile: str = "off", buckets: tuple[int, ...] | None = None, share_relation_rows: bool = False):
-        self.teacher = teacher.to(device)
+    def __init__(self, teacher: Teacher | Callable[[], Teacher], ref: str, needs: TeacherNeeds, device: torch.device,
+                 bf16: bool = True, compile: str = "off", buckets: tuple[int, ...] | None = None,
+                 share_relation_rows: bool = False):
         self.ref, self.needs, self.device, self.bf16 = ref, needs, device, bf16
         self.compile, self.buckets = compile, tuple(buckets or ())
         self.share_relation_rows = share_relation_rows
         # cache_logits' passes over a training set, by the key of its features (runs of a group share them).
         self._logit_cache: dict[str, list[torch.Tensor]] = {}
-        if compile != "off":
-            if not self.buckets:
-                raise ValueError("A compiled TeacherSide needs its bucket lengths (compiling.bucket_lengths).")
+        # The teacher's facts as a logit file recorded them (max_positions, vocab_size, params): answered
+        # without loading the teacher (LogitStore.facts).
+        self.known_facts: dict = {}
+        if compile != "off" and not self.buckets:
+            raise ValueError("A compiled TeacherSide needs its bucket lengths (compiling.bucket_lengths).")
+        self._teacher: Teacher | None = None
+        self._loader = None
+        if isinstance(teacher, Teacher):
+            self._install(teacher)
+        else:
+            self._loader = teacher
+
+    @property
+    def teacher(self) -> Teacher:
+        """The teacher, on the device (loaded now if it was not yet)."""
+        if self._teacher is None:
+            self._install(self._loader())
+        return self._teacher
+
+    @property
+    def loaded(self) -> bool:
+        return self._teacher is not None
+
+    def _install(self, teacher: Teacher) -> None:
+        self._teacher = teacher.to(self.device)
+        if self.compile != "off":
             self._compile_teacher()
 
     @classmethod
@@ -129,7 +158,12 @@ class TeacherSide:
         num_labels = task.num_labels if needs.logits else 0
         if needs.logits:
             _check_task_head(spec.teacher, task)
-        teacher = Teacher.from_pretrained(spec.teacher, num_labels=num_labels, task=head, qkv_layer=spec.teacher_layer)
+
+        def load() -> Teacher:
+            return Teacher.from_pretrained(spec.teacher, num_labels=num_labels, task=head, qkv_layer=spec.teacher_layer)
+
+        # Logits alone may come from the disk (cache_logits): the teacher is then loaded only if they do not.
+        teacher = load if needs.logits_only else load()
         buckets = bucket_lengths(spec.data.max_len, spec.train.compile_buckets) if spec.train.compile != "off" else None
         return cls(teacher, str(spec.teacher), needs, device, spec.train.bf16, spec.train.compile, buckets)
 
@@ -148,14 +182,27 @@ class TeacherSide:
 
     @property
     def max_positions(self) -> int:
-        return self.teacher.max_positions
+        return self.known_facts["max_positions"] if self._known("max_positions") else self.teacher.max_positions
+
+    @property
+    def vocab_size(self) -> int:
+        return self.known_facts["vocab_size"] if self._known("vocab_size") else self.teacher.config.vocab_size
 
     @property
     def config(self):
         return self.teacher.config
 
     def num_parameters(self) -> int:
+        if self._known("params"):
+            return self.known_facts["params"]
         return sum(p.numel() for p in self.teacher.parameters())
+
+    def _known(self, fact: str) -> bool:
+        return not self.loaded and fact in self.known_facts
+
+    def facts(self) -> dict:
+        """What a run checks of the teacher (and records), kept with its logits on disk."""
+        return dict(max_positions=self.max_positions, vocab_size=self.vocab_size, params=self.num_parameters())
 
     # -- compute -------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -207,18 +254,42 @@ class TeacherSide:
             logits=logits)
 
     @torch.no_grad()
-    def cache_logits(self, features, batch_size: int, pad_token_id: int, key: str | None = None) -> list[torch.Tensor]:
-        """Teacher logits of every example of ``features``, computed once.
+    def cache_logits(self, features, batch_size: int, pad_token_id: int, key: str | None = None,
+                     store: LogitStore | None = None) -> list[torch.Tensor]:
+        """Teacher logits of every example of ``features``, computed once: one pass in file order, in
+        chunks of ``batch_size`` (never the training batches: whatever their order and size, an example's
+        logits are the same bits).
 
         Args:
             key: names the features (e.g. the run's data settings and data seed), so that several runs
                 sharing this teacher side share one pass; None computes afresh.
+            store: the file of these logits (:class:`~gapkit.distill.teacher_cache.LogitStore`, whose key
+                then names them in memory too): read when it is there, else computed and written; its
+                ``source`` says which.
         Returns:
             One (C,) or, for token tasks, (T_i, C) float tensor per example.
         """
         memo = self._logit_cache
+        key = store.digest if store is not None else key
         if key is not None and key in memo:
+            if store is not None:
+                store.source = "cache"
             return memo[key]
+        if store is None:
+            logits = self._logit_pass(features, batch_size, pad_token_id)
+        else:
+            with store.locked():  # a concurrent run of the same key computes it once; this one then reads
+                logits = store.read(features)
+                store.source = "cache"
+                if logits is None:
+                    logits = self._logit_pass(features, batch_size, pad_token_id)
+                    store.write(logits, self.facts())
+                    store.source = "teacher"
+        if key is not None:
+            memo[key] = logits
+        return logits
+
+    def _logit_pass(self, features, batch_size: int, pad_token_id: int) -> list[torch.Tensor]:
         cached = []
         for start in range(0, len(features), batch_size):
             chunk = [features[i] for i in range(start, min(start + batch_size, len(features)))]
@@ -226,8 +297,6 @@ class TeacherSide:
             logits = self(batch).logits.float().cpu()
             for i, f in enumerate(chunk):
                 cached.append(logits[i, :len(f["input_ids"])].clone() if logits.dim() == 3 else logits[i].clone())
-        if key is not None:
-            memo[key] = cached
         return cached
 
 

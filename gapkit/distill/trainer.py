@@ -52,6 +52,7 @@ from .losses import NonFiniteLossError, check_finite, combine, mean_entropy, tem
 from .result import RunResult, git_revision, run_id
 from .rng import RunRNG, derive_seed
 from .runfiles import PREDICTIONS, RunDir, RunFolder
+from .teacher_cache import LogitStore, cache_folder
 from .teacher_side import TeacherNeeds, TeacherSide, TeacherSideOutput, autocast, to_device
 from .trainee import Trainee, build_model
 
@@ -168,9 +169,9 @@ def check_compatible(spec: DistillSpec, task: TaskData, model: nn.Module, teache
     if teacher is not None:
         # Teachers with learned absolute positions (BERT) cannot go past them; RoBERTa keeps 2 for padding.
         check_max_len(spec.data.max_len, teacher.max_positions, f"{where} (teacher {spec.teacher})")
-        if task.vocab_size > teacher.config.vocab_size:
+        if task.vocab_size > teacher.vocab_size:
             raise ConfigError(f"The tokenizer has {task.vocab_size} ids but teacher {spec.teacher!r} only "
-                              f"{teacher.config.vocab_size}: use the teacher's tokenizer (data.tokenizer).")
+                              f"{teacher.vocab_size}: use the teacher's tokenizer (data.tokenizer).")
     model_vocab = model.spec.vocab_size if hasattr(model, "spec") else getattr(model.model.config, "vocab_size", None)
     if model_vocab is not None and model_vocab < task.vocab_size:
         raise ConfigError(f"The model's vocabulary ({model_vocab} ids) is smaller than the tokenizer's "
@@ -258,6 +259,10 @@ class Run:
         teacher: a teacher side shared with other runs (a sweep's group); by default the run loads its
             own from ``spec.teacher``.
         progress: show a progress bar (rank 0).
+        teacher_cache: where task KD from logits alone keeps its teacher's logits
+            (:func:`gapkit.distill.teacher_cache.cache_folder`: a folder, False for off, None for
+            ``$GAPKIT_TEACHER_CACHE`` or ``<gapkit cache>/teacher_outputs``). The students are bitwise the same
+            either way; a run reading the file never loads its teacher.
     Attributes:
         finished: True when the folder already holds this run's result (``result`` is then set).
         step_count: optimizer steps taken; ``total_steps``: where the run ends.
@@ -267,16 +272,17 @@ class Run:
     """
 
     def __init__(self, spec: DistillSpec, resume: bool = False, teacher: TeacherSide | None = None,
-                 progress: bool = True):
+                 progress: bool = True, teacher_cache: str | Path | bool | None = None):
         try:
-            self._build(spec, resume, teacher, progress)
+            self._build(spec, resume, teacher, progress, teacher_cache)
         except BaseException:
             folder = getattr(self, "folder", None)
             if folder is not None:  # the folder's lock goes with a run that could not start
                 folder.close()
             raise
 
-    def _build(self, spec: DistillSpec, resume: bool, teacher: TeacherSide | None, progress: bool) -> None:
+    def _build(self, spec: DistillSpec, resume: bool, teacher: TeacherSide | None, progress: bool,
+               teacher_cache: str | Path | bool | None) -> None:
         self.t_start = time.time()
         self.spec, self.train_spec = spec, spec.train
         train = spec.train
@@ -304,6 +310,14 @@ class Run:
         self.task = task = load_task(spec, self.tokenizer)
         self._predictions: dict[str, tuple] = {}  # split -> (predictions, labels) of its last evaluation
         self.teacher = teacher if teacher is not None else TeacherSide.load(spec, task, self.device)
+        needs = TeacherNeeds.of(spec)
+        # Task KD from logits alone reads its teacher's logits from disk when an earlier run wrote them; the
+        # teacher's facts recorded there answer the checks below without loading it.
+        self.logit_store = (LogitStore.for_run(spec, task, self.device, cache_folder(teacher_cache))
+                            if self.teacher is not None and needs.logits_only else None)
+        facts = self.logit_store.facts() if self.logit_store is not None else None
+        if facts and not self.teacher.loaded:
+            self.teacher.known_facts = facts
         with self.rng.active():
             self.model, self.new_weights = build_model(spec, task)
         if self.new_weights and self.rank == 0:  # intended (a task head on an encoder), but never silent
@@ -314,13 +328,14 @@ class Run:
             raise ConfigError(f"train.compile applies to gapkit students, and run {spec.name!r} fine-tunes the Hugging "
                               f"Face model {spec.student}: set train.compile to off for it.")
         self.amp = autocast(self.device, train.bf16)
-        needs = TeacherNeeds.of(spec)
         teacher_logits = None
         if self.teacher is not None and needs.logits_only:
-            # Task KD from logits alone: one teacher pass over the training set instead of one per step
-            # (and one for all the runs that share this teacher side and these examples).
+            # Task KD from logits alone: one teacher pass over the training set instead of one per step (and one
+            # for all the runs that share this teacher side and these examples, and, through the file, for
+            # every later run of this teacher on these examples).
             key = json.dumps([spec.data.__dict__, train.data_seed, train.eval_batch_size], sort_keys=True, default=str)
-            teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key)
+            teacher_logits = self.teacher.cache_logits(task.train, train.eval_batch_size, task.pad_token_id, key,
+                                                       store=self.logit_store)
         self.soft_labels = self._soft_labels(spec, task, teacher_logits)
         self.batches = Batches(task.train, train.batch_size, train.grad_accum, train.data_seed, task.pad_token_id,
                                self.rank, self.world, teacher_logits, train.group_by_length)
@@ -708,7 +723,8 @@ class Run:
                          params_total=self.model.num_parameters(), params_active=self.model.num_parameters(active=True),
                          gflops=_gflops(self.model), seq_len=PAPER_SEQ_LEN, new_weights=list(self.new_weights)),
             teacher=(dict(ref=self.teacher.ref, params=self.teacher.num_parameters(),
-                          **({"soft_labels": self.soft_labels} if self.soft_labels else {}))
+                          **({"soft_labels": self.soft_labels} if self.soft_labels else {}),
+                          **({"logits": self.logit_store.record()} if self.logit_store is not None else {}))
                      if self.teacher is not None else None),
             seeds=dict(init=self.train_spec.init_seed, data=self.train_spec.data_seed),
             gapkit_version=__version__, git_revision=git_revision(),
@@ -768,7 +784,8 @@ def _jsonable(config: dict) -> dict:
 # ----------------------------------------------------------------------------------------------------
 # The loop
 # ----------------------------------------------------------------------------------------------------
-def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool = True) -> RunResult:
+def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool = True,
+        teacher_cache: str | Path | bool | None = None) -> RunResult:
     """Train one run into ``spec.output_dir``: build, loop, finish.
 
     Args:
@@ -777,13 +794,14 @@ def run(spec: DistillSpec, resume: bool = False, callback=None, progress: bool =
             config, read its result back.
         callback: optional ``callback(step, logs, model)`` after every optimizer step (tests, notebooks).
         progress: show a progress bar (rank 0).
+        teacher_cache: where task KD from logits alone keeps its teacher's logits (see :class:`Run`).
     Returns:
         The run's :class:`RunResult`.
     Raises:
         ConfigError / DataError / ModelError: bad input, before any training.
         TrainingFailed: a NaN/inf loss; ``failure.json`` says at which step and in which term.
     """
-    r = Run(spec, resume=resume, progress=progress)
+    r = Run(spec, resume=resume, progress=progress, teacher_cache=teacher_cache)
     try:
         while not r.done:
             logs = r.step()

@@ -2,7 +2,10 @@
 
 Runs of the same teacher, stage, data, batch geometry and data seed see the same batches in the same
 order; a group trains them together: each step's batches go through the teacher once (task KD from
-logits alone shares one cached pass over the training set), and every student steps on them. Each
+logits alone shares one cached pass over the training set), and every student steps on them. Task KD from
+logits alone also keeps that pass on disk (:mod:`gapkit.distill.teacher_cache`): the groups of other data
+seeds, the units a memory budget cut a group into and later sweeps on the same teacher and examples read
+it and never load the teacher. Each
 student ends bitwise identical (CPU, fp32) to the same run trained alone. A student whose loss turns
 NaN is recorded as failed and leaves the group; the others go on. Runs resumed at different steps
 (after a kill) are stepped lagging-first until they align.
@@ -51,10 +54,15 @@ def _started(folder: Path) -> bool:
     return folder.is_dir() and any(not p.name.endswith(".tmp") for p in folder.iterdir())
 
 
-def run_group(specs: list[DistillSpec], progress: bool = False) -> list[Outcome]:
+def run_group(specs: list[DistillSpec], progress: bool = False, teacher_cache=None) -> list[Outcome]:
     """Train ``specs`` (a group: equal :func:`group_key`) on one teacher pass per batch.
 
     Finished runs of the same config are read back; interrupted ones resume from their checkpoints.
+
+    Args:
+        teacher_cache: where task KD from logits alone keeps its teacher's logits
+            (:class:`~gapkit.distill.trainer.Run`'s argument; default ``$GAPKIT_TEACHER_CACHE`` or
+            ``<gapkit cache>/teacher_outputs``).
 
     Returns:
         One :class:`Outcome` per spec, in order.
@@ -64,7 +72,8 @@ def run_group(specs: list[DistillSpec], progress: bool = False) -> list[Outcome]
     shared = None
     for spec in specs:
         try:
-            r = Run(spec, resume=_started(Path(spec.output_dir)), teacher=shared, progress=progress)
+            r = Run(spec, resume=_started(Path(spec.output_dir)), teacher=shared, progress=progress,
+                    teacher_cache=teacher_cache)
         except GapkitError as err:  # bad input for this run: recorded, the others go on
             outcomes[spec.output_dir] = Outcome(spec.output_dir, "failed", " ".join(str(err).split()))
             continue
