@@ -75,3 +75,9 @@ def test_readme_main_command_sets_up_the_notebooks_and_its_figures_are_committed
     assert len(images) >= 2 and all((ROOT / path).is_file() for path in images), images
     links = re.findall(r"\]\(((?:docs|results)/[^)#]+)\)", README)
     assert all((ROOT / path).exists() for path in links), [p for p in links if not (ROOT / p).exists()]
+
+
+def test_the_test_command_shows_skip_reasons():
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    options = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]["addopts"]
+    assert "-rs" in options.split()  # a skipped test is listed with its reason under the run
