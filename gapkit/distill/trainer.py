@@ -54,6 +54,7 @@ from .rng import RunRNG, derive_seed
 from .runfiles import PREDICTIONS, RunDir, RunFolder
 from .teacher_cache import LogitStore, cache_folder
 from .teacher_side import TeacherNeeds, TeacherSide, TeacherSideOutput, autocast, to_device
+from .tracking import check_tracker, open_tracker
 from .trainee import Trainee, build_model
 
 __all__ = ["Run", "LoopState", "run", "RunResult", "init_distributed"]
@@ -305,6 +306,7 @@ class Run:
         # Everything that can be wrong is found here, before a single step.
         if self.rank == 0:
             spec.check_output_writable()
+            check_tracker(train.tracking)
         self.rng = RunRNG(train.init_seed, self.device)
         self.tokenizer = load_tokenizer(spec)
         self.task = task = load_task(spec, self.tokenizer)
@@ -374,6 +376,9 @@ class Run:
                 raise ConfigError("train.tensorboard needs the tensorboard package: pip install "
                                   "'gapkit[tensorboard]'.") from None
             self.folder.tensorboard = SummaryWriter(str(self.folder.dir / "tensorboard"))
+        if self.rank == 0:
+            self.folder.tracker = open_tracker(train.tracking, self.folder, config, spec.name, self.run_id,
+                                               resume=mode == "resume")
         self.ddp = _LossTerms(self.trainee)
         if self.distributed:
             # Parameters a step leaves without a gradient must be found each step (DDP would otherwise wait
@@ -388,6 +393,7 @@ class Run:
         self.bar = tqdm(total=self.total_steps, initial=self.state.step, desc=spec.name, dynamic_ncols=True,
                         disable=not (progress and self.rank == 0))
         self._window_tokens, self._window_t0 = 0, time.time()
+        self.folder.start_progress(self.state.step, self.total_steps, launched_at=self.t_start)
 
     # -- where the run stands ------------------------------------------------------------------------
     @property
@@ -459,6 +465,7 @@ class Run:
                 logs["peak_memory_mb"] = torch.cuda.max_memory_allocated(self.device) / 2**20
             self._window_tokens, self._window_t0 = 0, time.time()
             self.folder.log([dict(step=step, split="train", metric=k, value=v) for k, v in logs.items()])
+            self.folder.log_progress(step, logs["tokens_per_s"])
             self.bar.set_postfix(loss=f"{logs['total']:.4f}", tok_s=f"{logs['tokens_per_s']:.0f}")
         if self.model.is_moe and (step % train.routing_every == 0 or step == 1):
             self.folder.add_routing(routing_rows(routing, batch["attention_mask"], input_ids=batch["input_ids"],
