@@ -232,6 +232,10 @@ def _add_sweep_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pilot", metavar="DIR",
                         help="with --dry-run and --seeds-for: a finished (pilot) sweep whose variances say how many "
                              "seeds each student needs")
+    parser.add_argument("--throughput", action="append", default=[], metavar="SOURCE",
+                        help="with --dry-run: the rates behind its GPU-hours: a throughput CSV (benchmarks/throughput.py; "
+                             "default results/bench/throughput.csv when it exists), MODEL:PHASE=TOKENS_PER_S (phase "
+                             "train or forward) or mfu=F (the assumption's); repeatable")
     parser.add_argument("--seeds-for", type=float, default=None, metavar="EFFECT",
                         help="with --pilot: the curse (and lift) size in metric points to detect with 80%% power")
 
@@ -250,6 +254,13 @@ def _run_sweep(args: argparse.Namespace) -> int:
         from .analysis.report import seeds_plan
 
         pilot = seeds_plan(load_table(args.pilot), args.seeds_for)
+    from .sweep.cost import Throughput
+
+    if args.throughput and not args.dry_run:
+        from .errors import ConfigError
+
+        raise ConfigError("--throughput sets the rates of the dry run's GPU-hours: add --dry-run.")
+    throughput = Throughput.parse(args.throughput) if args.dry_run else None
     spec = SweepSpec.from_file(args.config, args.overrides)
     nodes = plan(spec)
     from .sweep.plan import plan_changes
@@ -257,7 +268,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
     changes = plan_changes(spec.output_dir, nodes, spec)  # the folder's earlier plan, if any
     dropped = changes is not None and bool(changes.dropped)
     if args.dry_run:
-        print(format_plan(nodes, spec))
+        print(format_plan(nodes, spec, throughput))
         if dropped:
             print("\nNote: " + changes.sentence(spec.output_dir))
         if pilot is not None:
@@ -275,7 +286,7 @@ def _run_sweep(args: argparse.Namespace) -> int:
               f"results and status (their folders stay in runs/).", file=sys.stderr)
     from .sweep import run_sweep  # torch from here on: the plan is checked, and a bad one said, without it
 
-    report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
+    report = run_sweep(spec, executor=args.executor, progress=not args.quiet, replan=args.replan)
     import pandas as pd
 
     from .sweep.table import build_table, summary
@@ -503,6 +514,9 @@ def _add_quickstart_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where the runs go (default: the quickstart's own, local: 2 single-threaded worker "
                              "processes, which a busy machine slows only as much as its load)")
     parser.add_argument("--print-config", action="store_true", help="print the quickstart's sweep file and exit")
+    parser.add_argument("--replan", action="store_true",
+                        help="go on when the folder holds runs of an earlier quickstart plan that this one drops "
+                             "(they leave its results; their folders stay)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the quickstart's sweep (as gapkit sweep --set)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -522,7 +536,7 @@ def _run_quickstart(args: argparse.Namespace) -> int:
           f"CPU (a few minutes): teachers of {len(spec.teacher_entries())} sizes trained from scratch, then dense "
           f"and MiniMoE students ({', '.join(spec.student_specs())}) distilled from each, {len(spec.seeds)} "
           f"seed(s); then the curse and lift tests on the results.\n")
-    report = run_sweep(spec, executor=args.executor, progress=not args.quiet)
+    report = run_sweep(spec, executor=args.executor, progress=not args.quiet, replan=args.replan)
     table = build_table(spec.output_dir)
     grid = summary(table)
     with pd.option_context("display.width", 200, "display.max_columns", 50):

@@ -310,7 +310,7 @@ def _stub_run_sweep(monkeypatch) -> list:
 
     calls = []
 
-    def fake(spec, executor=None, progress=True, log=print):
+    def fake(spec, executor=None, progress=True, log=print, replan=False):
         calls.append(spec)
 
         class Report:
@@ -333,6 +333,18 @@ def test_an_extended_sweep_reuses_its_folder_and_a_replanned_one_says_so(tmp_pat
     assert "settings changed: seeds" in capsys.readouterr().err
     assert main(["sweep", str(tmp_path / "sweep.yaml"), "--quiet", "--replan"]) == 0 and len(calls) == 2
     assert "1 run(s) of its earlier plan are left out" in capsys.readouterr().err
+
+
+def test_run_sweep_itself_refuses_a_plan_that_drops_started_runs(tmp_path):
+    """The guard is in run_sweep, so the quickstart, notebooks and scripts get it as gapkit sweep does."""
+    from gapkit.sweep import run_sweep
+
+    started_sweep(seeds=[1])(tmp_path)
+    spec = SweepSpec.from_file(tmp_path / "sweep.yaml")
+    before = (Path(spec.output_dir) / "plan.json").read_text()
+    with pytest.raises(ConfigError, match="settings changed: seeds"):
+        run_sweep(spec, progress=False)
+    assert (Path(spec.output_dir) / "plan.json").read_text() == before  # nothing written
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -34,7 +34,7 @@ from ..distill.runfiles import RunDir
 from ..errors import ConfigError
 from ..io import atomic_write
 from .group import Outcome, group_key, memory_estimate, prepare_truncated, run_group
-from .plan import Node, estimate, node_shape, plan, plan_json
+from .plan import Node, estimate, node_shape, plan, plan_changes, plan_json
 from .spec import EXECUTORS, SweepSpec
 from .status import FailureRecords, TeacherGate, node_status, plan_status
 from .table import write_table
@@ -246,7 +246,8 @@ def _units(ready: list[Node], nodes: list[Node], output_dir: str, budget_bytes: 
     return units
 
 
-def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = True, log=print) -> SweepReport:
+def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = True, log=print,
+              replan: bool = False) -> SweepReport:
     """Run (or continue) a sweep: every run of its plan, in dependency order, on the chosen executor.
 
     Args:
@@ -254,6 +255,8 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
         executor: ``inline``, ``local`` or ``slurm`` (default: the spec's ``executor.kind``).
         progress: progress bars of the runs (inline) and a line per finished unit.
         log: where the scheduler's lines go.
+        replan: go on when ``output_dir`` holds an earlier plan with started runs that this one drops (they
+            leave the results and status; their folders stay). Without it, that is refused.
     Returns:
         A :class:`SweepReport`; the results table is written to ``output_dir/results.{parquet,csv}``.
     """
@@ -265,6 +268,9 @@ def run_sweep(spec: SweepSpec, executor: str | None = None, progress: bool = Tru
         more = len(stale) - 1
         raise ConfigError(f"Sweep {spec.name}: {status[stale[0]][1].rstrip('.')}" + (
             f"; {more} more planned run(s) are stale too (`gapkit status {out}` lists them)." if more else "."))
+    changes = plan_changes(out, nodes, spec)  # the folder's earlier plan: runs it started must not vanish unsaid
+    if changes is not None and changes.dropped and not replan:
+        raise ConfigError(changes.sentence(out))
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "plan.json", plan_json(nodes, spec))
     failures = FailureRecords(out)
