@@ -145,7 +145,8 @@ def test_no_module_imports_the_package_root():
 # ----------------------------------------------------------------------------------------------------
 # One module knows where each file of a run folder lives
 # ----------------------------------------------------------------------------------------------------
-RUN_FILES = ("result.json", "failure.json", "predictions.safetensors", "routing.parquet", "metrics.jsonl")
+RUN_FILES = ("result.json", "failure.json", "predictions.safetensors", "routing.parquet", "metrics.jsonl", "progress.json",
+             "tracking.json")
 RUN_DIRS = ("best", "checkpoint")
 LAYOUT_MODULE = ROOT / "distill" / "runfiles.py"
 
