@@ -320,13 +320,21 @@ def node_shape(node: Node, nodes: dict[str, Node]) -> StudentSpec | None:
     return student if isinstance(student, StudentSpec) else _model_spec(student)
 
 
-def estimate(nodes: list[Node]) -> list[dict]:
-    """Per node: params (total, active), GFLOPs per sequence (paper convention), training steps and the
+def estimate(nodes: list[Node], throughput=None) -> list[dict]:
+    """Per node: params (total, active), GFLOPs per sequence (paper convention), training steps, the
     training compute in PFLOPs (flops convention: 2 x MACs; 3 passes per step for the trained model, one
-    teacher forward), where the shapes and data sizes are known."""
+    teacher forward) and GPU-hours (:mod:`gapkit.sweep.cost`: ``gpu_hours``, and ``rate``: ``measured``,
+    ``assumed`` or ``partly measured``), where the shapes and data sizes are known.
+
+    Args:
+        nodes: the plan.
+        throughput: a :class:`gapkit.sweep.cost.Throughput`; None uses the stated assumption alone.
+    """
     from ..flops import analytic_count, count_params
     from ..flops import ResolvedModel
+    from .cost import Throughput
 
+    throughput = throughput if throughput is not None else Throughput()
     by_id = {n.id: n for n in nodes}
     rows = []
     for node in nodes:
@@ -336,7 +344,7 @@ def estimate(nodes: list[Node]) -> list[dict]:
             spec = StudentSpec.from_dict(dict(spec.to_dict(), vocab_size=run.data.synthetic.get("vocab_size", 128),
                                               name=None))
         row = dict(id=node.id, kind=node.kind, params_total=None, params_active=None, gflops_paper=None,
-                   steps=None, pflops=None)
+                   steps=None, pflops=None, gpu_hours=None, rate=None, measured_shapes=[], assumed_shapes=[])
         if spec is not None:
             params = count_params(ResolvedModel(node.id, spec).build("meta"))
             row.update(params_total=params["total"], params_active=params["active"],
@@ -352,20 +360,42 @@ def estimate(nodes: list[Node]) -> list[dict]:
             t_spec = node_shape(teacher, by_id) if teacher is not None else (
                 _model_spec(run.teacher) if run.teacher else None)
             L = data.max_len
-            if steps and spec is not None:
+            # A run whose teacher's shape is unknown offline is of unknown cost: its student's part alone
+            # would look like the whole of it.
+            if steps and spec is not None and (t_spec is not None or not run.teacher):
                 per_step = 3 * analytic_count(spec, seq_len=L, batch=ts.batch_size, convention="flops")
                 if t_spec is not None:
                     per_step += analytic_count(t_spec, seq_len=L, batch=ts.batch_size, convention="flops")
                 row["pflops"] = steps * per_step / 1e15
+                row.update(_gpu_hours(throughput, spec, t_spec, steps, ts.batch_size, L))
         rows.append(row)
     return rows
 
 
-def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
-    """The dry-run table: runs in order, with what they train, their size, cost and dependencies."""
-    rows = estimate(nodes)
+def _gpu_hours(throughput, spec: StudentSpec, teacher: StudentSpec | None, steps: int, batch: int,
+               seq_len: int) -> dict:
+    """A run's GPU-hours: its trained model's training steps plus its teacher's forwards (gapkit.sweep.cost)."""
+    parts = [(spec, "train")] + ([(teacher, "forward")] if teacher is not None else [])
+    seconds, kinds, out = 0.0, set(), dict(measured_shapes=[], assumed_shapes=[])
+    for model, phase in parts:
+        step, kind = throughput.step_seconds(model, phase, batch, seq_len)
+        seconds += steps * step
+        kinds.add(kind)
+        out[f"{kind}_shapes"].append(f"{model.shape_name} {phase}")
+    rate = kinds.pop() if len(kinds) == 1 else "partly measured"
+    return dict(out, gpu_hours=seconds / 3600, rate=rate)
+
+
+def format_plan(nodes: list[Node], spec: SweepSpec, throughput=None) -> str:
+    """The dry-run table: runs in order, with what they train, their size, cost and dependencies, then the
+    totals: compute, and GPU-hours per stage from ``throughput`` (a :class:`gapkit.sweep.cost.Throughput`;
+    None: the stated assumption alone), naming which rates were measured and which assumed."""
+    from .cost import Throughput
+
+    throughput = throughput if throughput is not None else Throughput()
+    rows = estimate(nodes, throughput)
     header = ("#", "kind", "teacher", "student", "method", "task", "seed", "teacher seed", "params (M) total/active",
-              "GFLOPs (paper)", "steps", "PFLOPs (flops)", "after")
+              "GFLOPs (paper)", "steps", "PFLOPs (flops)", "GPU-h", "after")
     index = {n.id: i + 1 for i, n in enumerate(nodes)}
     body = []
     for i, (node, row) in enumerate(zip(nodes, rows), 1):
@@ -381,6 +411,8 @@ def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
                      "-" if row["gflops_paper"] is None else _number(row["gflops_paper"]),
                      "-" if row["steps"] is None else str(row["steps"]),
                      "-" if row["pflops"] is None else f"{row['pflops']:.3g}",
+                     "-" if row["gpu_hours"] is None else _hours(row["gpu_hours"]) + ("*" if row["rate"] != "measured"
+                                                                                      else ""),
                      ",".join(str(index[d]) for d in node.deps) or "-"))
     widths = [max(len(r[k]) for r in (header, *body)) for k in range(len(header))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in (header, *body)]
@@ -393,12 +425,43 @@ def format_plan(nodes: list[Node], spec: SweepSpec) -> str:
               f"Training compute: about {sum(known):.3g} PFLOPs (flops convention, 2 x MACs: 3 passes per step "
               f"for the trained model plus one teacher forward)"
               + (f"; {unknown} run(s) of unknown size or data left out." if unknown else ".")]
+    lines += _gpu_hours_lines(nodes, rows, throughput, unknown)
     paper_axis = sorted({float(_number(r["gflops_paper"])) for n, r in zip(nodes, rows)
                          if n.meta.get("role") == "student" and r["gflops_paper"] is not None})
     if paper_axis:
         lines.append("Student GFLOPs on the paper's axis (linear layers, sequence length 128): "
                      + ", ".join(_number(g) for g in paper_axis) + ".")
     return "\n".join(lines)
+
+
+def _gpu_hours_lines(nodes: list[Node], rows: list[dict], throughput, unknown: int) -> list[str]:
+    """The dry run's GPU-hours: per stage and in all, and where each rate came from."""
+    hours = {}
+    for node, row in zip(nodes, rows):
+        if row["gpu_hours"] is not None:
+            hours[node.kind] = hours.get(node.kind, 0.0) + row["gpu_hours"]
+    if not hours:
+        return []
+    measured = sorted({s for r in rows for s in r["measured_shapes"]})
+    assumed = sorted({s for r in rows for s in r["assumed_shapes"]})
+    stages = ", ".join(f"{kind} {_hours(h)}" for kind, h in hours.items())
+    lines = [f"GPU-hours: about {_hours(sum(hours.values()))} ({stages}; training steps and teacher forwards at "
+             f"max_len, evaluation not counted, a teacher pass shared by a group counted per student)"
+             + (f"; {unknown} run(s) of unknown size or data left out." if unknown else ".")]
+    if measured:
+        machines = throughput.machines()
+        lines.append(f"  measured rates ({', '.join(throughput.sources)}{'; ' + ', '.join(machines) if machines else ''}): "
+                     + ", ".join(measured) + ".")
+    if assumed:
+        lines.append(f"  * {throughput.assumption.sentence()}, for " + ", ".join(assumed) + ": an assumption, not a "
+                     "measurement; measure with benchmarks/throughput.py on the GPU (results/bench/throughput.csv, "
+                     "read by default) or give rates with --throughput MODEL:PHASE=TOKENS_PER_S.")
+    return lines
+
+
+def _hours(value: float) -> str:
+    """GPU-hours to three significant digits (whole hours from 1000 on)."""
+    return f"{value:.0f}" if value >= 1000 else f"{value:.3g}"
 
 
 def _number(value: float) -> str:
