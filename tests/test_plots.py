@@ -392,6 +392,37 @@ def test_routing_figures_of_a_hand_written_run(tmp_path):
     written(fig, tmp_path, "training")
 
 
+def covered_points(fig) -> list[str]:
+    """Data points of the figure's lines that a legend box covers (drawn figure, display coordinates)."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legends = list(fig.legends) + [ax.get_legend() for ax in fig.axes if ax.get_legend() is not None]
+    boxes = [legend.get_window_extent(renderer) for legend in legends]
+    covered = []
+    for ax in fig.axes:
+        for line in ax.get_lines():
+            xy = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+            if not len(xy) or line.get_label().startswith("_child"):
+                continue
+            shown = ax.transData.transform(xy[np.isfinite(xy).all(axis=1)])
+            for box in boxes:
+                if any(box.contains(x, y) for x, y in shown):
+                    covered.append(f"{ax.get_title() or 'axes'}: {line.get_label()}")
+    return covered
+
+
+def test_no_legend_covers_a_line(tmp_path):
+    from gapkit.analysis import paper_results
+
+    table = with_total_params(results_table())
+    figures = {"curse": plot_curse(table, paper=paper_results()), "gap curve": plot_gap_curve(table, "teacher_params"),
+               "moe vs dense": plot_moe_vs_dense(table, moe="minimoe"), "pareto": plot_pareto(table),
+               "routing training": plot_routing_training(routing_folder(tmp_path / "run", 1.1))}
+    for name, fig in figures.items():
+        assert covered_points(fig) == [], f"the {name} figure's legend covers data"
+        plt.close(fig)
+
+
 def token_run(tmp_path) -> Path:
     """A run folder whose routing.parquet has top_tokens, from a real hash-routed student (expert = id % 3)."""
     from gapkit.models import Student, StudentSpec

@@ -987,7 +987,7 @@ def plot_routing_training(run, split: str = "train"):
             ax.set_xlabel("training step")
             ax.set_ylabel(title)
             ax.set_title(f"{title} over training")
-            ax.legend(fontsize=7)
+            ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=2)  # under the axes
         fig.suptitle(f"Routing during training: {_run_name(run)}", fontsize=9)
         fig.tight_layout()
     return fig
