@@ -65,26 +65,16 @@ LOG_DIRS = (CHECKPOINT, BEST, "tensorboard", MLRUNS)
 EXPORTED_FILES = (RESULT, CONFIG, f"{BEST}/{PREDICTIONS}", ROUTING)
 
 
-class RunFolder:
-    """The files of one run; ``writer`` is False on data-parallel ranks other than 0 (they write nothing)."""
+class RunLayout:
+    """Where each file of a run folder lives: the one place the layout is spelled, for the writer
+    (:class:`RunFolder`) and the reader (:class:`RunDir`) alike."""
 
-    def __init__(self, path: str | Path, writer: bool = True):
+    def __init__(self, path: str | Path):
         self.dir = Path(path)
-        self.writer = writer
-        self.routing: list[dict] = []
-        self.tensorboard = None
-        self.tracker = None  # an experiment tracker (gapkit.distill.tracking): log(rows), log_result(result), close()
-        self.progress: ProgressMeter | None = None
-        self._lock: int | None = None
-
-    # -- paths ---------------------------------------------------------------------------------------
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.dir / CHECKPOINT
 
     @property
-    def best_dir(self) -> Path:
-        return self.dir / BEST
+    def config_file(self) -> Path:
+        return self.dir / CONFIG
 
     @property
     def result_file(self) -> Path:
@@ -95,6 +85,23 @@ class RunFolder:
         return self.dir / FAILURE
 
     @property
+    def best_dir(self) -> Path:
+        return self.dir / BEST
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.dir / CHECKPOINT
+
+    @property
+    def final_weights(self) -> Path:
+        """The trained module's state at the last checkpoint (``model.``-prefixed keys)."""
+        return self.checkpoint_dir / FINAL_WEIGHTS
+
+    @property
+    def predictions_file(self) -> Path:
+        return self.best_dir / PREDICTIONS
+
+    @property
     def tracking_file(self) -> Path:
         """Where the experiment tracker's run id is kept, so that a resumed run continues the same tracked run."""
         return self.dir / TRACKING
@@ -103,6 +110,19 @@ class RunFolder:
     def mlruns_dir(self) -> Path:
         """The default MLflow file store of ``train.tracking: mlflow`` (no ``MLFLOW_TRACKING_URI``)."""
         return self.dir / MLRUNS
+
+
+class RunFolder(RunLayout):
+    """The files of one run; ``writer`` is False on data-parallel ranks other than 0 (they write nothing)."""
+
+    def __init__(self, path: str | Path, writer: bool = True):
+        super().__init__(path)
+        self.writer = writer
+        self.routing: list[dict] = []
+        self.tensorboard = None
+        self.tracker = None  # an experiment tracker (gapkit.distill.tracking): log(rows), log_result(result), close()
+        self.progress: ProgressMeter | None = None
+        self._lock: int | None = None
 
     # -- before a run: what is there, and may this spec use it? --------------------------------------
     def inspect(self, config: dict, resume: bool) -> str:
@@ -452,15 +472,12 @@ class RunStatus(NamedTuple):
     reason: str | None = None
 
 
-class RunDir:
+class RunDir(RunLayout):
     """One run folder, read: the only reader of the layout that :class:`RunFolder` writes.
 
     Nothing here writes; a file that is there but unreadable is a :class:`~gapkit.errors.ConfigError`
     naming it (or, from :meth:`status`, a ``failed`` state with that sentence), never a default value.
     """
-
-    def __init__(self, path: str | Path):
-        self.dir = Path(path)
 
     @classmethod
     def owning(cls, path: str | Path) -> "RunDir | None":
@@ -476,36 +493,6 @@ class RunDir:
             return cls(path)
         owner = cls.owning(path)
         return owner if owner is not None and owner.is_run() else None
-
-    # -- where each file lives -----------------------------------------------------------------------
-    @property
-    def config_file(self) -> Path:
-        return self.dir / CONFIG
-
-    @property
-    def result_file(self) -> Path:
-        return self.dir / RESULT
-
-    @property
-    def failure_file(self) -> Path:
-        return self.dir / FAILURE
-
-    @property
-    def best_dir(self) -> Path:
-        return self.dir / BEST
-
-    @property
-    def checkpoint_dir(self) -> Path:
-        return self.dir / CHECKPOINT
-
-    @property
-    def final_weights(self) -> Path:
-        """The trained module's state at the last checkpoint (``model.``-prefixed keys)."""
-        return self.checkpoint_dir / FINAL_WEIGHTS
-
-    @property
-    def predictions_file(self) -> Path:
-        return self.best_dir / PREDICTIONS
 
     # -- what is there -------------------------------------------------------------------------------
     def started(self) -> bool:
