@@ -28,6 +28,8 @@ import yaml
 
 from gapkit.cli import main
 from gapkit.errors import ConfigError, DataError, ModelError
+from config_helpers import fill as _fill
+from config_helpers import merge as _merge
 
 # ----------------------------------------------------------------------------------------------------
 # Shared fixtures: a tokenizer folder and tiny checkpoints (built once)
@@ -69,25 +71,6 @@ def folders(tmp_path_factory) -> dict[str, str]:
     BertForSequenceClassification(config).save_pretrained(teacher)
     return {"{tok}": _tokenizer_folder() or "{no tokenizer}", "{student100}": str(student),
             "{teacher100}": str(teacher), "{distilbert100}": str(distil)}
-
-
-def _fill(obj, values: dict[str, str]):
-    if isinstance(obj, str):
-        for key, value in values.items():
-            obj = obj.replace(key, value)
-        return obj
-    if isinstance(obj, dict):
-        return {k: _fill(v, values) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, values) for v in obj]
-    return obj
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _files(root: Path) -> dict[str, bytes | None]:

@@ -23,6 +23,7 @@ from gapkit.cli import main
 from gapkit.data.custom import load_custom
 from gapkit.distill import DataSpec
 from gapkit.errors import ConfigError, DataError
+from config_helpers import fill
 
 GOOD_DEV = "text,label\nfine,pos\nawful,neg\n"
 GOOD_TRAIN = "text,label\n" + "".join(f"review {i},{'pos' if i % 2 else 'neg'}\n" for i in range(20))
@@ -127,13 +128,7 @@ API = [
 
 
 def _fill(obj, tmp: Path):
-    if isinstance(obj, str):
-        return obj.replace("{tmp}", str(tmp))
-    if isinstance(obj, dict):
-        return {k: _fill(v, tmp) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, tmp) for v in obj]
-    return obj
+    return fill(obj, {"{tmp}": str(tmp)})
 
 
 def _write(tmp: Path, files: dict) -> None:

@@ -28,6 +28,8 @@ import yaml
 
 from gapkit.cli import main
 from gapkit.errors import ConfigError, ModelError
+from config_helpers import fill as _fill
+from config_helpers import merge as _merge
 
 BASE = dict(  # a run that would train in a second: every case breaks one thing of it
     stage="finetune", student="2L-32H-4A", output_dir="{tmp}/run",
@@ -51,25 +53,6 @@ def unwritable(tmp_path) -> str:
     if not Path("/sys").is_dir():
         pytest.skip("running as root without /sys: no folder here refuses root a new folder")
     yield "/sys/gapkit-test"
-
-
-def _fill(obj, values: dict[str, str]):
-    if isinstance(obj, str):
-        for key, value in values.items():
-            obj = obj.replace(key, value)
-        return obj
-    if isinstance(obj, dict):
-        return {k: _fill(v, values) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, values) for v in obj]
-    return obj
-
-
-def _merge(base: dict, over: dict) -> dict:
-    out = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
 
 
 def _files(root: Path) -> dict[str, bytes | None]:

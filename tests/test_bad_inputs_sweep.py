@@ -26,6 +26,7 @@ from gapkit.cli import main
 from gapkit.errors import ConfigError, DataError
 from gapkit.sweep import SweepSpec, plan
 from gapkit.sweep.table import COLUMNS
+from config_helpers import fill
 
 BASE = dict(  # a sweep that plans offline in a second; every case breaks one thing of it
     name="tiny", output_dir="{tmp}/sweep",
@@ -40,13 +41,7 @@ BASE = dict(  # a sweep that plans offline in a second; every case breaks one th
 
 
 def _fill(obj, tmp: Path):
-    if isinstance(obj, str):
-        return obj.replace("{tmp}", str(tmp))
-    if isinstance(obj, dict):
-        return {k: _fill(v, tmp) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_fill(v, tmp) for v in obj]
-    return obj
+    return fill(obj, {"{tmp}": str(tmp)})
 
 
 def sweep_dict(tmp: Path, **over) -> dict:
