@@ -16,7 +16,6 @@ one sentence are marked ``xfail`` with the reason starting ``engine:``; ``models
 
 from __future__ import annotations
 
-import copy
 import os
 import re
 from dataclasses import dataclass

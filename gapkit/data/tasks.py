@@ -27,8 +27,8 @@ from ..errors import DataError
 from .conll import CONLL_LABELS, CONLL_SPLIT_FILES, load_conll
 from .custom import CustomSpec, custom_metrics, load_custom
 from .features import IGNORE_INDEX, align_predictions, tokenize_conll, tokenize_glue
-from .glue import GLUE_TASKS, get_glue_task, load_glue, subsample
-from .names import BUILT_IN_TASKS, OTHER_TASKS, _normal, check_task_name  # noqa: F401 (re-exported)
+from .glue import get_glue_task, load_glue, subsample
+from .names import BUILT_IN_TASKS, _normal, check_task_name  # noqa: F401 (check_task_name re-exported)
 from .metrics import classification_metrics, glue_metrics, named_metrics, ner_metrics, primary_metric
 from .synthetic import RULE_DEFAULTS, SyntheticTask
 from .text import HELD_OUT_EVERY, segments_needed, text_segments

@@ -39,7 +39,7 @@ import torch
 import torch.nn as nn
 
 from ..errors import ModelError
-from .references import _reads_as_path, missing_reference  # noqa: F401 (re-exported)
+from .references import missing_reference  # noqa: F401 (re-exported: loaders and tests import it from here)
 
 __all__ = ["HEADS", "LoadReport", "PRETRAINING_HEADS", "load_hf_model", "missing_reference", "name_list",
            "nonfinite_tensors", "read_weight_file", "weight_files"]
