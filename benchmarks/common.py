@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-RESULTS = Path(__file__).resolve().parents[1] / "results" / "bench"
+# Where rows go: results/bench, or the folder BENCH_DIR names (benchmarks/gpu.sh --dry-run: CPU rows under
+# $OUT, never mixed into the recorded tables).
+RESULTS = Path(os.environ.get("BENCH_DIR") or Path(__file__).resolve().parents[1] / "results" / "bench")
 
 
 def machine() -> dict:
