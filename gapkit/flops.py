@@ -550,8 +550,9 @@ def resolve_model(ref: str) -> ResolvedModel:
             config = AutoConfig.from_pretrained(ref)
         except Exception as err:  # offline, misspelt, not a repo id, no such repository ...
             raise ModelError(
-                f"Unknown model {ref!r}: it is neither a preset ({', '.join(PRESETS)}), a shape spec like "
-                f"'3L-384H-1,4E', a local folder, nor reachable on the Hugging Face Hub."
+                f"Unknown model {ref!r}: it is neither a preset (the paper's sizes such as bert-base or 3L-384H, "
+                f"or a public BERT checkpoint such as google/bert_uncased_L-4_H-256_A-4: gapkit.models.PRESETS), "
+                f"a shape spec like '3L-384H-1,4E', a local folder, nor reachable on the Hugging Face Hub."
             ) from err
         where = f"The Hub config of {ref!r}"
     config_dict = config.to_dict()
