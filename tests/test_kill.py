@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
@@ -37,6 +38,25 @@ PLAN = [
     "routing.parquet.tmp:2", "checkpoint.between:2", "finish:1", "result.json.tmp:1",
 ]
 
+
+
+def each_point_once(plan: list[str]) -> list[str]:
+    """The kill points of ``plan`` that name a point (or the random instant) not named before: every kind of
+    instant once, in the default run; the whole plan runs with ``-m slow``."""
+    seen, out = set(), []
+    for kill_at in plan:
+        names = {point.split(":")[0] for point in kill_at.split(",")}
+        if names - seen:
+            out.append(kill_at)
+            seen |= names
+    return out
+
+
+def plans(plan: list[str], least: int):
+    """(kill points, the kills they must make) for the default run and, marked slow, every point."""
+    quick = each_point_once(plan)
+    return [pytest.param(quick, len(quick) - 3, id="each-point-once"),
+            pytest.param(plan, least, id="every-point", marks=pytest.mark.slow)]
 
 
 class Launcher:
@@ -95,7 +115,8 @@ def _files(folder: Path) -> dict:
     )
 
 
-def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
+@pytest.mark.parametrize("plan, least", plans(PLAN, 20))
+def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path, plan, least):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     _write_config(ref)
     _write_config(cut)
@@ -104,7 +125,7 @@ def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
         assert launcher.run(ref) == 0
         kills, rng, trace = 0, random.Random(0), []
         first_step_s = None  # how long a launch takes to reach its first step here (startup and resume)
-        for kill_at in PLAN:
+        for kill_at in plan:
             t0 = time.monotonic()
             if kill_at == "random":
                 # An instant between early startup and a few steps in. The sleep only picks the instant: a
@@ -132,7 +153,7 @@ def test_sigkill_at_any_instant_resumes_to_the_uninterrupted_files(tmp_path):
             assert launcher.run(cut) == 0
     finally:
         launcher.close()
-    assert kills >= 20, "\n".join(map(str, trace))
+    assert kills >= least, "\n".join(map(str, trace))
 
     a, b = _files(ref), _files(cut)
     for k in a["weights"]:

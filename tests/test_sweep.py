@@ -277,9 +277,10 @@ def test_cli_refuses_a_folder_without_a_sweep(tmp_path, capsys):
     assert "holds no sweep" in capsys.readouterr().err
 
 
-# paper_glue.yaml (368 runs, the slowest to plan) is loaded and planned by
-# test_paper_sweep_dry_runs_offline_on_the_papers_axis in the default run
-@pytest.mark.parametrize("config", [pytest.param(p, marks=pytest.mark.slow) if p.name == "paper_glue.yaml" else p
+# paper_glue.yaml (368 runs) and bert_ladder.yaml (660), the slowest to plan, are loaded and planned in the default
+# run by test_paper_sweep_dry_runs_offline_on_the_papers_axis and tests/test_ladder.py's dry run
+@pytest.mark.parametrize("config", [pytest.param(p, marks=pytest.mark.slow)
+                                    if p.name in ("paper_glue.yaml", "bert_ladder.yaml") else p
                                     for p in sorted((REPO / "configs" / "sweeps").glob("*.yaml"))],
                          ids=lambda p: p.name)
 def test_every_shipped_sweep_loads_and_plans(config):

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import yaml
 import pandas as pd
+import pytest
 
 from gapkit.sweep import build_table
-from test_kill import Launcher
+from test_kill import Launcher, plans
 from test_sweep import _frame, tiny
 
 # Points of gapkit.io.kill_point; a comma list dies at the first reached. "random": an instant nobody chose.
@@ -34,14 +35,15 @@ def _config(folder: Path) -> Path:
     return config
 
 
-def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
+@pytest.mark.parametrize("plan, least", plans(PLAN, 20))
+def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path, plan, least):
     ref, cut = tmp_path / "ref", tmp_path / "cut"
     launcher = Launcher(tmp_path)
     try:
         assert launcher.run(ref, args=["sweep", str(_config(ref)), "--quiet"]) == 0
         args = ["sweep", str(_config(cut)), "--quiet"]
         kills, rng, trace = 0, random.Random(1), []
-        for kill_at in PLAN:
+        for kill_at in plan:
             if kill_at == "random":
                 # The sleep picks the instant; the sweep also dies within 3 steps, so how far it gets never
                 # depends on the machine's speed (see tests/test_kill.py).
@@ -60,7 +62,7 @@ def test_sigkilled_sweep_resumes_to_the_uninterrupted_table(tmp_path):
             pass
     finally:
         launcher.close()
-    assert kills >= 20, "\n".join(map(str, trace))
+    assert kills >= least, "\n".join(map(str, trace))
     a, b = build_table(ref), build_table(cut)
     assert not b.duplicated(["run", "split", "metric", "model"]).any()
     pd.testing.assert_frame_equal(_frame(a), _frame(b))
