@@ -24,6 +24,7 @@ from gapkit.errors import ConfigError, DataError  # noqa: E402
 from gapkit.sweep import SweepSpec  # noqa: E402
 from gapkit.sweep.plan import estimate, plan  # noqa: E402
 from gapkit.sweep.table import COLUMNS  # noqa: E402
+from gapkit.cli import main  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "configs" / "sweeps" / "paper_glue.yaml"
@@ -54,11 +55,25 @@ def test_paper_grid_holds_the_authors_settings_by_default():
     assert spec.weights["kd"] == {"relation": 0.0, "soft": 0.5, "hard": 0.5, "temperature": 1.0}
 
 
-def test_the_header_lists_each_deviation_and_the_glue_convention():
+def test_the_header_and_the_declared_deviations_say_what_differs(capsys):
     header = "\n".join(line for line in CONFIG.read_text().splitlines() if line.startswith("#"))
-    for said in ("holdout", "One seed", "random init", "bf16", "CoLA is left out", "MNLI-m and MNLI-mm as two entries",
-                 "once an epoch", "quick pass", "not the paper's setting"):
+    for said in ("MNLI-m and MNLI-mm as two entries", "once an epoch", "quick pass", "not the paper's setting",
+                 "deviations"):
         assert said in header, said
+    deviations = SweepSpec.from_file(CONFIG).deviations
+    for said in ("holdout", "One seed", "random init", "bf16", "CoLA is left out"):
+        assert any(said in d for d in deviations), said
+    # the dry run prints every one of them, where the plan is read
+    assert main(["sweep", str(CONFIG), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"Deviations from the setup this sweep reproduces ({len(deviations)}" in out
+    assert all(f"  - {d}" in out for d in deviations)
+
+
+@pytest.mark.parametrize("bad", ["one sentence", [""], [3]])
+def test_deviations_must_be_sentences(bad, tmp_path):
+    with pytest.raises(ConfigError, match=r"sweep\.deviations must be a list"):
+        SweepSpec.from_file(CONFIG, [f"deviations={bad!r}" if isinstance(bad, str) else f"deviations={bad}"])
 
 
 def quick_profile() -> list[str]:

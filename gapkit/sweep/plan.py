@@ -431,6 +431,9 @@ def format_plan(nodes: list[Node], spec: SweepSpec, throughput=None) -> str:
     if paper_axis:
         lines.append("Student GFLOPs on the paper's axis (linear layers, sequence length 128): "
                      + ", ".join(_number(g) for g in paper_axis) + ".")
+    if spec.deviations:  # what the sweep knowingly does otherwise than the setup it reproduces
+        lines.append(f"Deviations from the setup this sweep reproduces ({len(spec.deviations)}, declared in its file):")
+        lines += [f"  - {d}" for d in spec.deviations]
     return "\n".join(lines)
 
 

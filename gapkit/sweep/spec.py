@@ -164,6 +164,9 @@ class SweepSpec:
             sweep's log, ``gapkit status``, the results table, the report and the figures), ``chance`` or
             ``majority`` (the majority class's rate): a teacher that is not stops the runs that need it,
             each ``skipped`` with the sentence saying why.
+        deviations: what the sweep knowingly does otherwise than the setup it reproduces (a paper's, a
+            colleague's), one sentence each: printed by ``gapkit sweep --dry-run`` and kept in ``plan.json``,
+            so that whoever reads its numbers reads them too.
     """
 
     tasks: list
@@ -183,6 +186,7 @@ class SweepSpec:
     executor: dict = field(default_factory=lambda: {"kind": "inline"})
     group_memory_gb: float = 8.0
     teachers_must_beat: str = "none"
+    deviations: list = field(default_factory=list)
     # __post_init__ also sets, as plain attributes (not settings: no field, so neither to_dict nor the config
     # reference lists them), the declaration expanded once: task_data (list[DataSpec]), agnostic_spec
     # (DataSpec | None), teacher_list (list[TeacherEntry]), student_shapes (list[str]), variants
@@ -201,6 +205,9 @@ class SweepSpec:
         _check(self.teachers_must_beat in MUST_BEAT,
                f"sweep.teachers_must_beat must be one of {', '.join(MUST_BEAT)} (what a fine-tuned teacher must be "
                f"shown above before its students train), got {self.teachers_must_beat!r}.")
+        _check(isinstance(self.deviations, list) and all(isinstance(d, str) and d.strip() for d in self.deviations),
+               f"sweep.deviations must be a list of sentences (each what the sweep does otherwise than the setup it "
+               f"reproduces), got {self.deviations!r}.")
         self.train_settings = self._train_settings()
         unknown = set(self.weights) - {"agnostic", "task", "kd", "finetune"}
         _check(not unknown, f"sweep.weights has unknown stage(s) {', '.join(sorted(unknown))}: use agnostic, task, kd "
