@@ -388,6 +388,7 @@ def test_notebook_03_is_committed_without_outputs():
     assert len(params) == 1 and "interactive = True" in "".join(params[0]["source"])
 
 
+@pytest.mark.slow  # the default run executes notebook 03 on the quickstart's run (tests/test_notebooks.py)
 def test_notebook_03_runs_statically_on_a_run_folder(run_dir, tmp_path):
     papermill = pytest.importorskip("papermill")
     out = tmp_path / "03.ipynb"
