@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 from gapkit.distill import DistillSpec, LossWeights, Run, run
 from gapkit.distill.config import LOSS_TERMS, STAGE_TERMS, STAGE_WEIGHTS
@@ -17,6 +16,7 @@ from gapkit.distill.teacher_side import TeacherNeeds, TeacherSide, TeacherSideOu
 from gapkit.distill.trainer import LoopState, load_task
 from gapkit.errors import ConfigError
 from gapkit.sweep.plan import DEFAULT_WEIGHTS
+from test_engine import assert_same_weights, weights_of
 
 DATA = dict(task="synthetic", max_len=32, max_train_examples=96, max_eval_examples=32)
 
@@ -36,14 +36,6 @@ def teacher(tmp_path_factory):
     return str(out / "best")
 
 
-def weights_of(run_dir) -> dict:
-    return load_file(Path(run_dir) / "checkpoint" / "model.safetensors")
-
-
-def assert_same_weights(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
 
 
 # -- one place decides the terms ---------------------------------------------------------------------
