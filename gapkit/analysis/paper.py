@@ -79,7 +79,7 @@ def paper_results(folder: str | Path | None = None):
     """
     import pandas as pd
 
-    from ..sweep.table import COLUMNS
+    from ..sweep.table import results_frame
 
     folder = Path(folder) if folder is not None else PAPER_DIR
     fig1 = _read(folder / "fig1_curse.csv", ["gflops", "student", "teacher", "method", "glue"])
@@ -119,11 +119,9 @@ def paper_results(folder: str | Path | None = None):
         else:  # student_scale x its teacher's size, shape not given; the paper compares the two as one student
             rows.append(dict(common, **teacher, **where, role="student", stage="task", student=TABLE1_STUDENT,
                              experts="dense", method=r.method))
-    frame = pd.DataFrame(rows, columns=[*COLUMNS, "source", "student_scale"])
-    for col in ("teacher_params", "params_total", "params_active", "step", "seed"):
-        frame[col] = frame[col].astype("Int64")
-    for col in ("value", "gflops", "teacher_gflops", "wall_time_s", "student_scale"):
-        frame[col] = frame[col].astype("float64")
+    frame = results_frame(rows)  # the table's columns and types, then the paper's own two
+    frame["source"] = [r.get("source") for r in rows]
+    frame["student_scale"] = pd.Series([r.get("student_scale") for r in rows], dtype="float64")
     return frame
 
 
@@ -163,7 +161,7 @@ def glue_average(table):
     import pandas as pd
 
     from ..data.metrics import glue_score
-    from ..sweep.table import COLUMNS
+    from ..sweep.table import results_frame
     from .scores import require_columns
 
     require_columns(table, [*RUN_KEYS, "task", "split", "metric", "value", "model"], "the paper's GLUE average")
@@ -192,12 +190,7 @@ def glue_average(table):
         else:
             row["value"] = glue_score(scored)
         out.append(row)
-    frame = pd.DataFrame(out, columns=COLUMNS)
-    for col in ("teacher_params", "params_total", "params_active", "step", "seed", "teacher_seed"):
-        frame[col] = frame[col].astype("Int64")
-    for col in ("value", "gflops", "teacher_gflops", "wall_time_s"):
-        frame[col] = frame[col].astype("float64")
-    return frame
+    return results_frame(out)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -45,8 +45,6 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
     Raises:
         ConfigError: the folder holds no sweep plan, or a result file is unreadable.
     """
-    import pandas as pd
-
     sweep, nodes = read_plan(output_dir)
     results = {}
     for node in nodes:
@@ -102,6 +100,14 @@ def build_table(output_dir: str | Path, convention: str = "paper"):
         for metric in result.metrics:
             rows.append(dict(base, split=metric["split"], metric=metric["metric"], value=metric["value"],
                              model=metric["model"], step=metric["step"]))
+    return results_frame(rows)
+
+
+def results_frame(rows: list[dict]):
+    """Rows as a results table: :data:`COLUMNS` in order, counts as nullable integers, values as floats
+    (the one place the table's column types are set; the paper's numbers are built with it too)."""
+    import pandas as pd
+
     table = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("teacher_params", "params_total", "params_active", "step", "seed", "teacher_seed"):
         table[col] = table[col].astype("Int64")
