@@ -41,6 +41,7 @@ from ..data.features import IGNORE_INDEX
 from ..data.tasks import TaskData, build_task, predictions_of, synthetic_unlabeled
 from ..errors import ConfigError, DataError, TrainingFailed
 from ..io import kill_point, save_safetensors
+from ..models.references import reads_as_path
 from ..models.student import Student
 from ..routing import RoutingAccumulator, routing_rows
 from ..version import __version__
@@ -87,10 +88,10 @@ def init_distributed(device: torch.device) -> tuple[int, int]:
 
 
 def _looks_local(ref: str) -> bool:
-    """A folder reference rather than a Hub id ("org/name"): absolute, relative, nested or existing."""
+    """A folder reference rather than a Hub id ("org/name"): one that reads as a path (the rule configs are
+    checked with, gapkit.models.references), exists, or lies in a folder that exists here."""
     path = Path(ref)
-    return ref.startswith((os.sep, ".", "~")) or ref.count("/") > 1 or path.exists() or (
-        path.parent != Path(".") and path.parent.is_dir())
+    return reads_as_path(ref) or path.exists() or (path.parent != Path(".") and path.parent.is_dir())
 
 
 def missing_model_reason(ref: str) -> str | None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["missing_reference"]
+__all__ = ["missing_reference", "reads_as_path"]
 
 
 def missing_reference(ref: str | os.PathLike, role: str = "Model") -> str | None:
@@ -37,7 +37,7 @@ def missing_reference(ref: str | os.PathLike, role: str = "Model") -> str | None
         kind = "a safetensors weight file" if path.suffix == ".safetensors" else "a file"
         return (f"{role} {text!r} is {kind}, not a model folder: give the folder that holds it with its "
                 f"config.json")
-    if not _reads_as_path(text):
+    if not reads_as_path(text):
         return None  # a Hub repo id: only the Hub can say whether it exists
     parent = next((p for p in path.parents if p.is_dir()), None)
     where = f" (the nearest existing folder is {parent})" if parent is not None and str(parent) != "." else ""
@@ -45,7 +45,7 @@ def missing_reference(ref: str | os.PathLike, role: str = "Model") -> str | None
             f"such as bert-base-uncased")
 
 
-def _reads_as_path(text: str) -> bool:
+def reads_as_path(text: str) -> bool:
     """Whether a reference that does not exist reads as a local path rather than a Hub repo id."""
     if text.startswith((".", "/", "~")) or text.count("/") > 1 or (os.sep != "/" and os.sep in text):
         return True
