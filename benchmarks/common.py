@@ -49,3 +49,29 @@ def append_rows(name: str, rows: list[dict]) -> Path:
             writer.writeheader()
         writer.writerows(rows)
     return path
+
+
+def timed(fn, device) -> float:
+    """Wall seconds of ``fn()``, the device synchronised before and after (CUDA launches are asynchronous)."""
+    import time
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def finish(name: str, rows: list[dict], twin: str, record: bool = True) -> int:
+    """A benchmark's exit status: 1, saying so, when a row's ``identical`` is false (a fast path that
+    changed the numbers measured nothing worth keeping); else 0, the rows appended to
+    ``results/bench/<name>.csv`` when ``record``. ``twin`` names what each row was compared with."""
+    if not all(r["identical"] for r in rows):
+        print(f"# FAILED: a student differs from its {twin}")
+        return 1
+    if record:
+        path = append_rows(name, rows)
+        print(f"# appended {len(rows)} rows to {path}")
+    return 0

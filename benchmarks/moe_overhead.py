@@ -25,22 +25,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_rows, machine  # noqa: E402
+from common import append_rows, machine, timed  # noqa: E402
 
 from gapkit.distill.compiling import compile_options, raise_recompile_limit  # noqa: E402
 from gapkit.models import Student, StudentSpec  # noqa: E402
 
 COMPILE_CHOICES = ("default", "reduce-overhead", "max-autotune", "cudagraphs", "aot_eager")
-
-
-def timed(fn, device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
 
 
 def peak_mb(fn, calls: int, device) -> float | None:

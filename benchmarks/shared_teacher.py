@@ -49,7 +49,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_rows, machine  # noqa: E402
+from common import finish, machine  # noqa: E402
 
 from gapkit.distill import DistillSpec, Run, TeacherSide  # noqa: E402
 from gapkit.distill.teacher_side import TeacherNeeds  # noqa: E402
@@ -405,13 +405,7 @@ def main(argv=None) -> int:
         print_table(rows)
         if args.profile:
             profile_grouped(specs_for)
-    if not all(r["identical"] for r in rows):
-        print("# FAILED: a grouped student differs from its alone twin")
-        return 1
-    if not args.no_record:
-        path = append_rows("shared_teacher", rows)
-        print(f"# appended {len(rows)} rows to {path}")
-    return 0
+    return finish("shared_teacher", rows, "twin trained alone (grouped on one teacher pass)", record=not args.no_record)
 
 
 if __name__ == "__main__":

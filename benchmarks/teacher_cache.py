@@ -39,7 +39,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_rows, machine  # noqa: E402
+from common import finish, machine  # noqa: E402
 
 from gapkit.distill import DistillSpec, Run, run  # noqa: E402
 from gapkit.models.teacher import Teacher  # noqa: E402
@@ -299,13 +299,7 @@ def main(argv=None) -> int:
     print("\n" + "  ".join(f"{c:>17s}" for c in cols))
     for row in rows:
         print("  ".join(f"{row[c]!s:>17s}" for c in cols))
-    if not all(r["identical"] for r in rows):
-        print("# FAILED: a cached student differs from its live twin")
-        return 1
-    if not args.no_record:
-        path = append_rows("teacher_cache", rows)
-        print(f"# appended {len(rows)} rows to {path}")
-    return 0
+    return finish("teacher_cache", rows, "live twin (teacher outputs read from the cache)", record=not args.no_record)
 
 
 if __name__ == "__main__":

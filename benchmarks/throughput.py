@@ -25,13 +25,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import append_rows, machine  # noqa: E402
+from common import append_rows, machine, timed  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DRY = [("1L-64H-4A", "train", 2, 16), ("2L-64H-4A", "forward", 2, 16), ("1L-64H-4A-1,4E", "train", 2, 16)]
@@ -104,16 +103,7 @@ def measure(spec, phase: str, batch: int, length: int, args, device) -> float:
         def step():
             with torch.no_grad(), autocast:
                 hidden(model, ids)
-    times = []
-    for i in range(args.warmup + args.steps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
+    times = [timed(step, device) for _ in range(args.warmup + args.steps)][args.warmup:]
     del model
     if device.type == "cuda":
         torch.cuda.empty_cache()
