@@ -243,6 +243,9 @@ API = [
     api("save:under-a-file", lambda t: _save(_student(), t / "taken" / "student"), ModelError,
         r"save_pretrained cannot create the folder '.*taken/student' \(.+\): choose a folder you can write to",
         setup=write("taken", b"mine"), after=unchanged("taken", b"mine")),
+    api("save:method-onto-a-file", lambda t: _student().save_pretrained(t / "taken"), ModelError,
+        r"save_pretrained's folder '.*taken' is a file: give a folder", setup=write("taken", b"mine"),
+        after=unchanged("taken", b"mine")),
     api("save:not-a-student", lambda t: _save(torch.nn.Linear(3, 3), t / "out"), ModelError,
         r"save_pretrained writes a gapkit Student \(dense or MiniMoE\), got Linear: a Hugging Face model saves "
         r"itself with model\.save_pretrained\(folder\)", after=nothing_at("out")),

@@ -48,8 +48,8 @@ __all__ = ["load_student", "resolve_folder", "save_pretrained", "student_from_hf
 
 
 def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Sequence[str] | None = None) -> Path:
-    """Write ``student`` as a Hugging Face folder: :func:`gapkit.models.layout.save_pretrained`, after
-    refusing, before anything is written, what is not a Student and a folder that is a file or cannot be made.
+    """Write ``student`` as a Hugging Face folder: :func:`gapkit.models.layout.save_pretrained` (which refuses a
+    folder that is a file or cannot be made), after refusing what is not a Student.
 
     Raises:
         ModelError: ``student`` is not a gapkit Student; ``folder`` is a file or cannot be created.
@@ -57,16 +57,7 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
     if not isinstance(student, Student):
         raise ModelError(f"save_pretrained writes a gapkit Student (dense or MiniMoE), got {type(student).__name__}: "
                          f"a Hugging Face model saves itself with model.save_pretrained(folder).")
-    path = Path(folder).expanduser()
-    if path.exists() and not path.is_dir():
-        raise ModelError(f"save_pretrained's folder {str(folder)!r} is a file: give a folder (it is created if "
-                         f"needed; files of the same names in it are replaced).")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ModelError(f"save_pretrained cannot create the folder {str(folder)!r} "
-                         f"({err.strerror or type(err).__name__}): choose a folder you can write to.") from None
-    return layout.save_pretrained(student, path, label_names=label_names)
+    return layout.save_pretrained(student, folder, label_names=label_names)
 
 
 def load_student(path: str | os.PathLike, num_labels: int | None = None, task: str | None = None,

@@ -410,11 +410,21 @@ def save_pretrained(student: Student, folder: str | os.PathLike, label_names: Se
         label_names: class names of the head, written as the config's ``id2label``/``label2id``.
     Returns:
         The folder.
+    Raises:
+        ModelError: ``folder`` is a file or cannot be created (nothing is written).
     """
     from ..io import atomic_write, save_safetensors
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    path = Path(folder).expanduser()
+    if path.exists() and not path.is_dir():
+        raise ModelError(f"save_pretrained's folder {str(folder)!r} is a file: give a folder (it is created if "
+                         f"needed; files of the same names in it are replaced).")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"save_pretrained cannot create the folder {str(folder)!r} "
+                         f"({err.strerror or type(err).__name__}): choose a folder you can write to.") from None
+    folder = path
     spec = student.spec
     moe_layout = _writes_moe_layout(spec)
     if moe_layout and not spec.is_moe:
